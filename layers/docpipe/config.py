@@ -1,0 +1,52 @@
+"""Settings from environment variables: the one place their names are spelled.
+
+template.yaml sets them on every function (and on the Ray containers); the local
+stack sets the same names from the same template.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from docpipe.identity import PIPELINE_VERSION
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    return int(raw) if raw.strip() else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    control_table: str = ""
+    audit_table: str = ""
+    metrics_table: str = ""
+    bucket: str = ""
+    alerts_topic_arn: str = ""
+    ray_dashboard_url: str = ""
+    ray_token_secret_arn: str = ""
+    ray_entrypoint_resources: dict = field(default_factory=dict)
+    pipeline_version: str = PIPELINE_VERSION
+    max_document_bytes: int = 100 * 1024 * 1024
+    record_ttl_days: int = 365
+    stale_after_seconds: int = 2 * 3600
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        env = os.environ
+        return cls(
+            control_table=env.get("CONTROL_TABLE", ""),
+            audit_table=env.get("AUDIT_TABLE", ""),
+            metrics_table=env.get("METRICS_TABLE", ""),
+            bucket=env.get("DOCUMENT_BUCKET", ""),
+            alerts_topic_arn=env.get("ALERTS_TOPIC_ARN", ""),
+            ray_dashboard_url=env.get("RAY_DASHBOARD_URL", "").rstrip("/"),
+            ray_token_secret_arn=env.get("RAY_TOKEN_SECRET_ARN", ""),
+            ray_entrypoint_resources=json.loads(env.get("RAY_ENTRYPOINT_RESOURCES") or "{}"),
+            pipeline_version=env.get("PIPELINE_VERSION", PIPELINE_VERSION),
+            max_document_bytes=_int("MAX_DOCUMENT_BYTES", 100 * 1024 * 1024),
+            record_ttl_days=_int("RECORD_TTL_DAYS", 365),
+            stale_after_seconds=_int("STALE_AFTER_SECONDS", 2 * 3600),
+        )

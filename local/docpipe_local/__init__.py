@@ -1,0 +1,1 @@
+"""The local stack and the `docpipe` command-line tool."""

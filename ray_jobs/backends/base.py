@@ -1,0 +1,61 @@
+"""The three backend interfaces. Embedded defaults and production services both
+implement them; the stages only ever see these types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass
+class EmbeddingResult:
+    vectors: list[list[float]]
+    tokens: int = 0  # tokens billed (0 for a local model)
+    cost_usd: float = 0.0  # at list price
+    cache_hits: int = 0  # texts served from the embedding cache
+
+
+@dataclass
+class VectorRecord:
+    id: str  # <document_id>#<processing_version>#<chunk_index>
+    vector: list[float]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Match:
+    id: str
+    score: float  # higher is more similar (cosine similarity)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    model: str
+    dims: int
+
+    def embed(self, texts: list[str]) -> EmbeddingResult: ...
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    def upsert(self, records: list[VectorRecord]) -> int:
+        """Insert or replace by id; returns how many were written. Idempotent."""
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every id that starts with `prefix`; returns how many were deleted."""
+
+    def list_ids(self, prefix: str) -> list[str]:
+        """Every id that starts with `prefix`."""
+
+    def query(self, vector: list[float], top_k: int = 5, filter: dict | None = None) -> list[Match]: ...
+
+    def count(self) -> int: ...
+
+
+@runtime_checkable
+class Enricher(Protocol):
+    name: str
+
+    def enrich(self, texts: list[str]) -> list[dict]:
+        """One dict per text: {"key_phrases": [str], "entities": [{"type", "text"}]}."""
