@@ -32,6 +32,15 @@ class Settings:
     max_document_bytes: int = 100 * 1024 * 1024
     record_ttl_days: int = 365
     stale_after_seconds: int = 2 * 3600
+    heartbeat_seconds: int = 300
+    extract_timeout_seconds: int = 3600
+    embed_timeout_seconds: int = 3600
+
+    def stage_limits(self) -> dict:
+        """Read by the ASL's HeartbeatSecondsPath / TimeoutSecondsPath."""
+        return {"heartbeat_seconds": self.heartbeat_seconds,
+                "extract_timeout_seconds": self.extract_timeout_seconds,
+                "embed_timeout_seconds": self.embed_timeout_seconds}
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -49,4 +58,7 @@ class Settings:
             max_document_bytes=_int("MAX_DOCUMENT_BYTES", 100 * 1024 * 1024),
             record_ttl_days=_int("RECORD_TTL_DAYS", 365),
             stale_after_seconds=_int("STALE_AFTER_SECONDS", 2 * 3600),
+            heartbeat_seconds=_int("STAGE_HEARTBEAT_SECONDS", 300),
+            extract_timeout_seconds=_int("EXTRACT_TIMEOUT_SECONDS", 3600),
+            embed_timeout_seconds=_int("EMBED_TIMEOUT_SECONDS", 3600),
         )

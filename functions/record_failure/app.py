@@ -1,0 +1,23 @@
+"""RecordFailure: FAILED + error code, errors/ report with a copy of the input, audit, metric.
+
+Event: {"state": <the state at the Catch, with "error": {"Error", "Cause"}>, "execution_arn": str}
+Returns the failure summary that NotifyFailure publishes to SNS.
+"""
+
+from docpipe.config import Settings
+from docpipe.failures import alert_message, record_failure
+from docpipe.observability import MetricUnit, lambda_entry, logger, metrics
+from docpipe.records import Records
+
+settings = Settings.from_env()
+
+
+@lambda_entry
+def lambda_handler(event, context):
+    failure = record_failure(event["state"], settings, Records(settings, actor="RecordFailure"),
+                             event.get("execution_arn", ""))
+    logger.warning("document failed", extra={"document_id": failure.document_id,
+                                             "error_code": failure.error_code, "stage": failure.stage})
+    metrics.add_dimension(name="ErrorCode", value=failure.error_code)
+    metrics.add_metric(name="DocumentsFailed", unit=MetricUnit.Count, value=1)
+    return alert_message(failure)

@@ -1,0 +1,165 @@
+"""Registering a document version and deciding whether it needs work.
+
+A document is the S3 object path; a version is its content. Outcomes of `register`:
+- PROCESS:   a new version (or a retry of a FAILED one) -> PENDING, run the stages.
+- DUPLICATE: the same bytes are COMPLETED/PARTIAL, or in flight in another execution
+             -> no work, no cost (a re-delivered event or a re-upload of the same file).
+- SKIPPED:   not ours to process (outside input/, not a .pdf) -> recorded as SKIPPED.
+Bad input that *is* ours (empty, too large, vanished) raises a named error; the state
+machine's Catch records it as FAILED.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from urllib.parse import unquote_plus
+
+from botocore.exceptions import ClientError
+
+from docpipe import aws, identity
+from docpipe.config import Settings
+from docpipe.errors import DocumentNotFound, EmptyDocument, StoreThrottled, TooLarge
+from docpipe.records import DONE_STATUSES, Records
+
+SKIPPED_VERSION = "skipped"
+HASH_CHUNK = 1024 * 1024
+
+
+@dataclass
+class Registration:
+    document_id: str
+    processing_version: str
+    bucket: str
+    key: str
+    decision: str  # PROCESS | DUPLICATE | SKIPPED
+    size: int = 0
+    etag: str = ""
+    sha256: str = ""
+    attempt: int = 1
+    reason: str = ""
+    limits: dict = field(default_factory=dict)
+
+    def to_state(self) -> dict:
+        """What travels in the state machine: ids, the key and counts, never content."""
+        return asdict(self)
+
+
+def s3_object_from_event(event: dict) -> tuple[str, str, dict]:
+    """(bucket, key, detail.object) from an EventBridge S3 event, or from its detail."""
+    detail = event.get("detail", event)
+    try:
+        bucket = detail["bucket"]["name"]
+        obj = detail["object"]
+        key = obj["key"]
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"not an EventBridge S3 'Object Created' event: missing {err}") from err
+    return bucket, key, obj
+
+
+def _head(s3, bucket: str, key: str) -> tuple[str, dict]:
+    """HEAD the object; EventBridge may deliver the key URL-encoded (spaces as '+'),
+    so try the decoded form when the literal one is not found."""
+    candidates = [key] + ([unquote_plus(key)] if unquote_plus(key) != key else [])
+    for candidate in candidates:
+        try:
+            return candidate, s3.head_object(Bucket=bucket, Key=candidate)
+        except ClientError as err:
+            code = err.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchKey", "NotFound"):
+                continue
+            if code in aws.THROTTLING_CODES or code.startswith("5"):
+                raise StoreThrottled(f"S3 HEAD answered {code}") from err
+            raise
+    raise DocumentNotFound(f"s3://{bucket}/{key} does not exist (deleted before processing?)")
+
+
+def _sha256(s3, bucket: str, key: str) -> str:
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    digest = hashlib.sha256()
+    for block in iter(lambda: body.read(HASH_CHUNK), b""):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def identify(event: dict, settings: Settings) -> Registration:
+    """Identity of the object in `event`, reading it only when it is in scope.
+
+    Raises EmptyDocument / TooLarge / DocumentNotFound for bad input in scope."""
+    bucket, key, _ = s3_object_from_event(event)
+    doc_id = identity.document_id(bucket, key)
+    if not key.startswith(identity.INPUT_PREFIX):
+        return Registration(doc_id, SKIPPED_VERSION, bucket, key, "SKIPPED", reason="NotInInputPrefix")
+    if not key.lower().endswith(".pdf"):
+        return Registration(doc_id, SKIPPED_VERSION, bucket, key, "SKIPPED", reason="NotAPdfKey")
+    s3 = aws.client("s3")
+    real_key, head = _head(s3, bucket, key)
+    if real_key != key:
+        doc_id = identity.document_id(bucket, real_key)
+    size = int(head.get("ContentLength", 0))
+    etag = head.get("ETag", "").strip('"')
+    base = Registration(doc_id, identity.unread_version(etag, settings.pipeline_version),
+                        bucket, real_key, "PROCESS", size=size, etag=etag)
+    if size == 0:
+        raise EmptyDocument(f"s3://{bucket}/{real_key} has zero bytes")
+    if size > settings.max_document_bytes:
+        raise TooLarge(f"s3://{bucket}/{real_key} is {size} bytes; the limit is "
+                       f"{settings.max_document_bytes} (MAX_DOCUMENT_BYTES)")
+    base.sha256 = _sha256(s3, bucket, real_key)
+    base.processing_version = identity.processing_version(base.sha256, settings.pipeline_version)
+    return base
+
+
+def _age_seconds(iso: str) -> float:
+    try:
+        then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        return float("inf")
+    return (datetime.now(timezone.utc) - then).total_seconds()
+
+
+def register(event: dict, settings: Settings, records: Records, execution_arn: str) -> Registration:
+    reg = identify(event, settings)
+    reg.limits = settings.stage_limits()
+    if reg.decision == "SKIPPED":
+        # One SKIPPED item per key (version "skipped"): a repeat upload just touches it.
+        if not records.create({"document_id": reg.document_id, "processing_version": SKIPPED_VERSION,
+                               "status": "SKIPPED", "s3_key": reg.key, "error_code": reg.reason,
+                               "execution_arn": execution_arn}):
+            records.audit(reg.document_id, "skipped_again", "SKIPPED", "SKIPPED", {"reason": reg.reason})
+        return reg
+
+    item = {
+        "document_id": reg.document_id, "processing_version": reg.processing_version,
+        "status": "PENDING", "current_stage": "registered", "s3_key": reg.key,
+        "bucket": reg.bucket, "etag": reg.etag, "sha256": reg.sha256, "size": reg.size,
+        "execution_arn": execution_arn, "attempt": 1,
+    }
+    for _ in range(3):  # create-or-decide; a lost race re-reads the winner's item
+        if records.create(item):
+            return reg
+        existing = records.get(reg.document_id, reg.processing_version)
+        if existing is None:
+            continue
+        status = existing.get("status")
+        same_run = existing.get("execution_arn") == execution_arn
+        if status in DONE_STATUSES:
+            reg.decision, reg.reason = "DUPLICATE", f"already {status}"
+        elif status in ("PENDING", "PROCESSING") and not same_run and \
+                _age_seconds(existing.get("updated_at", "")) < settings.stale_after_seconds:
+            reg.decision, reg.reason = "DUPLICATE", "in progress in another execution"
+        else:
+            # FAILED before, stale in-flight run, or the same execution retrying: take it over.
+            reg.attempt = int(existing.get("attempt", 1)) + (0 if same_run else 1)
+            records.update(reg.document_id, reg.processing_version, {
+                "status": "PENDING", "current_stage": "registered", "execution_arn": execution_arn,
+                "attempt": reg.attempt, "error_code": None, "error_message": None,
+            }, action="retry" if not same_run else "register_retry",
+                detail={"previous_status": status})
+            return reg
+        records.audit(reg.document_id, "duplicate_ignored", status, status,
+                      {"processing_version": reg.processing_version, "reason": reg.reason,
+                       "execution_arn": execution_arn})
+        return reg
+    raise StoreThrottled("could not register after 3 conditional writes")

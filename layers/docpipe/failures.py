@@ -1,0 +1,121 @@
+"""Recording a failed document: where the user looks, and nothing lost.
+
+FAILED + a stable error code and message in the control item, an audit item, a
+failures metric, `errors/<doc>/<ver>/error.json` and a copy of the input beside it.
+The upload under input/ is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from botocore.exceptions import ClientError
+
+from docpipe import aws, identity
+from docpipe.config import Settings
+from docpipe.documents import Registration, identify
+from docpipe.errors import DocpipeError
+from docpipe.records import Records
+from docpipe.timeutil import now_iso
+
+# Step Functions' own names for a stage that stopped answering, folded into one code.
+TIMEOUT_ERRORS = {"States.Timeout", "States.HeartbeatTimeout", "States.TaskFailed.Timeout"}
+MAX_MESSAGE = 1000
+
+
+@dataclass
+class Failure:
+    document_id: str
+    processing_version: str
+    s3_key: str
+    error_code: str
+    error_message: str
+    stage: str
+    report_uri: str
+    input_copy_uri: str
+    execution_arn: str
+    failed_at: str
+
+
+def parse_error(error: dict | None) -> tuple[str, str]:
+    """(code, message) from a Catch's {"Error", "Cause"}. A Lambda's Cause is its JSON
+    error object; a Ray job's Cause is the short message it sent."""
+    error = error or {}
+    name = error.get("Error") or "StageFailed"
+    cause = error.get("Cause") or ""
+    try:
+        parsed = json.loads(cause)
+        if isinstance(parsed, dict):
+            cause = parsed.get("errorMessage") or parsed.get("cause") or cause
+    except (ValueError, TypeError):
+        pass
+    code = "StageTimeout" if name in TIMEOUT_ERRORS else name
+    if name in TIMEOUT_ERRORS and not cause:
+        cause = "the stage stopped sending heartbeats or ran past its timeout"
+    return code, str(cause)[:MAX_MESSAGE]
+
+
+def _registration(state: dict, settings: Settings) -> Registration:
+    reg = state.get("registration")
+    if reg:
+        return Registration(**reg)
+    try:  # the failure happened in RegisterDocument itself: identify from the event
+        return identify(state, settings)
+    except DocpipeError:
+        bucket, key, obj = _event_object(state)
+        return Registration(identity.document_id(bucket, key),
+                            identity.unread_version(obj.get("etag", ""), settings.pipeline_version),
+                            bucket, key, "PROCESS", size=int(obj.get("size", 0) or 0),
+                            etag=obj.get("etag", ""))
+
+
+def _event_object(state: dict) -> tuple[str, str, dict]:
+    detail = state.get("detail", {})
+    return detail.get("bucket", {}).get("name", ""), detail.get("object", {}).get("key", ""), \
+        detail.get("object", {})
+
+
+def record_failure(state: dict, settings: Settings, records: Records, execution_arn: str) -> Failure:
+    reg = _registration(state, settings)
+    code, message = parse_error(state.get("error"))
+    existing = records.get(reg.document_id, reg.processing_version)
+    # SubmitRayJob records the stage it started; before that, registration failed.
+    stage = (existing or {}).get("current_stage") or "register"
+    if stage == "registered":
+        stage = "register" if not state.get("registration") else "extract"
+    s3 = aws.client("s3")
+    base = identity.artifact_key("errors", reg.document_id, reg.processing_version, "")
+    copy_uri = ""
+    if reg.key:
+        try:  # server-side copy; the original stays where it is
+            s3.copy_object(Bucket=reg.bucket, Key=base + "input.pdf",
+                           CopySource={"Bucket": reg.bucket, "Key": reg.key})
+            copy_uri = identity.s3_uri(reg.bucket, base + "input.pdf")
+        except ClientError:
+            copy_uri = ""  # the input is gone (DocumentNotFound): nothing to copy
+    failure = Failure(reg.document_id, reg.processing_version, reg.key, code, message, stage,
+                      identity.s3_uri(reg.bucket, base + "error.json"), copy_uri, execution_arn,
+                      now_iso())
+    report = {**asdict(failure), "size": reg.size, "sha256": reg.sha256,
+              "raw_error": state.get("error")}
+    s3.put_object(Bucket=reg.bucket, Key=base + "error.json",
+                  Body=json.dumps(report, indent=2, default=str).encode(),
+                  ContentType="application/json")
+    fields = {"status": "FAILED", "error_code": code, "error_message": message,
+              "failed_stage": stage, "execution_arn": execution_arn,
+              "error_report": failure.report_uri}
+    if existing is None:
+        records.create({"document_id": reg.document_id, "processing_version": reg.processing_version,
+                        "s3_key": reg.key, "bucket": reg.bucket, "etag": reg.etag,
+                        "size": reg.size, "current_stage": stage, **fields})
+    else:
+        records.update(reg.document_id, reg.processing_version, fields, action="failed",
+                       detail={"error_code": code, "stage": stage})
+    records.add_metrics({"failures": {"count": 1, code: 1}, "documents": {"failed": 1}})
+    return failure
+
+
+def alert_message(failure: Failure) -> dict:
+    """The SNS message body (also what NotifyFailure publishes)."""
+    return {"event": "DocumentFailed", **asdict(failure)}

