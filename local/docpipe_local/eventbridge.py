@@ -1,0 +1,108 @@
+"""S3 'Object Created' -> EventBridge rule -> StartExecution, as AWS delivers it.
+
+moto builds its own S3->EventBridge event (with a fixed sequencer and an `eTag` field
+AWS does not send) and cannot deliver to a Step Functions target. We replace that one
+function: the event below has exactly EventBridge's envelope and S3's detail, is matched
+against the rules created from template.yaml (moto's own pattern matcher), and each
+matching Step Functions target gets StartExecution with that event as input.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+
+import boto3
+
+from docpipe import identity
+
+log = logging.getLogger("docpipe.local.eventbridge")
+_seq = itertools.count(1)
+_deliveries: "queue.Queue[tuple[str, dict]]" = queue.Queue()
+_installed = False
+_client_kwargs: dict = {}
+
+
+def s3_object_created_event(account: str, region: str, bucket: str, key: str, size: int,
+                            etag: str, version_id: str | None, reason: str = "PutObject") -> dict:
+    # Sequencers grow with time for one key, as S3's do.
+    sequencer = f"{time.time_ns():016X}{next(_seq):04X}"
+    detail_object = {"key": key, "size": size, "etag": etag, "sequencer": sequencer}
+    if version_id and version_id != "null":
+        detail_object["version-id"] = version_id
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Object Created",
+        "source": "aws.s3",
+        "account": account,
+        "time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "region": region,
+        "resources": [f"arn:aws:s3:::{bucket}"],
+        "detail": {
+            "version": "0",
+            "bucket": {"name": bucket},
+            "object": detail_object,
+            "request-id": uuid.uuid4().hex[:16].upper(),
+            "requester": account,
+            "source-ip-address": "127.0.0.1",
+            "reason": reason,
+        },
+    }
+
+
+def _on_s3_event(account_id, bucket, event_name, key) -> None:
+    if not event_name.startswith("s3:ObjectCreated"):
+        return
+    from moto.events.models import events_backends
+
+    event = s3_object_created_event(account_id, bucket.region_name, bucket.name, key.name, key.size,
+                                    key.etag.replace('"', ""), key.version_id,
+                                    reason={"s3:ObjectCreated:Copy": "CopyObject",
+                                            "s3:ObjectCreated:CompleteMultipartUpload": "CompleteMultipartUpload"
+                                            }.get(event_name, "PutObject"))
+    backend = events_backends[account_id][bucket.region_name]
+    for bus in backend.event_buses.values():
+        for rule in bus.rules.values():
+            if rule.state != "ENABLED" or not rule.event_pattern.matches_event(event):
+                continue
+            for target in rule.targets:
+                if ":states:" in target["Arn"]:
+                    _deliveries.put((target["Arn"], event))
+
+
+def _deliver_forever() -> None:
+    sfn = boto3.client("stepfunctions", **_client_kwargs)
+    while True:
+        arn, event = _deliveries.get()
+        detail = event["detail"]
+        doc_id = identity.document_id(detail["bucket"]["name"], detail["object"]["key"])
+        name = identity.execution_name(doc_id, detail["object"]["sequencer"])
+        for attempt in range(5):  # the target's RetryPolicy, in small
+            try:
+                sfn.start_execution(stateMachineArn=arn, name=name, input=json.dumps(event))
+                break
+            except sfn.exceptions.ExecutionAlreadyExists:
+                break  # a re-delivered event: StartExecution is idempotent by name
+            except Exception:  # noqa: BLE001 - keep delivering other events
+                log.exception("StartExecution failed (attempt %d)", attempt + 1)
+                time.sleep(0.5 * 2 ** attempt)
+
+
+def install(**client_kwargs) -> None:
+    """Route S3 EventBridge notifications to StartExecution (call once per process)."""
+    global _installed
+    if _installed:
+        return
+    import moto.s3.notifications as notifications
+
+    _client_kwargs.update(client_kwargs)
+    notifications._send_event_bridge_message = _on_s3_event
+    threading.Thread(target=_deliver_forever, name="eventbridge-delivery", daemon=True).start()
+    _installed = True

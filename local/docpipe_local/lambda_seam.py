@@ -1,0 +1,59 @@
+"""moto's one in-process Lambda seam: run the function's real code package here.
+
+moto runs Lambda code in Docker, which is absent. `LambdaFunction._invoke_lambda(event)`
+is the single place where it would start a container; we replace it so that the zip
+the function was created with (the real functions/<name>/ code) is unpacked and its
+handler called in this process, with the function's environment applied.
+Pin moto exactly: this hook is private API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from docpipe_local import handlers
+
+_CODE_ROOT = Path(tempfile.gettempdir()) / "docpipe-lambda-code"
+_installed = False
+
+
+def _code_dir(fn) -> str:
+    zip_bytes = fn.code_bytes
+    digest = hashlib.sha256(zip_bytes).hexdigest()[:16]
+    target = _CODE_ROOT / f"{fn.function_name}-{digest}"
+    if not target.exists():
+        tmp = Path(tempfile.mkdtemp(dir=_CODE_ROOT.parent))
+        with zipfile.ZipFile(io.BytesIO(zip_bytes)) as zf:
+            zf.extractall(tmp)
+        _CODE_ROOT.mkdir(parents=True, exist_ok=True)
+        try:
+            tmp.rename(target)
+        except OSError:
+            pass  # another thread unpacked the same code first
+    return str(target)
+
+
+def _invoke_lambda(self, event=None):
+    payload = json.loads(event) if isinstance(event, (str, bytes)) and event else (event or {})
+    result, errored, logs = handlers.invoke(
+        _code_dir(self), self.handler, payload, dict(self.environment_vars or {}),
+        self.function_name, timeout_s=float(self.timeout or 60))
+    if logs:
+        sys.stderr.write(logs)
+    return json.dumps(result), errored, logs
+
+
+def install() -> None:
+    global _installed
+    if _installed:
+        return
+    from moto.awslambda.models import LambdaFunction
+
+    LambdaFunction._invoke_lambda = _invoke_lambda
+    _installed = True

@@ -1,0 +1,73 @@
+"""The local stack's AWS side, in one process: `python -m docpipe_local.server`.
+
+A moto server on 127.0.0.1 with Step Functions execution on, our handlers running
+in-process behind moto's Lambda seam, S3 'Object Created' events delivered to
+StartExecution, and every resource of template.yaml created through the AWS APIs.
+Started and stopped by `docpipe stack start|stop`; not meant to be run by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m docpipe_local.server", description=__doc__)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--stack-name", default="docpipe")
+    ap.add_argument("--parameters", default="{}", help="template parameter overrides (JSON)")
+    ap.add_argument("--ray-token", required=True, help="file holding the Ray auth token")
+    ap.add_argument("--ready-file", required=True, help="written with the stack outputs when ready")
+    args = ap.parse_args(argv)
+
+    endpoint = f"http://127.0.0.1:{args.port}"
+    os.environ.update({
+        "MOTO_PORT": str(args.port),  # moto's Step Functions engine calls its own services here
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+    })
+    import boto3
+    import requests
+    from moto.server import ThreadedMotoServer
+
+    from docpipe_local import eventbridge, lambda_seam, resources, template
+
+    lambda_seam.install()
+    eventbridge.install(endpoint_url=endpoint, region_name="us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
+    server.start()
+    requests.post(f"{endpoint}/moto-api/config",
+                  json={"stepfunctions": {"execute_state_machine": True}}, timeout=10).raise_for_status()
+
+    session = boto3.session.Session(region_name="us-east-1")
+    token = open(args.ray_token).read().strip()
+    secret_arn = session.client("secretsmanager", endpoint_url=endpoint).create_secret(
+        Name=f"{args.stack_name}/ray-token", SecretString=token)["ARN"]
+    params = {"RayTokenSecretArn": secret_arn, **json.loads(args.parameters)}
+    stack = template.load(args.stack_name, params)
+    created = resources.create_stack(stack, session, endpoint)
+    with open(args.ready_file + ".tmp", "w") as f:
+        json.dump({"endpoint": endpoint, "pid": os.getpid(), "outputs": stack.outputs,
+                   "parameters": stack.parameters, "resources": created,
+                   "definitions": stack.definitions}, f, indent=2, default=str)
+    os.replace(args.ready_file + ".tmp", args.ready_file)
+    print(f"docpipe local AWS ready on {endpoint}", flush=True)
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.wait(1):
+        pass
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Start, inspect and stop the local stack: the moto-based AWS side and a Ray head.
+
+Both run as background processes in their own process groups; their pids are kept in
+$DOCPIPE_HOME/stack.json, so `stop` ends exactly what `start` started (never
+`ray stop`, which would end every Ray process on the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from docpipe_local import paths
+
+DEFAULT_MOTO_PORT = 4566
+DEFAULT_RAY_DASHBOARD_PORT = 8265
+DEFAULT_RAY_GCS_PORT = 6380
+
+
+class StackError(Exception):
+    """A clear, user-facing problem (exit code 2)."""
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def read_state() -> dict | None:
+    try:
+        return json.loads(paths.state_file().read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def running_state() -> dict:
+    state = read_state()
+    if not state or not _alive(state.get("moto_pid")):
+        raise StackError("the local stack is not running: start it with `docpipe stack start`")
+    return state
+
+
+def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-2000:] if log and log.exists() else ""
+            raise StackError(f"{what} exited with code {proc.returncode} while starting:\n{tail}")
+        time.sleep(0.3)
+    raise StackError(f"{what} did not become ready within {timeout:.0f} s (see {log})")
+
+
+def ray_env(endpoint: str, token: str) -> dict[str, str]:
+    """Environment of the Ray head, inherited by every job it runs."""
+    return {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "LANCEDB_URI": str(paths.vectors_dir()),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def start(moto_port: int = DEFAULT_MOTO_PORT, ray_port: int = DEFAULT_RAY_DASHBOARD_PORT,
+          gcs_port: int = DEFAULT_RAY_GCS_PORT, parameters: dict | None = None,
+          job_slots: int = 2, timeout: float = 120, echo=print) -> dict:
+    state = read_state()
+    if state and (_alive(state.get("moto_pid")) or _alive(state.get("ray_pid"))):
+        raise StackError(f"the local stack is already running (AWS on {state['endpoint']}, Ray on "
+                         f"{state['ray_url']}); `docpipe stack stop` first")
+    for port, what in ((moto_port, "--port"), (ray_port, "--ray-port"), (gcs_port, "--gcs-port")):
+        if not _port_free(port):
+            raise StackError(f"port {port} on 127.0.0.1 is busy; pick another with {what}")
+    home = paths.home()
+    paths.logs_dir().mkdir(parents=True, exist_ok=True)
+    paths.vectors_dir().mkdir(parents=True, exist_ok=True)
+    token_file = home / "ray_token"
+    token_file.write_text(secrets.token_urlsafe(32))
+    token_file.chmod(0o600)
+    token = token_file.read_text()
+    endpoint = f"http://127.0.0.1:{moto_port}"
+    ray_url = f"http://127.0.0.1:{ray_port}"
+    ready = home / "aws.json"
+    ready.unlink(missing_ok=True)
+
+    params = {"RayDashboardUrl": ray_url, "RayEntrypointResources": '{"job_slot": 1}', **(parameters or {})}
+    moto_log = paths.logs_dir() / "aws.log"
+    echo(f"starting local AWS (moto) on {endpoint} ...")
+    moto = subprocess.Popen(
+        [sys.executable, "-m", "docpipe_local.server", "--port", str(moto_port),
+         "--parameters", json.dumps(params), "--ray-token", str(token_file), "--ready-file", str(ready)],
+        stdout=open(moto_log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    ray_log = paths.logs_dir() / "ray.log"
+    ray_bin = Path(sys.executable).with_name("ray")
+    temp_dir = Path("/tmp") / f"docpipe-ray-{gcs_port}"
+    echo(f"starting Ray head on {ray_url} (token auth) ...")
+    ray = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", f"--port={gcs_port}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={ray_port}", "--include-dashboard=true",
+         "--num-cpus=2", f"--resources={json.dumps({'job_slot': job_slots})}",
+         f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        stdout=open(ray_log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        env=ray_env(endpoint, token), cwd=str(paths.REPO))
+    state = {"endpoint": endpoint, "ray_url": ray_url, "moto_pid": moto.pid, "ray_pid": ray.pid,
+             "ray_temp_dir": str(temp_dir), "home": str(home), "started_at": time.time()}
+    paths.state_file().write_text(json.dumps(state, indent=2))
+    try:
+        _wait(ready.exists, timeout, "the local AWS server", moto, moto_log)
+
+        def ray_ready():
+            try:
+                r = requests.get(f"{ray_url}/api/jobs/", timeout=2,
+                                 headers={"Authorization": f"Bearer {token}"})
+                return r.status_code == 200
+            except requests.RequestException:
+                return False
+
+        _wait(ray_ready, timeout, "the Ray head", ray, ray_log)
+    except StackError:
+        stop(echo=lambda *_: None)
+        raise
+    state.update(json.loads(ready.read_text()))
+    state["moto_pid"] = moto.pid
+    paths.state_file().write_text(json.dumps(state, indent=2, default=str))
+    echo(f"local stack ready: bucket {state['outputs']['DocumentBucketName']}")
+    return state
+
+
+def _kill_group(pid: int | None, grace: float = 15.0) -> None:
+    if not _alive(pid):
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _kill_by_marker(marker: str) -> None:
+    """Ray daemons this head started carry its temp dir in their command line."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd and int(proc.name) != os.getpid():
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def stop(echo=print) -> bool:
+    state = read_state()
+    if not state:
+        echo("the local stack is not running")
+        return False
+    echo("stopping Ray head ...")
+    _kill_group(state.get("ray_pid"))
+    if state.get("ray_temp_dir"):
+        _kill_by_marker(state["ray_temp_dir"])
+        shutil.rmtree(state["ray_temp_dir"], ignore_errors=True)
+    echo("stopping local AWS ...")
+    _kill_group(state.get("moto_pid"), grace=5)
+    paths.state_file().unlink(missing_ok=True)
+    echo("stopped")
+    return True
+
+
+def status() -> dict:
+    state = read_state()
+    if not state:
+        return {"running": False}
+    return {"running": _alive(state.get("moto_pid")) and _alive(state.get("ray_pid")),
+            "aws": {"endpoint": state.get("endpoint"), "pid": state.get("moto_pid"),
+                    "alive": _alive(state.get("moto_pid"))},
+            "ray": {"url": state.get("ray_url"), "pid": state.get("ray_pid"),
+                    "alive": _alive(state.get("ray_pid"))},
+            "outputs": state.get("outputs", {})}
+
+
+def client(service: str, state: dict | None = None):
+    import boto3
+
+    state = state or running_state()
+    return boto3.client(service, endpoint_url=state["endpoint"], region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")

@@ -1,0 +1,68 @@
+"""Warm actors: heavy state loaded once per worker, reused by every job.
+
+The embedding model loads in ~0.5 s and a Ray job costs ~2.5 s to start; loading the
+model in every job (or per chunk) would dominate. A detached named actor keeps it warm
+across jobs. Its name carries the backend configuration, so a job configured for
+another model never talks to a stale actor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+NAMESPACE = "docpipe"
+# Env vars that choose and configure the embedder (and so, which actor serves a job).
+EMBEDDER_ENV = ("EMBEDDING_BACKEND", "OPENAI_EMBEDDING_MODEL", "OPENAI_EMBEDDING_DIMS",
+                "OPENAI_API_KEY_SECRET_ARN", "OPENAI_BASE_URL", "OPENAI_TPM_BUDGET",
+                "TOKEN_BUDGET_TABLE", "EMBEDDING_CACHE", "DOCUMENT_BUCKET",
+                "LOCAL_EMBEDDING_MODEL_DIR", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
+                "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def _embedder_config() -> dict[str, str]:
+    return {k: os.environ[k] for k in EMBEDDER_ENV if k in os.environ}
+
+
+def _make():
+    from ray_jobs.backends import make_embedder
+
+    embedder = make_embedder()
+    try:
+        from ray_jobs.backends.embedding_cache import wrap_with_cache_from_env
+    except ImportError:
+        return embedder
+    return wrap_with_cache_from_env(embedder)
+
+
+class EmbedderService:
+    """Plain class: the actor body, also usable in-process without Ray."""
+
+    def __init__(self):
+        self.embedder = _make()
+        self.calls = 0
+
+    def info(self) -> dict:
+        return {"model": self.embedder.model, "dims": self.embedder.dims, "calls": self.calls,
+                "pid": os.getpid()}
+
+    def embed(self, texts: list[str]):
+        self.calls += 1
+        return self.embedder.embed(texts)
+
+
+def embedder_handle():
+    """(call, info): a warm actor inside Ray, else an in-process service."""
+    from ray_jobs.runner import ray_available
+
+    if not ray_available():
+        service = EmbedderService()
+        return service.embed, service.info()
+    import ray
+
+    config = _embedder_config()
+    digest = hashlib.sha256(repr(sorted(config.items())).encode()).hexdigest()[:10]
+    actor = ray.remote(num_cpus=0, max_restarts=2)(EmbedderService).options(
+        name=f"embedder-{digest}", namespace=NAMESPACE, lifetime="detached",
+        get_if_exists=True, runtime_env={"env_vars": config}).remote()
+    return (lambda texts: ray.get(actor.embed.remote(texts))), ray.get(actor.info.remote())

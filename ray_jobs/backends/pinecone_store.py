@@ -1,0 +1,299 @@
+"""Production vector store: a Pinecone serverless index through the ``pinecone`` SDK.
+
+Environment (``PineconeStore.from_env``):
+
+| env var                      | meaning                                                  |
+|------------------------------|----------------------------------------------------------|
+| PINECONE_API_KEY_SECRET_ARN  | Secrets Manager secret holding the API key (required)    |
+| PINECONE_INDEX_HOST          | the index's data-plane host, e.g. ``https://x.svc...``   |
+|                              | (``http://127.0.0.1:PORT`` for a local fake)             |
+| PINECONE_NAMESPACE           | default ``docpipe``                                      |
+| PINECONE_MAX_ATTEMPTS        | attempts per request on 429/5xx/connection, default 5    |
+
+Limits respected (Pinecone docs): an upsert carries at most 1000 vectors and 2 MB; a
+delete or fetch at most 1000 ids; a list page at most 100 ids; metadata at most 40 KB
+per vector. ``upsert`` splits its records itself, estimating each record's JSON size,
+so no request is ever sent over a limit (the SDK's own ``batch_size`` mode is not used:
+it reports a rejected batch only through ``has_errors`` instead of raising).
+
+Metadata rule: ``text`` is cut to ``max_text_chars`` (2,000, the contract in
+docs/architecture.md) and then, if the metadata's JSON is still over 40,000 bytes,
+cut further until it fits; other fields are never changed. ``None`` values are
+dropped (Pinecone rejects null metadata). Metadata still too large without any
+``text`` raises ``StageFailed``.
+
+Retries: the SDK's HTTP transport already retries 429/5xx a few times (honouring
+``Retry-After``; it cannot be turned off on the data-plane client in 10.2). Around each
+request this class adds its own bounded attempts with exponential backoff and jitter,
+honouring the error's ``retry_after``; when they run out it raises
+``docpipe.errors.VectorStoreUnavailable``. A 401 forgets the cached secret and
+rebuilds the client once (rotated key). A 413 splits the batch in two. Other 4xx
+(wrong dimension, bad filter) raise ``StageFailed``: retrying cannot fix them.
+
+``delete_prefix``: serverless indexes cannot delete by metadata filter, so ids are
+listed by prefix and deleted by id, at most 1000 per request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+from docpipe.errors import StageFailed, VectorStoreUnavailable
+
+from ray_jobs.backends import secrets
+from ray_jobs.backends.base import Match, VectorRecord
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NAMESPACE = "docpipe"
+MAX_UPSERT_VECTORS = 1000
+MAX_UPSERT_BYTES = 2_000_000
+MAX_METADATA_BYTES = 40_000  # under 40 KB whichever way a KB is counted
+MAX_IDS_PER_DELETE = 1000
+LIST_PAGE_SIZE = 100
+DEFAULT_TEXT_CHARS = 2000
+# Room for the request envelope ({"vectors":[...],"namespace":"..."}) and for the
+# SDK's serializer writing a float differently from json.dumps.
+_BYTES_HEADROOM = 0.95
+
+
+def _compact(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def fit_metadata(metadata: Mapping[str, Any], *, max_text_chars: int = DEFAULT_TEXT_CHARS,
+                 max_bytes: int = MAX_METADATA_BYTES) -> dict[str, Any]:
+    """Metadata Pinecone will accept: no None values, ``text`` cut to ``max_text_chars``
+    and then further until the JSON is at most ``max_bytes``."""
+    meta = {k: v for k, v in metadata.items() if v is not None}
+    text = meta.get("text")
+    if isinstance(text, str) and len(text) > max_text_chars:
+        meta["text"] = text = text[:max_text_chars]
+    if len(_compact(meta)) <= max_bytes:
+        return meta
+    if not isinstance(text, str):
+        raise StageFailed(f"vector metadata is {len(_compact(meta))} bytes without a text field to cut")
+    without = len(_compact({**meta, "text": ""}))
+    if without > max_bytes:
+        raise StageFailed(f"vector metadata is {without} bytes even with an empty text (limit {max_bytes})")
+    # Binary search for the longest prefix that fits (JSON escaping makes bytes != chars).
+    lo, hi = 0, len(text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if without + len(_compact(text[:mid])) - 2 <= max_bytes:
+            lo = mid
+        else:
+            hi = mid - 1
+    meta["text"] = text[:lo]
+    return meta
+
+
+class PineconeStore:
+    """``VectorStore`` on one namespace of a Pinecone index."""
+
+    def __init__(
+        self,
+        index: Any = None,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        index_factory: Callable[[], Any] | None = None,
+        on_auth_error: Callable[[], None] | None = None,
+        max_attempts: int = 5,
+        base_delay: float = 0.5,
+        max_delay: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: Callable[[], float] = random.random,
+        max_batch_vectors: int = MAX_UPSERT_VECTORS,
+        max_batch_bytes: int = MAX_UPSERT_BYTES,
+        max_text_chars: int = DEFAULT_TEXT_CHARS,
+    ) -> None:
+        if index is None and index_factory is None:
+            raise ValueError("pass an Index or an index_factory")
+        self._index = index
+        self._index_factory = index_factory
+        self._on_auth_error = on_auth_error
+        self.namespace = namespace
+        self.max_attempts = max(1, max_attempts)
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self._sleep = sleep
+        self._rng = rng
+        self.max_batch_vectors = min(max_batch_vectors, MAX_UPSERT_VECTORS)
+        self.max_batch_bytes = min(max_batch_bytes, MAX_UPSERT_BYTES)
+        self.max_text_chars = max_text_chars
+        self.requests_sent = 0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> "PineconeStore":
+        env = os.environ if env is None else env
+        arn = env.get("PINECONE_API_KEY_SECRET_ARN", "").strip()
+        host = env.get("PINECONE_INDEX_HOST", "").strip()
+        if not arn:
+            raise ValueError("PINECONE_API_KEY_SECRET_ARN is not set (keys never come from plain env vars)")
+        if not host:
+            raise ValueError("PINECONE_INDEX_HOST is not set")
+
+        def factory() -> Any:
+            from pinecone import Pinecone
+
+            return Pinecone(api_key=secrets.get_secret(arn)).Index(host=host)
+
+        kwargs.setdefault("max_attempts", int(env.get("PINECONE_MAX_ATTEMPTS", "").strip() or 5))
+        return cls(
+            index_factory=factory,
+            on_auth_error=lambda: secrets.invalidate(arn),
+            namespace=env.get("PINECONE_NAMESPACE", "").strip() or DEFAULT_NAMESPACE,
+            **kwargs,
+        )
+
+    @property
+    def index(self) -> Any:
+        if self._index is None:
+            assert self._index_factory is not None
+            self._index = self._index_factory()
+        return self._index
+
+    # -- retry policy -------------------------------------------------------------------
+    def _delay(self, attempt: int, exc: Exception) -> float:
+        requested = getattr(exc, "retry_after", None)
+        if isinstance(requested, (int, float)) and requested > 0:
+            return min(requested * (1.0 + 0.1 * self._rng()), self.max_delay)
+        backoff = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
+        return backoff * (0.5 + 0.5 * self._rng())
+
+    def _call(self, what: str, fn: Callable[[Any], Any]) -> Any:
+        from pinecone.errors import (
+            ApiError,
+            PineconeConnectionError,
+            PineconeTimeoutError,
+            RateLimitError,
+            ServiceError,
+            UnauthorizedError,
+        )
+
+        last: Exception | None = None
+        rebuilt = False
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                result = fn(self.index)
+                self.requests_sent += 1
+                return result
+            except (RateLimitError, ServiceError, PineconeConnectionError, PineconeTimeoutError) as exc:
+                last = exc
+            except UnauthorizedError as exc:
+                if self._index_factory is not None and not rebuilt:
+                    if self._on_auth_error:
+                        self._on_auth_error()  # the key may have been rotated
+                    self._index = None
+                    rebuilt = True
+                    last = exc
+                    continue
+                raise StageFailed(f"Pinecone rejected the API key during {what}: {exc}") from exc
+            except ApiError as exc:
+                status = getattr(exc, "status_code", None) or 0
+                if status in (408,) or status >= 500:
+                    last = exc
+                else:
+                    raise
+            if attempt < self.max_attempts:
+                delay = self._delay(attempt, last)
+                log.warning("Pinecone %s attempt %d/%d failed (%s); retrying in %.2f s",
+                            what, attempt, self.max_attempts, type(last).__name__, delay)
+                self._sleep(delay)
+        raise VectorStoreUnavailable(
+            f"Pinecone {what} still failing after {self.max_attempts} attempts: {type(last).__name__}: {last}"
+        )
+
+    # -- writes -------------------------------------------------------------------------
+    def _record_dict(self, record: VectorRecord) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": record.id, "values": [float(v) for v in record.vector]}
+        if record.metadata:
+            out["metadata"] = fit_metadata(record.metadata, max_text_chars=self.max_text_chars)
+        return out
+
+    def plan_batches(self, records: Iterable[VectorRecord]) -> list[list[dict[str, Any]]]:
+        """Records as request bodies' ``vectors`` lists, each under both limits."""
+        budget = int(self.max_batch_bytes * _BYTES_HEADROOM)
+        batches: list[list[dict[str, Any]]] = []
+        current: list[dict[str, Any]] = []
+        size = 0
+        for record in records:
+            item = self._record_dict(record)
+            item_bytes = len(_compact(item)) + 1  # + the comma between items
+            if item_bytes > budget:
+                raise StageFailed(f"vector {record.id} alone is {item_bytes} bytes of JSON")
+            if current and (len(current) >= self.max_batch_vectors or size + item_bytes > budget):
+                batches.append(current)
+                current, size = [], 0
+            current.append(item)
+            size += item_bytes
+        if current:
+            batches.append(current)
+        return batches
+
+    def _upsert_batch(self, batch: list[dict[str, Any]]) -> int:
+        from pinecone.errors import PayloadTooLargeError
+
+        try:
+            response = self._call("upsert", lambda idx: idx.upsert(vectors=batch, namespace=self.namespace))
+        except PayloadTooLargeError:
+            if len(batch) == 1:
+                raise
+            half = len(batch) // 2  # our size estimate was off: split rather than fail
+            return self._upsert_batch(batch[:half]) + self._upsert_batch(batch[half:])
+        return int(getattr(response, "upserted_count", len(batch)))
+
+    def upsert(self, records: list[VectorRecord]) -> int:
+        written = 0
+        for batch in self.plan_batches(records):
+            written += self._upsert_batch(batch)
+        return written
+
+    def delete_ids(self, ids: Iterable[str]) -> int:
+        """Delete exactly these ids, at most 1000 per request; returns how many were asked."""
+        ids = list(dict.fromkeys(ids))
+        for start in range(0, len(ids), MAX_IDS_PER_DELETE):
+            chunk = ids[start:start + MAX_IDS_PER_DELETE]
+            self._call("delete", lambda idx, chunk=chunk: idx.delete(ids=chunk, namespace=self.namespace))
+        return len(ids)
+
+    def delete_prefix(self, prefix: str) -> int:
+        if not prefix:
+            raise ValueError("refusing to delete with an empty prefix (it would empty the namespace)")
+        return self.delete_ids(self.list_ids(prefix))
+
+    # -- reads --------------------------------------------------------------------------
+    def list_ids(self, prefix: str) -> list[str]:
+        ids: list[str] = []
+        token: str | None = None
+        while True:
+            page = self._call(
+                "list",
+                lambda idx, token=token: idx.list_paginated(
+                    prefix=prefix, limit=LIST_PAGE_SIZE, pagination_token=token, namespace=self.namespace
+                ),
+            )
+            ids.extend(item.id for item in page.vectors if item.id is not None)
+            token = page.pagination.next if page.pagination is not None else None
+            if not token:
+                return ids
+
+    def query(self, vector: list[float], top_k: int = 5, filter: dict | None = None) -> list[Match]:
+        response = self._call(
+            "query",
+            lambda idx: idx.query(
+                vector=[float(v) for v in vector], top_k=top_k, namespace=self.namespace,
+                filter=filter, include_metadata=True,
+            ),
+        )
+        return [Match(id=m.id, score=float(m.score), metadata=dict(m.metadata or {})) for m in response.matches]
+
+    def count(self) -> int:
+        stats = self._call("describe_index_stats", lambda idx: idx.describe_index_stats())
+        summary = stats.namespaces.get(self.namespace or "__default__")
+        return int(summary.vector_count) if summary is not None else 0

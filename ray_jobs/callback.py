@@ -1,0 +1,87 @@
+"""The Ray job side of the task-token protocol (DESIGN.md "Ray job protocol").
+
+Heartbeats while the stage works; exactly one SendTaskSuccess or SendTaskFailure at
+the end; SIGTERM (ray job stop, scale-in) sends SendTaskFailure(JobInterrupted) before
+the job dies. A SIGKILL sends nothing: the state's HeartbeatSeconds catches that.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+
+import boto3
+from botocore.exceptions import ClientError
+
+from docpipe.errors import JobInterrupted
+
+log = logging.getLogger("docpipe.job")
+MAX_CAUSE = 32000  # SendTaskFailure's cause limit is 32,768 characters
+
+
+class TaskCallback:
+    def __init__(self, task_token: str, stage: str, interval_s: float | None = None, client=None):
+        self.token = task_token
+        self.stage = stage
+        self.interval_s = interval_s or float(os.environ.get("DOCPIPE_HEARTBEAT_INTERVAL", "20"))
+        self.sfn = client or boto3.client("stepfunctions")
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._sent = False
+        self._thread: threading.Thread | None = None
+        self.heartbeats = 0
+
+    # --- heartbeats ------------------------------------------------------------------
+    def start(self) -> "TaskCallback":
+        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self._thread.start()
+        try:
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+        except ValueError:
+            pass  # not the main thread (tests): no signal handler
+        return self
+
+    def heartbeat(self) -> None:
+        try:
+            self.sfn.send_task_heartbeat(taskToken=self.token)
+            self.heartbeats += 1
+        except ClientError as err:
+            code = err.response["Error"]["Code"]
+            if code in ("TaskTimedOut", "InvalidToken", "TaskDoesNotExist"):
+                # The execution gave up on us: stop working, nobody will read the result.
+                log.error(json.dumps({"message": "task no longer waiting; abandoning job", "code": code}))
+                os._exit(3)
+            log.warning(json.dumps({"message": "heartbeat failed", "code": code}))
+
+    def _beat(self) -> None:
+        while not self._done.wait(self.interval_s):
+            self.heartbeat()
+
+    def _on_sigterm(self, signum, frame):
+        self.failure(JobInterrupted.__name__, f"{self.stage} job received SIGTERM before finishing")
+        os._exit(143)
+
+    # --- the one final answer --------------------------------------------------------
+    def _send_once(self, fn, **kwargs) -> bool:
+        with self._lock:
+            if self._sent:
+                return False
+            self._sent = True
+            self._done.set()
+        try:
+            fn(taskToken=self.token, **kwargs)
+        except ClientError as err:
+            log.error(json.dumps({"message": "callback rejected", "code": err.response["Error"]["Code"]}))
+        return True
+
+    def success(self, output: dict) -> bool:
+        return self._send_once(self.sfn.send_task_success, output=json.dumps(output, default=str))
+
+    def failure(self, error: str, cause: str) -> bool:
+        return self._send_once(self.sfn.send_task_failure, error=error[:256], cause=cause[:MAX_CAUSE])
+
+    def stop(self) -> None:
+        self._done.set()

@@ -1,0 +1,112 @@
+"""Embed stage: chunks -> enrichment -> embeddings -> vector index.
+`python -m ray_jobs.embed --job s3://...`
+
+Writes enriched/<doc>/<ver>/chunks.jsonl and embeddings/<doc>/<ver>/vectors.jsonl,
+then loads the vectors: the new version's ids are upserted first and only then are the
+document's other versions deleted, so a document is never missing from the index and
+never doubled. Vector ids are deterministic, so a re-run upserts the same ids.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from docpipe import identity
+from docpipe.errors import VectorStoreUnavailable
+from ray_jobs import jobio
+from ray_jobs.runner import emit, main_exit, run
+
+BATCH = int(os.environ.get("EMBED_BATCH_SIZE", "64"))
+TEXT_IN_INDEX = 2000  # characters of chunk text kept as vector metadata (for citations)
+
+
+def replace_document_version(store, records, document_id: str, version: str) -> dict:
+    """New version's vectors first, then every other version's ids of this document."""
+    try:
+        from ray_jobs.backends.version_sync import replace_document_version as generic
+    except ImportError:
+        generic = None
+    if generic is not None:
+        return generic(store, records, document_id, version)
+    written = store.upsert(records)
+    keep = identity.vector_id_prefix(document_id, version)
+    stale = [i for i in store.list_ids(identity.vector_id_prefix(document_id)) if not i.startswith(keep)]
+    removed = 0
+    for prefix in sorted({i.rsplit("#", 1)[0] + "#" for i in stale}):
+        removed += store.delete_prefix(prefix)
+    return {"upserted": written, "deleted": removed}
+
+
+def embed_document(job: dict, callback=None) -> dict:
+    from ray_jobs.actors import embedder_handle
+    from ray_jobs.backends import make_enricher, make_vector_store
+    from ray_jobs.backends.base import VectorRecord
+
+    reg = job["registration"]
+    doc, ver, bucket = reg["document_id"], reg["processing_version"], reg["bucket"]
+    chunks = jobio.read_jsonl(job["inputs"]["chunks_uri"])
+
+    t0 = time.monotonic()
+    enricher = make_enricher()
+    enriched = []
+    for start in range(0, len(chunks), BATCH):
+        batch = chunks[start:start + BATCH]
+        for chunk, extra in zip(batch, enricher.enrich([c["text"] for c in batch])):
+            enriched.append({**chunk, **extra, "enrichment_backend": enricher.name})
+    enriched_uri = jobio.write_jsonl(bucket, identity.artifact_key("enriched", doc, ver, "chunks.jsonl"), enriched)
+    t_enrich = time.monotonic() - t0
+
+    t1 = time.monotonic()
+    embed, info = embedder_handle()
+    vectors, tokens, cost, hits = [], 0, 0.0, 0
+    for start in range(0, len(chunks), BATCH):
+        result = embed([c["text"] for c in chunks[start:start + BATCH]])
+        vectors += result.vectors
+        tokens += result.tokens
+        cost += result.cost_usd
+        hits += result.cache_hits
+        if callback:
+            callback.heartbeat()  # long documents: prove we are alive between batches
+    ids = [identity.vector_id(doc, ver, c["chunk_index"]) for c in chunks]
+    embeddings_uri = jobio.write_jsonl(
+        bucket, identity.artifact_key("embeddings", doc, ver, "vectors.jsonl"),
+        ({"id": i, "chunk_index": c["chunk_index"], "embedding_model": info["model"], "dims": info["dims"],
+          "vector": [round(float(x), 7) for x in v]} for i, c, v in zip(ids, chunks, vectors)))
+    t_embed = time.monotonic() - t1
+
+    t2 = time.monotonic()
+    records = [VectorRecord(i, list(map(float, v)), {
+        "document_id": doc, "processing_version": ver, "chunk_index": c["chunk_index"],
+        "page_start": c["page_start"], "page_end": c["page_end"], "s3_key": reg["key"],
+        "text": c["text"][:TEXT_IN_INDEX]}) for i, c, v in zip(ids, chunks, vectors)]
+    try:
+        store = make_vector_store()
+        sync = replace_document_version(store, records, doc, ver)
+    except VectorStoreUnavailable:
+        raise
+    except (ConnectionError, TimeoutError, OSError) as err:
+        raise VectorStoreUnavailable(f"vector store: {err}") from err
+    t_load = time.monotonic() - t2
+    emit(message="embedded", document_id=doc, vectors=len(records), model=info["model"],
+         embed_s=round(t_embed, 3), load_s=round(t_load, 3))
+    return {
+        "enriched_uri": enriched_uri,
+        "embeddings_uri": embeddings_uri,
+        "vectors": len(records),
+        "vectors_removed": int(sync.get("deleted", 0)),
+        "embedding_model": info["model"],
+        "dims": info["dims"],
+        "tokens": tokens,
+        "cost_usd": round(cost, 8),
+        "cache_hits": hits,
+        "durations": {"enrich_s": round(t_enrich, 3), "embed_s": round(t_embed, 3), "load_s": round(t_load, 3)},
+    }
+
+
+def main(argv=None) -> int:
+    return run("embed", embed_document, argv)
+
+
+if __name__ == "__main__":
+    main_exit(main())

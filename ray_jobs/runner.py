@@ -1,0 +1,75 @@
+"""What every stage entry point shares: read the job, heartbeat, answer once."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Callable
+
+from docpipe.errors import DocpipeError, StageFailed
+from ray_jobs import jobio
+from ray_jobs.callback import TaskCallback
+
+log = logging.getLogger("docpipe.job")
+
+
+def emit(**fields) -> None:
+    """One structured log line (Ray keeps the driver's stdout as the job log)."""
+    print(json.dumps({"ts": round(time.time(), 3), **fields}, default=str), flush=True)
+
+
+def run(stage: str, work: Callable[[dict, TaskCallback], dict], argv=None) -> int:
+    ap = argparse.ArgumentParser(prog=f"python -m ray_jobs.{stage}",
+                                 description=f"docpipe {stage} stage as a Ray job (task-token protocol).")
+    ap.add_argument("--job", required=True, help="s3:// URI of the job file written by SubmitRayJob")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    job = jobio.read_json(args.job)
+    callback = TaskCallback(job["task_token"], stage).start()
+    reg = job["registration"]
+    emit(message="stage started", stage=stage, document_id=reg["document_id"],
+         processing_version=reg["processing_version"], submission_id=job.get("submission_id"))
+    try:
+        output = work(job, callback)
+    except DocpipeError as err:
+        emit(message="stage failed", stage=stage, error=err.code, cause=str(err))
+        callback.failure(err.code, str(err) or err.code)
+        return 1
+    except Exception as err:  # noqa: BLE001 - any crash still answers the task token
+        emit(message="stage crashed", stage=stage, error=type(err).__name__, cause=str(err))
+        callback.failure(StageFailed.__name__, f"{type(err).__name__}: {err}"[:1000])
+        return 1
+    finally:
+        callback.stop()
+    callback.success(output)
+    emit(message="stage succeeded", stage=stage, **{k: v for k, v in output.items() if not isinstance(v, dict)})
+    try:
+        jobio.delete(args.job)  # it held the task token; nothing needs it any more
+    except Exception:  # noqa: BLE001 - the bucket lifecycle removes it after a day anyway
+        pass
+    return 0
+
+
+def ray_available() -> bool:
+    """True inside a Ray job (or a test that called ray.init)."""
+    if os.environ.get("DOCPIPE_NO_RAY") == "1":
+        return False
+    try:
+        import ray
+    except ImportError:
+        return False
+    if ray.is_initialized():
+        return True
+    if os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"):
+        ray.init(ignore_reinit_error=True, log_to_driver=False)
+        return True
+    return False
+
+
+def main_exit(code: int) -> None:
+    sys.stdout.flush()
+    sys.exit(code)
