@@ -1,0 +1,166 @@
+"""Shared fixtures: an in-process AWS (moto) built from template.yaml, and corpus files."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO.parent / "shared" / "corpus"
+EVENTS = REPO / "events"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def corpus_file(rel: str) -> Path:
+    path = CORPUS / rel
+    if not path.exists():
+        pytest.skip(f"corpus file {path} not found (../shared/corpus beside the checkout)")
+    return path
+
+
+@pytest.fixture
+def aws_env(monkeypatch, tmp_path):
+    """Fake credentials and a private LanceDB dir; no real endpoint is ever reached."""
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_SECURITY_TOKEN": "testing", "AWS_SESSION_TOKEN": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+                 "LANCEDB_URI": str(tmp_path / "vectors"), "DOCPIPE_NO_RAY": "1",
+                 "DOCPIPE_HEARTBEAT_INTERVAL": "1"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    from docpipe import aws
+
+    aws.reset_clients()
+    yield
+    aws.reset_clients()
+
+
+class FakeRayHead:
+    """A stand-in for the Ray Jobs REST API that runs each submitted stage in a thread,
+    in-process, with the real ray_jobs entry point (no cluster needed). It checks the
+    bearer token like a token-auth head does and answers 'already exists' for a
+    repeated submission id, as Ray does."""
+
+    def __init__(self, token: str, run_jobs: bool = True):
+        self.token = token
+        self.run_jobs = run_jobs
+        self.submissions: list[dict] = []
+        self.threads: list[threading.Thread] = []
+        self.fail_next = 0  # answer 503 to the next N submissions
+        head = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.headers.get("Authorization") != f"Bearer {head.token}":
+                    return self._send(401, {"error": "Unauthenticated"})
+                if head.fail_next:
+                    head.fail_next -= 1
+                    return self._send(503, {"error": "head restarting"})
+                if any(s["submission_id"] == body["submission_id"] for s in head.submissions):
+                    return self._send(400, {"error": f"Job with submission_id {body['submission_id']} already exists."})
+                head.submissions.append(body)
+                if head.run_jobs:
+                    t = threading.Thread(target=head._run, args=(body,), daemon=True)
+                    head.threads.append(t)
+                    t.start()
+                return self._send(200, {"submission_id": body["submission_id"], "job_id": None})
+
+            def _send(self, code, payload):
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _run(self, body: dict) -> None:
+        import importlib
+
+        module, _, args = body["entrypoint"].removeprefix("python -m ").partition(" ")
+        importlib.import_module(module).main(args.split())
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def local_aws(aws_env, monkeypatch):
+    """moto with Step Functions executing the real ASL, every resource of template.yaml,
+    our handlers behind moto's Lambda seam, and S3 uploads delivered as EventBridge
+    events to StartExecution. Yields (stack, clients, fake Ray head)."""
+    from moto import mock_aws
+
+    from docpipe_local import eventbridge, handlers, lambda_seam, resources, template
+
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+        import boto3
+
+        lambda_seam.install()
+        eventbridge.install(region_name="us-east-1")
+        handlers.forget_modules()
+        token = "test-ray-token"
+        secret_arn = boto3.client("secretsmanager").create_secret(
+            Name="docpipe/ray-token", SecretString=token)["ARN"]
+        head = FakeRayHead(token)
+        stack = template.load("docpipe", {"RayTokenSecretArn": secret_arn, "RayDashboardUrl": head.url,
+                                          "RayEntrypointResources": "{}"})
+        resources.create_stack(stack)
+        clients = {n: boto3.client(n) for n in ("s3", "stepfunctions", "dynamodb", "sns", "sqs")}
+        yield stack, clients, head
+        for t in head.threads:
+            t.join(timeout=30)
+        head.close()
+        handlers.forget_modules()
+
+
+def wait_for_execution(sfn, arn: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        desc = sfn.describe_execution(executionArn=arn)
+        if desc["status"] != "RUNNING":
+            return desc
+        time.sleep(0.2)
+    raise AssertionError(f"execution {arn} still RUNNING after {timeout} s")
+
+
+def executions_for(sfn, state_machine_arn: str, count: int, timeout: float = 30) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        execs = sfn.list_executions(stateMachineArn=state_machine_arn)["executions"]
+        if len(execs) >= count:
+            return execs
+        time.sleep(0.1)
+    raise AssertionError(f"expected {count} executions, saw {len(execs)}")
+
+
+def history(sfn, arn: str) -> list[dict]:
+    events, token = [], None
+    while True:
+        kw = {"executionArn": arn, "maxResults": 1000, "includeExecutionData": True}
+        if token:
+            kw["nextToken"] = token
+        page = sfn.get_execution_history(**kw)
+        events += page["events"]
+        token = page.get("nextToken")
+        if not token:
+            return events
+
+
+def entered_states(events: list[dict]) -> list[str]:
+    return [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
