@@ -27,6 +27,13 @@ _seq = itertools.count(1)
 _deliveries: "queue.Queue[tuple[str, dict]]" = queue.Queue()
 _installed = False
 _client_kwargs: dict = {}
+_enabled = threading.Event()
+_enabled.set()
+
+
+def set_delivery(enabled: bool) -> None:
+    """Tests of single handlers turn delivery off so an upload starts no execution."""
+    (_enabled.set if enabled else _enabled.clear)()
 
 
 def s3_object_created_event(account: str, region: str, bucket: str, key: str, size: int,
@@ -58,7 +65,7 @@ def s3_object_created_event(account: str, region: str, bucket: str, key: str, si
 
 
 def _on_s3_event(account_id, bucket, event_name, key) -> None:
-    if not event_name.startswith("s3:ObjectCreated"):
+    if not event_name.startswith("s3:ObjectCreated") or not _enabled.is_set():
         return
     from moto.events.models import events_backends
 
@@ -78,9 +85,9 @@ def _on_s3_event(account_id, bucket, event_name, key) -> None:
 
 
 def _deliver_forever() -> None:
-    sfn = boto3.client("stepfunctions", **_client_kwargs)
     while True:
         arn, event = _deliveries.get()
+        sfn = boto3.client("stepfunctions", **_client_kwargs)
         detail = event["detail"]
         doc_id = identity.document_id(detail["bucket"]["name"], detail["object"]["key"])
         name = identity.execution_name(doc_id, detail["object"]["sequencer"])

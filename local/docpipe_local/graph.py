@@ -57,7 +57,6 @@ STATUS_COLORS = {
 
 START, END = "__start__", "__end__"  # pseudo-nodes, as in the console
 
-CONTAINER_TYPES = ("Parallel", "Map")
 _TERMINAL_EXEC = {
     "ExecutionSucceeded": "SUCCEEDED",
     "ExecutionFailed": "FAILED",
@@ -125,6 +124,20 @@ class ExecutionGraph:
 # --------------------------------------------------------------------------- definition
 
 
+_PLACEHOLDER = re.compile(r"^\$\{(\w+?)(?:FunctionArn|Arn)?\}$")
+_WAIT_SUFFIX = {".waitForTaskToken": " (token)", ".sync": " (sync)", ".sync:2": " (sync)"}
+
+
+def _function_name(ref: str) -> str | None:
+    """Short name of a Lambda reference: ARN, plain name or an unsubstituted ${...}."""
+    m = _PLACEHOLDER.match(ref)
+    if m:
+        return m.group(1)
+    if "$" in ref or "{%" in ref:  # a path or JSONata: not known before the run
+        return None
+    return ref.rsplit(":function:", 1)[-1].split(":")[0]
+
+
 def _resource_label(state: dict) -> str | None:
     res = state.get("Resource")
     if not isinstance(res, str):
@@ -134,12 +147,14 @@ def _resource_label(state: dict) -> str | None:
         label = m.group(1)
         if label.startswith("lambda:invoke"):
             fn = (state.get("Parameters") or state.get("Arguments") or {}).get("FunctionName")
-            if isinstance(fn, str) and "$" not in fn and "{%" not in fn:
-                label = "lambda:" + fn.rsplit(":function:", 1)[-1].split(":")[0]
+            name = _function_name(fn) if isinstance(fn, str) else None
+            if name:
+                suffix = label[len("lambda:invoke"):]
+                label = "lambda:" + name + _WAIT_SUFFIX.get(suffix, suffix)
         return label
-    m = re.match(r"arn:aws[\w-]*:lambda:[^:]*:[^:]*:function:([^:]+)", res)
-    if m:
-        return "lambda:" + m.group(1)
+    name = _function_name(res) if (res.startswith("${") or ":function:" in res) else None
+    if name:
+        return "lambda:" + name
     m = re.match(r"arn:aws[\w-]*:states:[^:]*:[^:]*:activity:(.+)$", res)
     if m:
         return "activity:" + m.group(1)
@@ -198,9 +213,21 @@ def _rule_label(rule: dict) -> str:
 
 def _declared_edges(definition: dict) -> list[Edge]:
     edges: list[Edge] = []
+    seen: dict[tuple[str, str, str], Edge] = {}
+
+    def add(e: Edge) -> None:
+        # Several rules or catchers to one target make one arrow with a merged label.
+        key = (e.src, e.dst, "choice" if e.kind == "default" else e.kind)
+        prev = seen.get(key)
+        if prev is None:
+            seen[key] = e
+            edges.append(e)
+        elif e.label and e.label not in prev.label.split(" | "):
+            prev.label = f"{prev.label} | {e.label}" if prev.label else e.label
+
     states = definition.get("States") or {}
     if definition.get("StartAt"):
-        edges.append(Edge(START, definition["StartAt"], "start"))
+        add(Edge(START, definition["StartAt"], "start"))
     for name, st in states.items():
         if not isinstance(st, dict):
             continue
@@ -208,16 +235,16 @@ def _declared_edges(definition: dict) -> list[Edge]:
         if typ == "Choice":
             for rule in st.get("Choices") or []:
                 if rule.get("Next"):
-                    edges.append(Edge(name, rule["Next"], "choice", _rule_label(rule)))
+                    add(Edge(name, rule["Next"], "choice", _rule_label(rule)))
             if st.get("Default"):
-                edges.append(Edge(name, st["Default"], "default", "Default"))
+                add(Edge(name, st["Default"], "default", "Default"))
         elif st.get("Next"):
-            edges.append(Edge(name, st["Next"], "next"))
+            add(Edge(name, st["Next"], "next"))
         if st.get("End") or typ in ("Succeed", "Fail"):
-            edges.append(Edge(name, END, "end"))
+            add(Edge(name, END, "end"))
         for c in st.get("Catch") or []:
             if c.get("Next"):
-                edges.append(Edge(name, c["Next"], "catch", ", ".join(c.get("ErrorEquals") or [])))
+                add(Edge(name, c["Next"], "catch", ", ".join(c.get("ErrorEquals") or [])))
     return edges
 
 
@@ -274,6 +301,7 @@ class _Entry:
     outcome: str | None = None
     pending_error: tuple[str | None, str | None] | None = None  # a failure not (yet) retried
     inner_error: tuple[str | None, str | None] | None = None  # last failure inside a container
+    last_failure: tuple[str | None, str | None] | None = None  # even if retried successfully
 
 
 def _execution_name_from_arn(arn: str | None) -> str | None:
@@ -353,7 +381,9 @@ def build_graph(
             graph.output = det.get("output", graph.output)
             graph.error, graph.cause = det.get("error"), det.get("cause")
             if current is not None:
-                if current.outcome is None and etype != "ExecutionSucceeded":
+                if etype == "ExecutionSucceeded":  # lenient: an End state without its exit
+                    current.exited = current.exited or at
+                elif current.outcome is None:
                     current.outcome = "failed"
                     if current.pending_error is None:
                         err = graph.error or {"ExecutionTimedOut": "States.Timeout",
@@ -372,29 +402,15 @@ def build_graph(
             # Inside a Parallel/Map: inner states are not nodes; keep their errors only.
             if is_exited and name in stack:
                 del stack[stack.index(name):]
-                if not stack and current is not None and current.state == name:
-                    pass  # fall through: this is the container's own exit
-                else:
+                if stack or current is None or current.state != name:
                     continue
-            elif is_entered and etype.startswith(("Parallel", "Map")):
-                stack.append(name or "?")
-                continue
+                # else: the container's own exit, handled below like any exit
             else:
-                if current is not None:
-                    if _is_failure(etype):
-                        err = (det.get("error"), det.get("cause"))
-                        if container_evt and len(stack) == 1:
-                            current.pending_error = (
-                                err if err[0] else (current.inner_error or err))
-                        else:
-                            current.inner_error = err if err[0] else current.inner_error
-                    elif container_evt and len(stack) == 1 and etype.endswith("StateStarted"):
-                        states[current.state].attempts += 1
-                        if current.pending_error is not None:
-                            states[current.state].retries += 1
-                            current.pending_error = None
-                    elif container_evt and len(stack) == 1 and etype.endswith("StateSucceeded"):
-                        current.pending_error = None
+                if is_entered and etype.startswith(("Parallel", "Map")):
+                    stack.append(name or "?")
+                elif current is not None:
+                    _container_event(current, states[current.state], etype, det,
+                                     own=container_evt and len(stack) == 1)
                 continue
 
         if is_entered:
@@ -424,11 +440,6 @@ def build_graph(
                 current.exited = at
                 close(current, at)
                 states[name].output = det.get("output", states[name].output)
-                if current.pending_error is None and states[name].type in CONTAINER_TYPES:
-                    # Container failures may only show up in the output (nested, uncaught).
-                    err = _error_from_output(det.get("output"))
-                    if err[0] and current.inner_error:
-                        current.pending_error = current.inner_error
                 current = None
             continue
 
@@ -441,7 +452,7 @@ def build_graph(
         elif etype.endswith("Succeeded"):
             current.pending_error = None
         elif _is_failure(etype):
-            current.pending_error = (det.get("error"), det.get("cause"))
+            current.pending_error = current.last_failure = (det.get("error"), det.get("cause"))
 
     # ---- outcomes per entry
     catch_only: set[tuple[str, str]] = set()
@@ -484,14 +495,11 @@ def build_graph(
         if last == "succeeded" and any(e.outcome == "caught" for e in mine):
             last = "caught"  # an earlier handled error is worth showing
         run.outcome = last
-        errs = [e.pending_error for e in mine if e.pending_error and e.pending_error[0]]
-        errs += [e.inner_error for e in mine if e.inner_error and e.inner_error[0]
-                 and run.outcome in ("failed", "caught") and not e.pending_error]
+        # The error that decided an entry, else one that was retried away: still worth showing.
+        errs = [e.pending_error or e.last_failure for e in mine]
+        errs = [err for err in errs if err and err[0]]
         if errs:
             run.error, run.cause = errs[-1]
-
-    # Retries leave the last attempt's error behind even when the task then succeeded.
-    _backfill_retry_errors(events, states)
 
     # ---- transitions taken
     by_pair: dict[tuple[str, str], list[Edge]] = {}
@@ -512,24 +520,22 @@ def build_graph(
     return graph
 
 
-def _backfill_retry_errors(events: list[dict], states: dict[str, StateRun]) -> None:
-    current = None
-    depth = 0
-    for ev in events:
-        etype = ev.get("type", "")
-        det = _details(ev)
-        if etype.endswith("StateEntered"):
-            if depth == 0 and det.get("name") in states:
-                current = det.get("name")
-            if etype.startswith(("Parallel", "Map")):
-                depth += 1
-            continue
-        if etype.endswith("StateExited") and etype.startswith(("Parallel", "Map")):
-            depth = max(0, depth - 1)
-        if depth == 0 and current and _is_failure(etype) and det.get("error"):
-            run = states[current]
-            if run.error is None and run.retries:
-                run.error, run.cause = det.get("error"), det.get("cause")
+def _container_event(entry: _Entry, run: StateRun, etype: str, det: dict, *, own: bool) -> None:
+    """An event inside a Parallel/Map; `own` when it is the container's own (not nested)."""
+    if _is_failure(etype):
+        err = (det.get("error"), det.get("cause"))
+        if own:  # the container failed; moto leaves its error empty, the inner one names it
+            entry.pending_error = err if err[0] else (entry.inner_error or err)
+            entry.last_failure = entry.pending_error
+        elif err[0]:
+            entry.inner_error = err
+    elif own and etype.endswith("StateStarted"):  # a (re)try of the whole container
+        run.attempts += 1
+        if entry.pending_error is not None:
+            run.retries += 1
+            entry.pending_error = None
+    elif own and etype.endswith("StateSucceeded"):
+        entry.pending_error = None
 
 
 def _mark(by_pair, edges: list[Edge], src: str, dst: str, *, prefer_catch: bool) -> None:
@@ -732,6 +738,9 @@ def _layout(graph: ExecutionGraph, definition_types: dict[str, dict]):
     for n, lv in layer.items():
         if n in (START, END):
             nodes[n] = _Node(n, PSEUDO_W, PSEUDO_H, lv)
+        elif n not in graph.states:  # a Next to a state the definition lacks: show the bug
+            w = max(_text_w(n, F_NAME, True), _text_w("missing state", F_SMALL)) + 2 * PAD_X
+            nodes[n] = _Node(n, min(MAX_W, max(MIN_W, w)), 44, lv)
         else:
             run = graph.states[n]
             lines = _node_lines(run, definition_types.get(n, {}))
@@ -858,6 +867,7 @@ def _layout(graph: ExecutionGraph, definition_types: dict[str, dict]):
         sweep(range(1, nlayers), (up,))
         sweep(range(nlayers - 2, -1, -1), (down,))
     sweep(range(nlayers), (up, down))
+    sweep(range(1, nlayers), (up,))  # last word to the parents: chains end up vertical
 
     # 6. straighten long edges: move a whole dummy chain onto one x where every layer has room.
     where = {k: (i, j) for i, lv in enumerate(layers) for j, k in enumerate(lv)}
@@ -923,6 +933,18 @@ def _seg_path(segs: list[tuple]) -> str:
 
 def _overlaps(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _short_label(e: Edge) -> str:
+    """What fits on an arrow; the full text stays in the edge's tooltip."""
+    if e.kind == "catch":
+        errors = list(dict.fromkeys(x.strip() for part in e.label.split(" | ")
+                                    for x in part.split(",") if x.strip()))
+        errors.sort(key=lambda x: x != "States.ALL")  # the catch-all says the most
+        more = f" +{len(errors) - 1}" if len(errors) > 1 else ""
+        return f"catch: {errors[0] if errors else '?'}{more}"
+    # "$.registration.decision == ..." -> "decision == ...": the last path step names it
+    return re.sub(r"\$\$?(?:\.[\w-]+|\[[^\]]*\])*\.([\w-]+)", r"\1", e.label)
 
 
 def render_svg(graph: ExecutionGraph) -> str:
@@ -1016,12 +1038,12 @@ def render_svg(graph: ExecutionGraph) -> str:
         e = routes[idx][0]
         if not e.label or e.kind not in ("choice", "default", "catch", "undeclared"):
             continue
-        text = _fit(("catch: " if e.kind == "catch" else "") + e.label, 160, F_LABEL)
+        text = _fit(_short_label(e), 160, F_LABEL)
         tw, th = _text_w(text, F_LABEL) + 8, 15.0
         segs = segments[idx]
         if routes[idx][2]:
             segs = [sg for sg in segs if sg[0] == "L" and abs(sg[1][0] - sg[2][0]) < 0.5][1:2] or segs
-        cands = [_seg_point(sg, t) for sg in segs for t in (0.5, 0.3, 0.7, 0.15, 0.85)]
+        cands = [_seg_point(sg, t) for sg in segs for t in (0.62, 0.76, 0.48, 0.88, 0.34)]
         chosen = None
         for cx, cy in cands:
             rect = (cx - tw / 2, cy - th / 2, cx + tw / 2, cy + th / 2)
@@ -1036,7 +1058,7 @@ def render_svg(graph: ExecutionGraph) -> str:
 
     # ---- bounding box of the drawing, canvas size, header
     boxes = [(n.x - n.w / 2, n.y, n.x + n.w / 2, n.y + n.h) for n in nodes.values()]
-    boxes += [(lx, 0, lx + 2, 0) for lx in lane_x.values()]
+    boxes += [(x, y, x, y) for segs in segments.values() for sg in segs for x, y in sg[1:]]
     boxes += [r for _, _, r in labels]
     min_x = min((b[0] for b in boxes), default=0.0)
     max_x = max((b[2] for b in boxes), default=0.0)
@@ -1156,6 +1178,18 @@ def render_svg(graph: ExecutionGraph) -> str:
                 f'width="{n.w}" height="{n.h}" rx="{n.h / 2}" fill="{fill}"/>'
                 f'<text x="{n.x:.1f}" y="{n.y + n.h / 2 + 4:.1f}" font-size="11" '
                 f'font-weight="bold" fill="#ffffff" text-anchor="middle">{_pretty(key)}</text></g>'
+            )
+            continue
+        if key not in graph.states:
+            red = COLORS["failed"]["stroke"]
+            out.append(
+                f'<g data-state="{_x(key)}" data-missing="true"><rect x="{n.x - n.w / 2:.1f}" '
+                f'y="{n.y:.1f}" width="{n.w:.1f}" height="{n.h}" rx="9" fill="#ffffff" '
+                f'stroke="{red}" stroke-width="1.5" stroke-dasharray="4 3"/>'
+                f'<text x="{n.x:.1f}" y="{n.y + 19:.1f}" text-anchor="middle" font-size="{F_NAME}" '
+                f'font-weight="bold" fill="{red}">{_x(_fit(key, n.w - 2 * PAD_X, F_NAME, True))}'
+                f'</text><text x="{n.x:.1f}" y="{n.y + 34:.1f}" text-anchor="middle" '
+                f'font-size="{F_SMALL}" fill="{red}">missing state</text></g>'
             )
             continue
         run = graph.states[key]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ENV_LOCK = threading.RLock()
-_modules: dict[tuple[str, str], object] = {}
+_modules: dict[tuple, object] = {}
 
 
 @dataclass
@@ -61,9 +61,11 @@ def applied_env(env: dict[str, str]):
                     os.environ[k] = v
 
 
-def _load(code_dir: str, handler: str):
+def _load(code_dir: str, handler: str, env: dict[str, str]):
+    """One module per (code, environment): a changed configuration is a cold start,
+    as on Lambda, so module-level settings are read again."""
     module_name, _, func = handler.rpartition(".")
-    key = (str(Path(code_dir).resolve()), module_name)
+    key = (str(Path(code_dir).resolve()), module_name, hash(frozenset(env.items())))
     if key not in _modules:
         path = Path(code_dir) / (module_name.replace(".", "/") + ".py")
         if not path.exists():
@@ -91,7 +93,7 @@ def invoke(code_dir: str, handler: str, event: dict, env: dict[str, str],
     }
     with applied_env(lambda_env), contextlib.redirect_stdout(logs):
         try:
-            fn = _load(code_dir, handler)
+            fn = _load(code_dir, handler, lambda_env)
             # The handler's return value must be JSON, as it is on Lambda.
             result = json.loads(json.dumps(fn(event, context)))
             return result, False, logs.getvalue()

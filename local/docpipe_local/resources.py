@@ -19,6 +19,9 @@ SKIPPED_TYPES = {
     # Not needed to run locally, and said so: the layer's docpipe package is installed
     # in the process that runs the handlers; policies are not enforced by moto.
     "AWS::Lambda::LayerVersion", "AWS::SQS::QueuePolicy",
+    # The bucket policy denies non-TLS access; moto evaluates it, and the local
+    # endpoint is plain HTTP on loopback, so applying it would refuse every request.
+    "AWS::S3::BucketPolicy",
 }
 
 
@@ -48,7 +51,8 @@ def create_stack(stack: Stack, session: boto3.session.Session | None = None,
         iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(p["AssumeRolePolicyDocument"]))
         for pol in p.get("Policies", []):
             iam.put_role_policy(RoleName=name, PolicyName=pol["PolicyName"],
-                                PolicyDocument=json.dumps(pol["PolicyDocument"]))
+                                # SAM's policy templates omit Version; IAM then assumes 2008-10-17.
+                                PolicyDocument=json.dumps({"Version": "2012-10-17", **pol["PolicyDocument"]}))
         created[lid] = name
 
     for lid in stack.of_type("AWS::KMS::Key"):
@@ -63,7 +67,10 @@ def create_stack(stack: Stack, session: boto3.session.Session | None = None,
             s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={
                 "Status": p["VersioningConfiguration"]["Status"]})
         if p.get("BucketEncryption"):
-            s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration=p["BucketEncryption"]["ServerSideEncryptionConfiguration"])
+            s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={"Rules": [
+                {"ApplyServerSideEncryptionByDefault": r["ServerSideEncryptionByDefault"],
+                 "BucketKeyEnabled": bool(r.get("BucketKeyEnabled"))}
+                for r in p["BucketEncryption"]["ServerSideEncryptionConfiguration"]]})
         if p.get("PublicAccessBlockConfiguration"):
             s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration=p["PublicAccessBlockConfiguration"])
         if p.get("LifecycleConfiguration"):
@@ -143,10 +150,6 @@ def create_stack(stack: Stack, session: boto3.session.Session | None = None,
             "Id", "Arn", "RoleArn", "DeadLetterConfig", "RetryPolicy", "Input", "InputPath")} for t in p.get("Targets", [])])
         created[lid] = name
 
-    for lid in stack.of_type("AWS::S3::BucketPolicy"):
-        p = stack.properties(lid)
-        s3.put_bucket_policy(Bucket=p["Bucket"], Policy=json.dumps(p["PolicyDocument"]))
-        created[lid] = p["Bucket"]
     return created
 
 

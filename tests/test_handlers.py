@@ -1,0 +1,190 @@
+"""Every handler against its sample event in events/, on moto, as `docpipe invoke` runs it."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+
+from conftest import EVENTS
+from docpipe import identity
+from docpipe_local.invoke import invoke_function, load_event
+
+PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
+
+
+@pytest.fixture
+def stack_with_upload(local_aws):
+    from docpipe_local import eventbridge
+
+    eventbridge.set_delivery(False)  # invoke each handler by hand, no execution
+    stack, clients, head = local_aws
+    ev = load_event(EVENTS / "register_document.json")
+    bucket = stack.outputs["DocumentBucketName"]
+    assert ev["detail"]["bucket"]["name"] == bucket, "sample events name the local stack's bucket"
+    clients["s3"].put_object(Bucket=bucket, Key=ev["detail"]["object"]["key"], Body=PDF)
+    yield stack, clients, head, ev
+    eventbridge.set_delivery(True)
+
+
+def control_item(clients, stack, doc, ver):
+    item = clients["dynamodb"].get_item(TableName=stack.outputs["ControlTableName"], Key={
+        "document_id": {"S": doc}, "processing_version": {"S": ver}}).get("Item")
+    return {k: list(v.values())[0] for k, v in (item or {}).items()}
+
+
+def test_register_document_records_pending_version(stack_with_upload):
+    stack, clients, _, ev = stack_with_upload
+    result, errored, _ = invoke_function(stack, "RegisterDocument", ev)
+    assert not errored, result
+    assert result["decision"] == "PROCESS"
+    assert result["processing_version"].startswith("v1-") and len(result["sha256"]) == 64
+    item = control_item(clients, stack, result["document_id"], result["processing_version"])
+    assert item["status"] == "PENDING" and item["s3_key"] == ev["detail"]["object"]["key"]
+    audit = clients["dynamodb"].query(TableName=stack.outputs["AuditTableName"],
+                                      KeyConditionExpression="document_id = :d",
+                                      ExpressionAttributeValues={":d": {"S": result["document_id"]}})["Items"]
+    assert [a["action"]["S"] for a in audit] == ["created"]
+
+
+def test_register_document_twice_is_a_duplicate(stack_with_upload):
+    stack, clients, _, ev = stack_with_upload
+    first, _, _ = invoke_function(stack, "RegisterDocument", ev)
+    # Same bytes, another execution (re-delivered event or a re-upload): no second run.
+    second, errored, _ = invoke_function(stack, "RegisterDocument", {**ev, "execution_arn": ev["execution_arn"] + "-2"})
+    assert not errored and second["decision"] == "DUPLICATE"
+    assert second["processing_version"] == first["processing_version"]
+
+
+def test_register_document_new_bytes_are_a_new_version(stack_with_upload):
+    stack, clients, _, ev = stack_with_upload
+    first, _, _ = invoke_function(stack, "RegisterDocument", ev)
+    clients["s3"].put_object(Bucket=ev["detail"]["bucket"]["name"], Key=ev["detail"]["object"]["key"], Body=PDF + b"%x\n")
+    second, _, _ = invoke_function(stack, "RegisterDocument", {**ev, "execution_arn": ev["execution_arn"] + "-2"})
+    assert second["decision"] == "PROCESS"
+    assert second["document_id"] == first["document_id"]
+    assert second["processing_version"] != first["processing_version"]
+
+
+@pytest.mark.parametrize("key,reason", [("other/report.pdf", "NotInInputPrefix"), ("input/notes.txt", "NotAPdfKey")])
+def test_register_document_skips_keys_that_are_not_ours(stack_with_upload, key, reason):
+    stack, clients, _, ev = stack_with_upload
+    ev = json.loads(json.dumps(ev))
+    ev["detail"]["object"]["key"] = key
+    result, errored, _ = invoke_function(stack, "RegisterDocument", ev)
+    assert not errored and result["decision"] == "SKIPPED" and result["reason"] == reason
+    item = control_item(clients, stack, result["document_id"], "skipped")
+    assert item["status"] == "SKIPPED" and item["error_code"] == reason
+
+
+def test_register_document_zero_bytes_raises_empty_document(stack_with_upload):
+    stack, clients, _, ev = stack_with_upload
+    clients["s3"].put_object(Bucket=ev["detail"]["bucket"]["name"], Key=ev["detail"]["object"]["key"], Body=b"")
+    result, errored, _ = invoke_function(stack, "RegisterDocument", ev)
+    assert errored and result["errorType"] == "EmptyDocument"
+
+
+def test_register_document_over_the_limit_raises_too_large(stack_with_upload):
+    stack, clients, _, ev = stack_with_upload
+    result, errored, _ = invoke_function(stack, "RegisterDocument", ev, extra_env={"MAX_DOCUMENT_BYTES": "10"})
+    assert errored and result["errorType"] == "TooLarge"
+
+
+def test_register_document_url_encoded_key_is_found(stack_with_upload):
+    stack, clients, _, ev = stack_with_upload
+    ev = json.loads(json.dumps(ev))
+    clients["s3"].put_object(Bucket=ev["detail"]["bucket"]["name"], Key="input/Q3 résumé ../x.pdf", Body=PDF)
+    ev["detail"]["object"]["key"] = "input/Q3+r%C3%A9sum%C3%A9+..%2Fx.pdf"
+    result, errored, _ = invoke_function(stack, "RegisterDocument", ev)
+    assert not errored, result
+    assert result["key"] == "input/Q3 résumé ../x.pdf" and result["decision"] == "PROCESS"
+
+
+def test_submit_ray_job_posts_with_token_and_keeps_the_token_out_of_ray(stack_with_upload):
+    stack, clients, head, ev = stack_with_upload
+    head.run_jobs = False
+    reg, _, _ = invoke_function(stack, "RegisterDocument", ev)
+    event = load_event(EVENTS / "submit_ray_job.json")
+    event["registration"] = reg
+    result, errored, _ = invoke_function(stack, "SubmitRayJob", event)
+    assert not errored, result
+    sub = head.submissions[0]
+    assert sub["submission_id"] == result["submission_id"]
+    assert event["task_token"] not in json.dumps(sub), "the task token must not reach Ray's job list"
+    assert sub["entrypoint"] == f"python -m ray_jobs.extract --job {result['job_uri']}"
+    bucket, key = identity.parse_s3_uri(result["job_uri"])
+    job = json.loads(clients["s3"].get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert job["task_token"] == event["task_token"]
+    item = control_item(clients, stack, reg["document_id"], reg["processing_version"])
+    assert item["status"] == "PROCESSING" and item["current_stage"] == "extract"
+    # A re-delivered submit of the same attempt is 'already exists' at Ray: not an error.
+    again, errored, _ = invoke_function(stack, "SubmitRayJob", event)
+    assert not errored and again["submission_id"] == result["submission_id"] and len(head.submissions) == 1
+
+
+def test_submit_ray_job_unreachable_head_raises_retryable_error(stack_with_upload):
+    stack, clients, head, ev = stack_with_upload
+    reg, _, _ = invoke_function(stack, "RegisterDocument", ev)
+    event = {**load_event(EVENTS / "submit_ray_job.json"), "registration": reg}
+    head.fail_next = 1
+    result, errored, _ = invoke_function(stack, "SubmitRayJob", event)
+    assert errored and result["errorType"] == "RayHeadUnavailable"
+    result, errored, _ = invoke_function(stack, "SubmitRayJob", event,
+                                         extra_env={"RAY_DASHBOARD_URL": "http://127.0.0.1:9"})
+    assert errored and result["errorType"] == "RayHeadUnavailable"
+
+
+def test_submit_ray_job_wrong_token_is_rejected_not_retried(stack_with_upload):
+    stack, clients, head, ev = stack_with_upload
+    reg, _, _ = invoke_function(stack, "RegisterDocument", ev)
+    head.token = "another-token"
+    result, errored, _ = invoke_function(stack, "SubmitRayJob", {**load_event(EVENTS / "submit_ray_job.json"), "registration": reg})
+    assert errored and result["errorType"] == "RayJobRejected" and "401" in result["errorMessage"]
+
+
+def test_finalize_document_completes_and_counts(stack_with_upload):
+    stack, clients, _, ev = stack_with_upload
+    reg, _, _ = invoke_function(stack, "RegisterDocument", ev)
+    event = load_event(EVENTS / "finalize_document.json")
+    event["state"]["registration"] = reg
+    result, errored, _ = invoke_function(stack, "FinalizeDocument", event)
+    assert not errored, result
+    assert result["status"] == "COMPLETED" and result["vectors"] == 9
+    item = control_item(clients, stack, reg["document_id"], reg["processing_version"])
+    assert item["status"] == "COMPLETED" and item["chunks"] == "9"
+    metrics = clients["dynamodb"].query(TableName=stack.outputs["MetricsTableName"],
+                                        KeyConditionExpression="#d = :d", ExpressionAttributeNames={"#d": "date"},
+                                        ExpressionAttributeValues={":d": {"S": __import__("docpipe.timeutil").timeutil.today()}})["Items"]
+    by_type = {m["metric_type"]["S"]: m for m in metrics}
+    assert by_type["documents"]["completed"]["N"] == "1" and by_type["chunks"]["count"]["N"] == "9"
+
+
+def test_record_failure_writes_report_copy_and_status(stack_with_upload):
+    stack, clients, _, ev = stack_with_upload
+    reg, _, _ = invoke_function(stack, "RegisterDocument", ev)
+    event = load_event(EVENTS / "record_failure.json")
+    event["state"]["registration"] = reg
+    result, errored, _ = invoke_function(stack, "RecordFailure", event)
+    assert not errored, result
+    assert result["error_code"] == "PdfEncrypted"
+    item = control_item(clients, stack, reg["document_id"], reg["processing_version"])
+    assert item["status"] == "FAILED" and item["error_code"] == "PdfEncrypted"
+    bucket = reg["bucket"]
+    report = json.loads(clients["s3"].get_object(Bucket=bucket, Key=f"errors/{reg['document_id']}/{reg['processing_version']}/error.json")["Body"].read())
+    assert report["error_code"] == "PdfEncrypted" and report["s3_key"] == reg["key"]
+    copy = clients["s3"].get_object(Bucket=bucket, Key=f"errors/{reg['document_id']}/{reg['processing_version']}/input.pdf")["Body"].read()
+    assert copy == PDF
+    assert clients["s3"].get_object(Bucket=bucket, Key=reg["key"])["Body"].read() == PDF, "the upload survives"
+
+
+def test_record_failure_before_registration_identifies_from_the_event(stack_with_upload):
+    stack, clients, _, ev = stack_with_upload
+    s3_event = load_event(EVENTS / "s3_object_created.json")
+    clients["s3"].put_object(Bucket=ev["detail"]["bucket"]["name"], Key=ev["detail"]["object"]["key"], Body=b"")
+    state = {**s3_event, "error": {"Error": "EmptyDocument", "Cause": json.dumps({"errorMessage": "zero bytes", "errorType": "EmptyDocument"})}}
+    result, errored, _ = invoke_function(stack, "RecordFailure", {"state": state, "execution_arn": ev["execution_arn"]})
+    assert not errored, result
+    assert result["error_code"] == "EmptyDocument" and result["error_message"] == "zero bytes"
+    assert result["stage"] == "register"
+    assert result["document_id"] == identity.document_id(ev["detail"]["bucket"]["name"], ev["detail"]["object"]["key"])
