@@ -1,0 +1,408 @@
+"""`docpipe`: the local stack and the main job, from the command line.
+
+    docpipe stack start|status|stop      the local AWS (moto) + Ray head
+    docpipe ingest PATH...               upload PDFs, follow them, print a summary
+    docpipe status [DOCUMENT]            control item and audit trail
+    docpipe query "TEXT"                 top chunks with document, pages and score
+    docpipe graph EXECUTION              execution graph as SVG + HTML
+    docpipe invoke FUNCTION -e EVENT     one function in-process (like `sam local invoke`)
+    docpipe demo                         start the stack, ingest the samples, query them
+
+Exit codes: 0 success, 1 some document failed / nothing found, 2 usage or stack
+problem, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from docpipe_local import paths
+from docpipe_local import stack as stackmod
+
+console = Console(stderr=False)
+err = Console(stderr=True)
+STATUS_STYLE = {"COMPLETED": "green", "PARTIAL": "yellow", "FAILED": "red", "SKIPPED": "grey50",
+                "PENDING": "cyan", "PROCESSING": "blue", "UPLOADING": "cyan", "DUPLICATE": "green"}
+SAMPLES = paths.REPO / "samples"
+
+
+def _fail(message: str, code: int = 2):
+    err.print(f"[red]error:[/red] {message}")
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="docpipe", prog_name="docpipe")
+def main():
+    """docpipe on your machine: the same template, ASL, handlers and Ray jobs as in AWS,
+    on a local stack (moto + a Ray head). State lives in $DOCPIPE_HOME (default .docpipe/)."""
+
+
+# ------------------------------------------------------------------------- stack
+@main.group()
+def stack():
+    """Start, inspect or stop the local stack."""
+
+
+@stack.command("start")
+@click.option("--port", default=stackmod.DEFAULT_MOTO_PORT, show_default=True, help="local AWS endpoint port")
+@click.option("--ray-port", default=stackmod.DEFAULT_RAY_DASHBOARD_PORT, show_default=True, help="Ray dashboard / Jobs API port")
+@click.option("--gcs-port", default=stackmod.DEFAULT_RAY_GCS_PORT, show_default=True, help="Ray GCS port")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="template parameter override (repeatable)")
+def stack_start(port, ray_port, gcs_port, params):
+    """Start moto (with Step Functions execution) and a Ray head, and create every
+    resource template.yaml declares."""
+    overrides = {}
+    for p in params:
+        if "=" not in p:
+            _fail(f"--param wants KEY=VALUE, got {p!r}")
+        k, v = p.split("=", 1)
+        overrides[k] = v
+    try:
+        state = stackmod.start(port, ray_port, gcs_port, overrides)
+    except stackmod.StackError as e:
+        _fail(str(e))
+    _print_outputs(state)
+
+
+def _print_outputs(state):
+    t = Table(title="local stack", show_header=False)
+    t.add_row("AWS endpoint", state["endpoint"])
+    t.add_row("Ray dashboard", state["ray_url"])
+    for k, v in state.get("outputs", {}).items():
+        t.add_row(k, str(v))
+    console.print(t)
+    console.print(f"use it with: export AWS_ENDPOINT_URL={state['endpoint']} "
+                  "AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1")
+
+
+@stack.command("status")
+def stack_status():
+    """Show whether the local stack runs, and its endpoints and resources."""
+    st = stackmod.status()
+    if not st["running"]:
+        console.print("[yellow]not running[/yellow]" if not st.get("aws") else
+                      f"[red]partly running[/red]: {json.dumps(st, default=str)}")
+        sys.exit(1)
+    console.print(f"[green]running[/green]: AWS {st['aws']['endpoint']} (pid {st['aws']['pid']}), "
+                  f"Ray {st['ray']['url']} (pid {st['ray']['pid']})")
+    for k, v in st["outputs"].items():
+        console.print(f"  {k}: {v}")
+
+
+@stack.command("stop")
+def stack_stop():
+    """Stop exactly the processes `stack start` started."""
+    stackmod.stop(echo=console.print)
+
+
+# ------------------------------------------------------------------------- ingest
+def _stage_durations(docs) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for d in docs:
+        for k, v in (d.item.get("durations") or {}).items():
+            out.setdefault(k.removesuffix("_s"), []).append(float(v))
+    return out
+
+
+def _progress_table(docs, started) -> Table:
+    t = Table(title=f"docpipe ingest — {sum(d.done for d in docs)}/{len(docs)} done, "
+                    f"{time.monotonic() - started:.0f} s")
+    for col in ("document", "status", "stage", "pages", "chunks", "vectors", "error", "time"):
+        t.add_column(col)
+    for d in docs:
+        it = d.item
+        elapsed = (d.finished or time.monotonic()) - d.started
+        t.add_row(d.key.removeprefix("input/"), f"[{STATUS_STYLE.get(d.status, 'white')}]{d.status}[/]",
+                  d.stage, str(it.get("pages", "")), str(it.get("chunks", "")), str(it.get("vectors", "")),
+                  str(it.get("error_code", "") if d.status in ("FAILED", "SKIPPED") else ""), f"{elapsed:.1f}s")
+    return t
+
+
+def _summary(docs, started) -> Table:
+    from collections import Counter
+
+    t = Table(title="summary")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    for status, n in sorted(Counter(d.status for d in docs).items()):
+        t.add_row(f"documents {status}", str(n))
+    for field in ("pages", "chunks", "vectors"):
+        t.add_row(field, str(sum(int(d.item.get(field, 0) or 0) for d in docs)))
+    for stage, values in _stage_durations(docs).items():
+        t.add_row(f"time {stage} (sum)", f"{sum(values):.2f} s")
+    t.add_row("wall time", f"{time.monotonic() - started:.1f} s")
+    for d in docs:
+        if d.status == "FAILED":
+            t.add_row(f"[red]failed[/red] {d.key}", f"{d.item.get('error_code')}: {str(d.item.get('error_message', ''))[:60]}")
+    return t
+
+
+def run_ingest(paths_in, prefix="input/", timeout=900.0, quiet=False) -> list:
+    from docpipe_local import ingest
+
+    state = stackmod.running_state()
+    bucket = state["outputs"]["DocumentBucketName"]
+    table = state["outputs"]["ControlTableName"]
+    s3, ddb = stackmod.client("s3", state), stackmod.client("dynamodb", state)
+    files = ingest.find_pdfs(list(paths_in))
+    if not files:
+        _fail("no PDF files found in the given paths", 1)
+    docs = ingest.plan(files, bucket, prefix, state.get("parameters", {}).get("PipelineVersion", "v1"))
+    started = time.monotonic()
+    with Live(_progress_table(docs, started), console=console, refresh_per_second=4,
+              transient=False, disable=quiet) as live:
+        for d in docs:
+            if ingest.already_there(s3, bucket, d):
+                d.status = "PENDING"  # resume: follow what the earlier run started
+            else:
+                ingest.upload(s3, bucket, d)
+                d.status = "PENDING"
+            live.update(_progress_table(docs, started))
+        deadline = time.monotonic() + timeout
+        while not all(d.done for d in docs):
+            if time.monotonic() > deadline:
+                err.print(f"[yellow]timed out after {timeout:.0f} s; documents keep processing — "
+                          "re-run the same command to follow them[/yellow]")
+                break
+            for d in docs:
+                if not d.done:
+                    ingest.refresh(ddb, table, d)
+            live.update(_progress_table(docs, started))
+            time.sleep(0.5)
+    if not quiet:
+        console.print(_summary(docs, started))
+    return docs
+
+
+@main.command()
+@click.argument("paths_in", nargs=-1, required=True, type=click.Path(exists=True), metavar="PATH...")
+@click.option("--prefix", default="input/", show_default=True, help="S3 prefix to upload under")
+@click.option("--timeout", default=900.0, show_default=True, help="seconds to follow before giving up")
+def ingest(paths_in, prefix, timeout):
+    """Upload PDFs (files or folders) to the local stack and follow every document to a
+    terminal status, with a live table per document and stage and a summary.
+
+    Ctrl-C stops following (uploaded documents keep processing); running the same
+    command again resumes without uploading or processing anything twice."""
+    try:
+        docs = run_ingest(paths_in, prefix, timeout)
+    except stackmod.StackError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted: uploaded documents keep processing; re-run to follow them[/yellow]")
+        sys.exit(130)
+    sys.exit(1 if any(d.status == "FAILED" for d in docs) else 0)
+
+
+# ------------------------------------------------------------------------- status
+def _find_document(target: str, state) -> str:
+    from docpipe import identity
+
+    bucket = state["outputs"]["DocumentBucketName"]
+    if len(target) == 32 and all(c in "0123456789abcdef" for c in target):
+        return target
+    key = target if target.startswith("input/") else f"input/{Path(target).name}"
+    return identity.document_id(bucket, key)
+
+
+@main.command()
+@click.argument("document", required=False)
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of tables")
+def status(document, as_json):
+    """Without DOCUMENT: every document's latest status. With DOCUMENT (a document_id,
+    an S3 key or a file name): its control items and audit trail."""
+    from boto3.dynamodb.types import TypeDeserializer
+
+    from docpipe.records import plain
+
+    try:
+        state = stackmod.running_state()
+    except stackmod.StackError as e:
+        _fail(str(e))
+    ddb = stackmod.client("dynamodb", state)
+    out = state["outputs"]
+    de = TypeDeserializer()
+    conv = lambda items: [plain({k: de.deserialize(v) for k, v in i.items()}) for i in items]  # noqa: E731
+    if not document:
+        items = conv(ddb.scan(TableName=out["ControlTableName"]).get("Items", []))
+        if as_json:
+            console.print_json(json.dumps(items, default=str))
+            return
+        t = Table(title="documents")
+        for c in ("document_id", "s3_key", "version", "status", "stage", "chunks", "error"):
+            t.add_column(c)
+        for i in sorted(items, key=lambda i: i.get("updated_at", "")):
+            t.add_row(i["document_id"][:12], i.get("s3_key", ""), i["processing_version"],
+                      f"[{STATUS_STYLE.get(i.get('status'), 'white')}]{i.get('status')}[/]",
+                      i.get("current_stage", ""), str(i.get("chunks", "")), i.get("error_code", ""))
+        console.print(t)
+        return
+    doc = _find_document(document, state)
+    items = conv(ddb.query(TableName=out["ControlTableName"], KeyConditionExpression="document_id = :d",
+                           ExpressionAttributeValues={":d": {"S": doc}}).get("Items", []))
+    audit = conv(ddb.query(TableName=out["AuditTableName"], KeyConditionExpression="document_id = :d",
+                           ExpressionAttributeValues={":d": {"S": doc}}).get("Items", []))
+    if not items:
+        _fail(f"no document {document!r} (document_id {doc}) in the control table", 1)
+    if as_json:
+        console.print_json(json.dumps({"control": items, "audit": audit}, default=str))
+        return
+    for i in items:
+        t = Table(title=f"{i.get('s3_key')} — {i['processing_version']}", show_header=False)
+        for k in sorted(i):
+            t.add_row(k, json.dumps(i[k], default=str) if isinstance(i[k], (dict, list)) else str(i[k]))
+        console.print(t)
+    t = Table(title="audit trail")
+    for c in ("timestamp", "actor", "action", "from", "to", "detail"):
+        t.add_column(c)
+    for a in audit:
+        t.add_row(a["timestamp"].split("#")[0], a.get("actor", ""), a.get("action", ""),
+                  str(a.get("from_status") or ""), str(a.get("to_status") or ""), a.get("detail", "")[:80])
+    console.print(t)
+
+
+# ------------------------------------------------------------------------- query
+def search(text: str, top_k: int = 5) -> list:
+    os.environ.setdefault("LANCEDB_URI", str(paths.vectors_dir()))
+    from ray_jobs.backends import make_embedder, make_vector_store
+
+    vector = make_embedder().embed([text]).vectors[0]
+    return make_vector_store().query(list(map(float, vector)), top_k=top_k)
+
+
+@main.command()
+@click.argument("text")
+@click.option("-k", "--top-k", default=5, show_default=True, help="how many chunks")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def query(text, top_k, as_json):
+    """Find the chunks nearest to TEXT in the local vector index, with their document,
+    page span and score (cosine similarity)."""
+    if not paths.vectors_dir().exists():
+        _fail("no vector index yet: ingest documents first (`docpipe ingest PATH`)", 1)
+    matches = search(text, top_k)
+    if as_json:
+        console.print_json(json.dumps([{"id": m.id, "score": m.score, **m.metadata} for m in matches], default=str))
+    else:
+        t = Table(title=f"top {top_k} for: {text}")
+        for c in ("score", "document", "pages", "chunk"):
+            t.add_column(c)
+        for m in matches:
+            md = m.metadata
+            pages = f"{md.get('page_start')}" + (f"–{md.get('page_end')}" if md.get("page_end") != md.get("page_start") else "")
+            t.add_row(f"{m.score:.3f}", str(md.get("s3_key", "")), pages, str(md.get("text", ""))[:160].replace("\n", " "))
+        console.print(t)
+    sys.exit(0 if matches else 1)
+
+
+# ------------------------------------------------------------------------- graph
+@main.command()
+@click.argument("execution")
+@click.option("--out", "out_dir", default=None, type=click.Path(), help="output folder (default $DOCPIPE_HOME/graphs)")
+def graph(execution, out_dir):
+    """Draw an execution as the Step Functions console does: states coloured by outcome,
+    with durations and retries. EXECUTION is an execution ARN, an execution name, a
+    document_id or an uploaded file's key/name (its latest execution)."""
+    from docpipe_local.graph import fetch_execution, write_graph
+
+    try:
+        state = stackmod.running_state()
+    except stackmod.StackError as e:
+        _fail(str(e))
+    sfn = stackmod.client("stepfunctions", state)
+    arn = _execution_arn(execution, state, sfn)
+    definition, events, name = fetch_execution(sfn, arn)
+    out = Path(out_dir or paths.home() / "graphs")
+    files = write_graph(definition, events, out, name, execution_name=name)
+    console.print(f"{files['status']}: {files['svg']}\n  {files['html']}")
+
+
+def _execution_arn(execution: str, state, sfn) -> str:
+    if execution.startswith("arn:aws:states:"):
+        return execution
+    sm_arn = state["outputs"]["IngestDocumentStateMachineArn"]
+    execs = sfn.list_executions(stateMachineArn=sm_arn)["executions"]
+    for e in execs:
+        if e["name"] == execution:
+            return e["executionArn"]
+    doc = _find_document(execution, state)
+    mine = [e for e in execs if e["name"].startswith(doc[:24])]
+    if not mine:
+        _fail(f"no execution found for {execution!r}", 1)
+    return max(mine, key=lambda e: e["startDate"])["executionArn"]
+
+
+# ------------------------------------------------------------------------- invoke
+@main.command()
+@click.argument("function")
+@click.option("-e", "--event", "event_path", required=True, type=click.Path(exists=True), help="event JSON file (events/*.json)")
+@click.option("-n", "--env-vars", "env_vars", type=click.Path(exists=True), help="env-vars JSON file, SAM's format")
+def invoke(function, event_path, env_vars):
+    """Invoke one function in-process with an event file, like
+    `sam local invoke -e EVENT FUNCTION`, against the running local stack."""
+    from docpipe_local import invoke as inv
+    from docpipe_local import template
+
+    try:
+        state = stackmod.running_state()
+    except stackmod.StackError as e:
+        _fail(str(e))
+    os.environ.update({"AWS_ENDPOINT_URL": state["endpoint"], "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
+    stk = template.load("docpipe", state.get("parameters") or {})
+    try:
+        result, errored, logs = inv.invoke_function(
+            stk, function, inv.load_event(event_path),
+            json.loads(Path(env_vars).read_text()) if env_vars else None)
+    except KeyError as e:
+        _fail(str(e.args[0]))
+    if logs:
+        err.print(logs.rstrip())
+    console.print_json(json.dumps(result, default=str))
+    sys.exit(1 if errored else 0)
+
+
+# ------------------------------------------------------------------------- demo
+@main.command()
+@click.option("--keep/--stop", default=True, show_default=True, help="leave the stack running afterwards")
+@click.argument("paths_in", nargs=-1, type=click.Path(exists=True), metavar="[PATH...]")
+def demo(keep, paths_in):
+    """Start the local stack (if needed), ingest the sample documents (or PATHs), and
+    run a query against what was indexed."""
+    started_here = False
+    if not stackmod.status()["running"]:
+        try:
+            stackmod.start(echo=console.print)
+            started_here = True
+        except stackmod.StackError as e:
+            _fail(str(e))
+    try:
+        docs = run_ingest(paths_in or [str(SAMPLES)])
+        question = "What was the revenue growth?"
+        console.print(f"\n[bold]docpipe query[/bold] {question!r}")
+        matches = search(question, 3)
+        t = Table()
+        for c in ("score", "document", "pages", "chunk"):
+            t.add_column(c)
+        for m in matches:
+            t.add_row(f"{m.score:.3f}", m.metadata.get("s3_key", ""), str(m.metadata.get("page_start")),
+                      m.metadata.get("text", "")[:120].replace("\n", " "))
+        console.print(t)
+    finally:
+        if started_here and not keep:
+            stackmod.stop(echo=console.print)
+    failed_unexpectedly = [d for d in docs if d.status == "FAILED" and "broken" not in d.key]
+    sys.exit(1 if failed_unexpectedly or not matches else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Uploading PDFs to the local stack and following them to a terminal status."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from botocore.exceptions import ClientError
+
+from docpipe import identity
+
+TERMINAL = ("COMPLETED", "PARTIAL", "FAILED", "SKIPPED")
+
+
+@dataclass
+class Doc:
+    path: Path
+    key: str
+    document_id: str
+    processing_version: str
+    uploaded: bool = False
+    status: str = "UPLOADING"
+    stage: str = ""
+    item: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+
+def find_pdfs(paths: list[str]) -> list[Path]:
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(x for x in p.rglob("*") if x.is_file() and x.suffix.lower() == ".pdf")
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    return found
+
+
+def key_for(path: Path, prefix: str) -> str:
+    return f"{prefix.rstrip('/')}/{path.name}"
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def plan(paths: list[Path], bucket: str, prefix: str, pipeline_version: str = "v1") -> list[Doc]:
+    docs, seen = [], set()
+    for p in paths:
+        key = key_for(p, prefix)
+        if key in seen:
+            raise ValueError(f"two files would upload to the same key {key!r}: rename one")
+        seen.add(key)
+        sha = sha256_of(p)
+        version = identity.processing_version(sha, pipeline_version) if p.stat().st_size else \
+            identity.processing_version(hashlib.sha256(b"").hexdigest(), pipeline_version)
+        docs.append(Doc(p, key, identity.document_id(bucket, key), version))
+    return docs
+
+
+def already_there(s3, bucket: str, doc: Doc) -> bool:
+    """The same bytes are already at that key: a re-run resumes instead of re-uploading."""
+    try:
+        head = s3.head_object(Bucket=bucket, Key=doc.key, ChecksumMode="ENABLED")
+    except ClientError:
+        return False
+    stored = head.get("Metadata", {}).get("sha256")
+    return stored == sha256_of(doc.path)
+
+
+def upload(s3, bucket: str, doc: Doc) -> None:
+    data = doc.path.read_bytes()
+    s3.put_object(Bucket=bucket, Key=doc.key, Body=data, Metadata={"sha256": hashlib.sha256(data).hexdigest()},
+                  ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode())
+    doc.uploaded = True
+
+
+def refresh(ddb, table: str, doc: Doc) -> None:
+    item = ddb.get_item(TableName=table, ConsistentRead=True, Key={
+        "document_id": {"S": doc.document_id}, "processing_version": {"S": doc.processing_version}}).get("Item")
+    if not item:
+        # Registration may have refused to read it (too large): look for any FAILED version.
+        resp = ddb.query(TableName=table, KeyConditionExpression="document_id = :d",
+                         ExpressionAttributeValues={":d": {"S": doc.document_id}})
+        items = [i for i in resp.get("Items", []) if i.get("status", {}).get("S") == "FAILED"
+                 and i["processing_version"]["S"].startswith("v1-etag")]
+        if not items:
+            return
+        item = items[0]
+    from boto3.dynamodb.types import TypeDeserializer
+
+    from docpipe.records import plain
+
+    de = TypeDeserializer()
+    doc.item = plain({k: de.deserialize(v) for k, v in item.items()})
+    doc.status = doc.item.get("status", doc.status)
+    doc.stage = doc.item.get("current_stage", "")
+    if doc.done and doc.finished is None:
+        doc.finished = time.monotonic()
