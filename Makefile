@@ -1,0 +1,61 @@
+# docpipe — two commands on a fresh machine:
+#   make demo   installs everything, starts the local stack, ingests samples/, queries
+#   make test   installs everything and runs the test suite
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export SAM_CLI_TELEMETRY := 0
+export HF_HUB_OFFLINE := 1
+# sam build needs python3.12 for the python3.12 runtime (pyenv keeps both here).
+export PYENV_VERSION ?= 3.11.7:3.12.1
+
+.PHONY: help setup demo test test-fast lint build bench checkov stack-start stack-stop clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): requirements/dev.txt requirements/nodeps.txt pyproject.toml package.json package-lock.json
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
+	$(BIN)/pip install --quiet -r requirements/dev.txt
+	$(BIN)/pip install --quiet --no-deps -r requirements/nodeps.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(STAMP)
+
+setup: $(STAMP) ## install the pinned Python and Node tools into .venv and node_modules
+
+demo: setup ## start the local stack, ingest samples/, run a query (stack keeps running)
+	$(BIN)/docpipe demo
+
+test: setup ## run the whole test suite
+	$(BIN)/pytest -q
+
+test-fast: setup ## tests without the Ray and end-to-end ones
+	$(BIN)/pytest -q -m "not ray and not e2e"
+
+lint: setup ## cfn-lint, sam validate --lint and asl-validator
+	$(BIN)/cfn-lint template.yaml infra/*.yaml
+	$(BIN)/sam validate --lint --region us-east-1
+	for f in statemachine/*.asl.json; do node_modules/.bin/asl-validator --json-path $$f || exit 1; done
+
+build: setup ## sam build (offline)
+	$(BIN)/sam build
+
+bench: setup ## benchmarks; table on stdout, raw figures in bench/results/
+	$(BIN)/python -m bench
+
+checkov: ## checkov on the templates (own venv: its pins clash with the dev tools)
+	test -x .venv-checkov/bin/checkov || ($(PYTHON) -m venv .venv-checkov && .venv-checkov/bin/pip install --quiet -r requirements/checkov.txt)
+	.venv-checkov/bin/checkov -f template.yaml -f infra/ray-cluster.yaml --framework cloudformation --quiet --compact
+
+stack-start: setup ## start the local stack in the background
+	$(BIN)/docpipe stack start
+
+stack-stop: ## stop the local stack
+	$(BIN)/docpipe stack stop
+
+clean: ## remove build output and local state (not the venvs)
+	rm -rf .aws-sam .docpipe .pytest_cache bench/results
