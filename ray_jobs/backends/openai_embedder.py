@@ -355,11 +355,12 @@ class OpenAIEmbedder:
         self._sleep = sleep
         self._rng = rng
         self.max_inputs_per_request = max_inputs_per_request
-        # A request must also fit in one minute's budget, or it could never be admitted.
+        # A request must also fit in one minute's budget, or it could never be admitted
+        # (a single input over it is sent alone; the budget admits it into an empty window).
         cap = max_tokens_per_request
         if self.budget.tokens_per_minute > 0:
             cap = min(cap, self.budget.tokens_per_minute)
-        self.max_tokens_per_request = max(cap, max_tokens_per_input)
+        self.max_tokens_per_request = cap
         self.max_tokens_per_input = max_tokens_per_input
         self._secret_arn = api_key_secret_arn
         self.requests_sent = 0  # successful API calls, for logs and tests

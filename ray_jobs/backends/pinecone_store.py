@@ -169,6 +169,7 @@ class PineconeStore:
     def _call(self, what: str, fn: Callable[[Any], Any]) -> Any:
         from pinecone.errors import (
             ApiError,
+            PayloadTooLargeError,
             PineconeConnectionError,
             PineconeTimeoutError,
             RateLimitError,
@@ -194,12 +195,14 @@ class PineconeStore:
                     last = exc
                     continue
                 raise StageFailed(f"Pinecone rejected the API key during {what}: {exc}") from exc
+            except PayloadTooLargeError:
+                raise  # the caller splits the batch
             except ApiError as exc:
                 status = getattr(exc, "status_code", None) or 0
                 if status in (408,) or status >= 500:
                     last = exc
                 else:
-                    raise
+                    raise StageFailed(f"Pinecone refused {what} ({status}): {exc}") from exc
             if attempt < self.max_attempts:
                 delay = self._delay(attempt, last)
                 log.warning("Pinecone %s attempt %d/%d failed (%s); retrying in %.2f s",
@@ -241,9 +244,9 @@ class PineconeStore:
 
         try:
             response = self._call("upsert", lambda idx: idx.upsert(vectors=batch, namespace=self.namespace))
-        except PayloadTooLargeError:
+        except PayloadTooLargeError as exc:
             if len(batch) == 1:
-                raise
+                raise StageFailed(f"Pinecone refused vector {batch[0]['id']} as too large: {exc}") from exc
             half = len(batch) // 2  # our size estimate was off: split rather than fail
             return self._upsert_batch(batch[:half]) + self._upsert_batch(batch[half:])
         return int(getattr(response, "upserted_count", len(batch)))

@@ -3,8 +3,9 @@ calls it (``Pinecone(api_key=...).Index(host="http://127.0.0.1:PORT")``).
 
 Endpoints (paths and bodies read from the SDK's ``pinecone/index/__init__.py``):
 - ``POST /vectors/upsert``  {"vectors": [{"id", "values", "metadata"?}], "namespace"?}
-  -> {"upsertedCount"}; 400 for > 1000 vectors, a body > 2 MB, metadata > 40 KB, a
-  dimension mismatch or a null metadata value.
+  -> {"upsertedCount"}; 413 for a body over 2 MB (``max_request_bytes``; the SDK maps
+  it to PayloadTooLargeError), 400 for > 1000 vectors, metadata > 40 KB, a dimension
+  mismatch or a null metadata value.
 - ``POST /query``  {"topK", "vector" | "id", "namespace"?, "filter"?, "includeMetadata",
   "includeValues"} -> {"matches": [{"id", "score", "values", "metadata"?}], "namespace",
   "usage": {"readUnits"}}; cosine similarity; filter operators $eq $ne $in $nin $gt
@@ -103,6 +104,7 @@ class FakePineconeServer(FakeHTTPServer):
         super().__init__()
         self.api_key = api_key  # None: accept any Api-Key
         self.dimension = dimension  # None: fixed by the first upsert
+        self.max_request_bytes = MAX_REQUEST_BYTES  # lower it to provoke a 413
         self.namespaces: dict[str, dict[str, dict[str, Any]]] = {}
         self.requests: list[dict[str, Any]] = []
         self._fail_next: list[list] = []  # [remaining, status, headers]
@@ -155,8 +157,8 @@ class FakePineconeServer(FakeHTTPServer):
                     status, hdrs = self._upsert_fault
                     return _err(status, "Service unavailable", dict(hdrs))
                 self._upserts_left -= 1
-            if len(body) > MAX_REQUEST_BYTES:
-                return _err(400, f"Request size {len(body)} bytes exceeds the maximum supported size of {MAX_REQUEST_BYTES} bytes")
+            if len(body) > self.max_request_bytes:
+                return _err(413, f"Request size {len(body)} bytes exceeds the maximum supported size of {self.max_request_bytes} bytes")
             return self._upsert(json.loads(body), record)
         if route == ("POST", "/query"):
             return self._query(json.loads(body or b"{}"))

@@ -1,0 +1,339 @@
+"""PineconeStore through the real ``pinecone`` client against a local wire-compatible
+server (tests/fakes/pinecone_server.py), and replace_document_version on it and on a
+minimal in-memory store (the function is backend-independent)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import boto3
+import pytest
+from moto import mock_aws
+from pinecone import Pinecone
+
+from docpipe.errors import StageFailed, VectorStoreUnavailable
+from fakes.pinecone_server import MAX_METADATA_BYTES, MAX_REQUEST_BYTES, FakePineconeServer
+from ray_jobs.backends import secrets
+from ray_jobs.backends.base import VectorRecord, VectorStore
+from ray_jobs.backends.pinecone_store import PineconeStore, fit_metadata
+from ray_jobs.backends.version_sync import replace_document_version
+
+API_KEY = "pc-test-key"
+DOC = "0123456789abcdef0123456789abcdef"
+OTHER_DOC = "fedcba9876543210fedcba9876543210"
+
+
+@pytest.fixture
+def server():
+    with FakePineconeServer(api_key=API_KEY) as srv:
+        yield srv
+
+
+@pytest.fixture
+def no_sdk_sleep(monkeypatch):
+    """The SDK's transport retries sleep through this documented seam; no real waiting."""
+    monkeypatch.setattr("pinecone._internal.http_client._retry_sleep", lambda s: None)
+
+
+def make_store(server: FakePineconeServer, namespace: str = "docpipe", **kwargs) -> tuple[PineconeStore, list[float]]:
+    slept: list[float] = []
+    kwargs.setdefault("sleep", slept.append)
+    index = Pinecone(api_key=API_KEY).Index(host=server.url)
+    return PineconeStore(index, namespace=namespace, **kwargs), slept
+
+
+def vec(i: int, dims: int = 8) -> list[float]:
+    # Distinct per i, with full-precision floats (~20 JSON chars each, like real embeddings).
+    return [math.sin(i * 1.7 + k * 0.31) for k in range(dims)]
+
+
+def records(doc: str, version: str, n: int, dims: int = 8, text: str = "chunk text") -> list[VectorRecord]:
+    return [
+        VectorRecord(
+            id=f"{doc}#{version}#{i}",
+            vector=vec(i, dims),
+            metadata={"document_id": doc, "processing_version": version, "chunk_index": i,
+                      "page_start": 1, "page_end": 1, "s3_key": "input/a.pdf", "text": f"{text} {i}"},
+        )
+        for i in range(n)
+    ]
+
+
+def test_is_a_vector_store(server):
+    store, _ = make_store(server)
+    assert isinstance(store, VectorStore)
+
+
+def test_upsert_batches_stay_under_1000_vectors(server):
+    store, _ = make_store(server)
+    assert store.upsert(records(DOC, "v1-a", 2500)) == 2500
+    upserts = server.requests_to("/vectors/upsert")
+    assert [r["count"] for r in upserts] == [1000, 1000, 500]
+    assert all(r["status"] == 200 for r in upserts)
+    assert store.count() == 2500
+
+
+def test_upsert_batches_stay_under_2mb(server):
+    store, _ = make_store(server)
+    big = records(DOC, "v1-a", 150, dims=1536, text="x" * 1990)  # ~30 KB of JSON each
+    assert store.upsert(big) == 150
+    upserts = server.requests_to("/vectors/upsert")
+    assert len(upserts) >= 3  # 150 x ~30 KB could never go in one request
+    assert all(r["status"] == 200 and r["bytes"] <= MAX_REQUEST_BYTES for r in upserts)
+    assert sum(r["count"] for r in upserts) == 150 == store.count()
+
+
+def test_a_413_despite_the_estimate_splits_the_batch(server):
+    server.max_request_bytes = 700_000  # the server's real cap turns out lower than planned
+    store, slept = make_store(server)
+    assert store.upsert(records(DOC, "v1-a", 50, dims=1536)) == 50
+    statuses = [r["status"] for r in server.requests_to("/vectors/upsert")]
+    assert 413 in statuses and statuses[-1] == 200 and slept == []
+    assert store.count() == 50
+
+
+def test_the_fake_rejects_what_the_store_avoids(server):
+    """The limits are real in the fake: one request with everything is refused."""
+    index = Pinecone(api_key=API_KEY).Index(host=server.url)
+    with pytest.raises(Exception, match="1000"):
+        index.upsert(vectors=[{"id": f"x{i}", "values": vec(i)} for i in range(1001)], namespace="docpipe")
+
+
+def test_metadata_text_is_truncated_to_fit(server):
+    store, _ = make_store(server)
+    long_text = records(DOC, "v1-a", 1)[0]
+    long_text.metadata["text"] = "é" * 50_000
+    crowded = records(DOC, "v1-a", 2)[1]
+    crowded.metadata["keywords"] = ["k" * 100] * 385  # ~39 KB of other metadata
+    crowded.metadata["text"] = "y" * 1800
+    crowded.metadata["empty"] = None  # Pinecone rejects nulls: dropped
+    assert store.upsert([long_text, crowded]) == 2
+    stored = server.namespaces["docpipe"]
+    assert stored[long_text.id]["metadata"]["text"] == "é" * 2000  # the 2,000-char contract
+    kept = stored[crowded.id]["metadata"]
+    assert "empty" not in kept and kept["keywords"] == crowded.metadata["keywords"]
+    assert 0 < len(kept["text"]) < 1800  # cut further so the whole metadata fits
+    assert len(json.dumps(kept, separators=(",", ":")).encode()) <= MAX_METADATA_BYTES
+
+
+def test_fit_metadata_rules():
+    meta = fit_metadata({"text": "ü" * 30_000, "a": 1}, max_text_chars=100_000, max_bytes=1000)
+    assert len(json.dumps(meta, separators=(",", ":"), ensure_ascii=False).encode()) <= 1000
+    assert meta["a"] == 1 and meta["text"] == "ü" * len(meta["text"])
+    with pytest.raises(StageFailed):
+        fit_metadata({"blob": "z" * 50_000})  # nothing we may cut
+
+
+def test_429_is_retried(server, no_sdk_sleep):
+    store, slept = make_store(server)
+    server.fail_next(6, 429)  # more than the SDK's own 4 attempts: our layer retries too
+    assert store.upsert(records(DOC, "v1-a", 3)) == 3
+    assert [r["status"] for r in server.requests_to("/vectors/upsert")].count(200) == 1
+    assert len(slept) >= 1
+    assert store.count() == 3
+
+
+def test_retry_after_of_a_429_is_honoured(server, no_sdk_sleep):
+    store, slept = make_store(server, max_attempts=2)
+    server.fail_next(4, 429, retry_after="7")  # exhausts the SDK's attempts once
+    store.upsert(records(DOC, "v1-a", 1))
+    assert slept and 7.0 <= slept[0] <= 7.7
+
+
+def test_persistent_5xx_raises_vector_store_unavailable(server, no_sdk_sleep):
+    store, slept = make_store(server, max_attempts=3)
+    server.fail_next(1000, 503)
+    with pytest.raises(VectorStoreUnavailable) as info:
+        store.upsert(records(DOC, "v1-a", 3))
+    assert info.value.retryable and len(slept) == 2
+    server.clear_faults()
+    assert store.count() == 0
+
+
+def test_a_4xx_is_not_retried(server):
+    store, slept = make_store(server)
+    store.upsert(records(DOC, "v1-a", 1, dims=8))
+    with pytest.raises(StageFailed, match="dimension"):
+        store.upsert(records(DOC, "v1-b", 1, dims=4))
+    assert slept == []
+
+
+def test_delete_prefix_lists_and_deletes_in_batches(server):
+    store, _ = make_store(server)
+    store.upsert(records(DOC, "v1-a", 2500) + records(OTHER_DOC, "v1-a", 10))
+    assert store.delete_prefix(f"{DOC}#") == 2500
+    deletes = server.requests_to("/vectors/delete")
+    assert [r["count"] for r in deletes] == [1000, 1000, 500]
+    assert len(server.requests_to("/vectors/list")) >= 25  # pages of <= 100 ids
+    assert store.list_ids(f"{DOC}#") == []
+    assert len(store.list_ids(f"{OTHER_DOC}#")) == 10 == store.count()
+    with pytest.raises(ValueError):
+        store.delete_prefix("")
+
+
+def test_query_returns_scores_and_metadata(server):
+    store, _ = make_store(server)
+    store.upsert(records(DOC, "v1-a", 20) + records(OTHER_DOC, "v1-a", 20))
+    matches = store.query(vec(3), top_k=4)
+    assert len(matches) == 4
+    assert matches[0].score == pytest.approx(1.0) and matches[0].id.endswith("#3")
+    assert [m.score for m in matches] == sorted((m.score for m in matches), reverse=True)
+    assert matches[0].metadata["text"] == "chunk text 3" and matches[0].metadata["chunk_index"] == 3
+    only = store.query(vec(3), top_k=10, filter={"document_id": {"$eq": OTHER_DOC}})
+    assert {m.metadata["document_id"] for m in only} == {OTHER_DOC}
+
+
+def test_namespaces_are_separate(server):
+    a, _ = make_store(server, namespace="tenant-a")
+    b, _ = make_store(server, namespace="tenant-b")
+    a.upsert(records(DOC, "v1-a", 5))
+    assert (a.count(), b.count()) == (5, 0)
+    assert b.list_ids(f"{DOC}#") == [] and b.query(vec(1), top_k=3) == []
+
+
+def test_from_env_reads_the_key_from_secrets_manager(server, monkeypatch):
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SECRETSMANAGER", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("PINECONE_API_KEY", "never-used")
+    secrets.clear_cache()
+    with mock_aws():
+        sm = boto3.client("secretsmanager")
+        good = sm.create_secret(Name="pc-good", SecretString=json.dumps({"api_key": API_KEY}))["ARN"]
+        bad = sm.create_secret(Name="pc-bad", SecretString="wrong-key")["ARN"]
+        store = PineconeStore.from_env({"PINECONE_API_KEY_SECRET_ARN": good, "PINECONE_INDEX_HOST": server.url})
+        assert store.namespace == "docpipe"
+        store.upsert(records(DOC, "v1-a", 2))
+        assert store.count() == 2
+
+        wrong = PineconeStore.from_env({"PINECONE_API_KEY_SECRET_ARN": bad, "PINECONE_INDEX_HOST": server.url,
+                                        "PINECONE_NAMESPACE": "other"})
+        with pytest.raises(StageFailed, match="API key"):
+            wrong.count()
+        assert [r["status"] for r in server.requests[-2:]] == [401, 401]  # re-read once, then fail
+    secrets.clear_cache()
+
+
+# -- replace_document_version ------------------------------------------------------------
+def ids_of(store: VectorStore) -> set[str]:
+    return set(store.list_ids(f"{DOC}#"))
+
+
+def test_replace_version_swaps_vectors(server):
+    store, _ = make_store(server)
+    store.upsert(records(DOC, "v1-old", 5) + records(OTHER_DOC, "v1-old", 3))
+    new = records(DOC, "v1-new", 3)
+    summary = replace_document_version(store, new, DOC, "v1-new")
+    assert summary == {"upserted": 3, "kept": 3, "deleted": 5, "old_versions": ["v1-old"]}
+    assert ids_of(store) == {r.id for r in new}
+    assert len(store.list_ids(f"{OTHER_DOC}#")) == 3  # other documents untouched
+    again = replace_document_version(store, new, DOC, "v1-new")  # idempotent
+    assert again["deleted"] == 0 and ids_of(store) == {r.id for r in new}
+
+
+def test_interrupted_upsert_then_rerun_ends_with_exactly_the_new_version(server, no_sdk_sleep):
+    store, _ = make_store(server, max_attempts=2)
+    old = records(DOC, "v1-old", 1200)
+    store.upsert(old)
+    new = records(DOC, "v1-new", 1500)
+    server.fail_upserts_after(1)  # the first batch of the new version lands, then the store fails
+    with pytest.raises(VectorStoreUnavailable):
+        replace_document_version(store, new, DOC, "v1-new")
+    partial = ids_of(store)
+    assert {r.id for r in old} <= partial  # never missing: the old version is intact
+    assert 0 < len(partial - {r.id for r in old}) < 1500
+
+    server.clear_faults()
+    summary = replace_document_version(store, new, DOC, "v1-new")
+    assert ids_of(store) == {r.id for r in new}  # exactly the new version, nothing old
+    assert summary["old_versions"] == ["v1-old"] and summary["deleted"] == 1200
+    assert store.count() == 1500
+
+
+def test_interrupted_delete_then_rerun(server, monkeypatch):
+    store, _ = make_store(server)
+    store.upsert(records(DOC, "v1-a", 1500) + records(DOC, "v1-b", 30))
+    new = records(DOC, "v1-c", 10)
+    real_delete = store.delete_ids
+    calls = []
+
+    def crash_after_first_chunk(ids):
+        calls.append(1)
+        real_delete(list(ids)[:1000])
+        raise VectorStoreUnavailable("worker killed mid-delete")
+
+    monkeypatch.setattr(store, "delete_ids", crash_after_first_chunk)
+    with pytest.raises(VectorStoreUnavailable):
+        replace_document_version(store, new, DOC, "v1-c")
+    assert {r.id for r in new} <= ids_of(store)  # the new version is never missing
+    monkeypatch.setattr(store, "delete_ids", real_delete)
+    replace_document_version(store, new, DOC, "v1-c")
+    assert ids_of(store) == {r.id for r in new}
+
+
+def test_leftovers_of_the_same_version_are_removed(server):
+    store, _ = make_store(server)
+    store.upsert(records(DOC, "v1-a", 12))  # an earlier run made more chunks
+    replace_document_version(store, records(DOC, "v1-a", 10), DOC, "v1-a")
+    assert ids_of(store) == {f"{DOC}#v1-a#{i}" for i in range(10)}
+
+
+def test_new_vectors_not_listed_means_old_ones_stay():
+    class Lagging(DictStore):
+        def list_ids(self, prefix):
+            return [i for i in super().list_ids(prefix) if "#v1-new#" not in i]
+
+    store = Lagging()
+    store.upsert(records(DOC, "v1-old", 4))
+    with pytest.raises(VectorStoreUnavailable, match="not listed"):
+        replace_document_version(store, records(DOC, "v1-new", 2), DOC, "v1-new", sleep=lambda s: None)
+    assert sum(1 for i in store.data if "#v1-old#" in i) == 4
+
+
+def test_records_of_another_version_are_refused():
+    with pytest.raises(ValueError):
+        replace_document_version(DictStore(), records(DOC, "v1-x", 1), DOC, "v1-y")
+
+
+class DictStore:
+    """The smallest VectorStore: no delete_ids, so the prefix fallback is exercised."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, VectorRecord] = {}
+
+    def upsert(self, records):
+        for r in records:
+            self.data[r.id] = r
+        return len(records)
+
+    def delete_prefix(self, prefix):
+        doomed = [i for i in self.data if i.startswith(prefix)]
+        for i in doomed:
+            del self.data[i]
+        return len(doomed)
+
+    def list_ids(self, prefix):
+        return sorted(i for i in self.data if i.startswith(prefix))
+
+    def query(self, vector, top_k=5, filter=None):
+        return []
+
+    def count(self):
+        return len(self.data)
+
+
+def test_generic_store_without_delete_ids():
+    store = DictStore()
+    store.upsert(records(DOC, "v1-old", 15) + records(DOC, "v1-new", 13) + records(OTHER_DOC, "v1-old", 2))
+    new = records(DOC, "v1-new", 11)  # ids #11 and #12 of v1-new are leftovers
+    summary = replace_document_version(store, new, DOC, "v1-new")
+    assert set(store.list_ids(f"{DOC}#")) == {r.id for r in new}
+    assert summary["old_versions"] == ["v1-old"] and len(store.list_ids(f"{OTHER_DOC}#")) == 2
+
+    # A leftover whose id is a prefix of a kept id cannot be removed by prefix alone.
+    store.upsert(records(DOC, "v1-new", 2))
+    with pytest.raises(StageFailed, match="delete_ids"):
+        replace_document_version(store, [VectorRecord(id=f"{DOC}#v1-new#10", vector=vec(0))], DOC, "v1-new")
