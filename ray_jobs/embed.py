@@ -15,27 +15,16 @@ import time
 from docpipe import identity
 from docpipe.errors import VectorStoreUnavailable
 from ray_jobs import jobio
+from ray_jobs.backends.version_sync import replace_document_version
 from ray_jobs.runner import emit, main_exit, run
 
-BATCH = int(os.environ.get("EMBED_BATCH_SIZE", "64"))
+
+def batch_size() -> int:
+    """Texts per embed call: the local model wants small batches; the OpenAI embedder
+    splits under the API's limits itself, so it gets large ones (fewer requests)."""
+    default = "1024" if os.environ.get("EMBEDDING_BACKEND") == "openai" else "64"
+    return int(os.environ.get("EMBED_BATCH_SIZE") or default)
 TEXT_IN_INDEX = 2000  # characters of chunk text kept as vector metadata (for citations)
-
-
-def replace_document_version(store, records, document_id: str, version: str) -> dict:
-    """New version's vectors first, then every other version's ids of this document."""
-    try:
-        from ray_jobs.backends.version_sync import replace_document_version as generic
-    except ImportError:
-        generic = None
-    if generic is not None:
-        return generic(store, records, document_id, version)
-    written = store.upsert(records)
-    keep = identity.vector_id_prefix(document_id, version)
-    stale = [i for i in store.list_ids(identity.vector_id_prefix(document_id)) if not i.startswith(keep)]
-    removed = 0
-    for prefix in sorted({i.rsplit("#", 1)[0] + "#" for i in stale}):
-        removed += store.delete_prefix(prefix)
-    return {"upserted": written, "deleted": removed}
 
 
 def embed_document(job: dict, callback=None) -> dict:
@@ -50,8 +39,9 @@ def embed_document(job: dict, callback=None) -> dict:
     t0 = time.monotonic()
     enricher = make_enricher()
     enriched = []
-    for start in range(0, len(chunks), BATCH):
-        batch = chunks[start:start + BATCH]
+    batch_n = batch_size()
+    for start in range(0, len(chunks), 64):  # enrichment batches stay small (Comprehend: 25)
+        batch = chunks[start:start + 64]
         for chunk, extra in zip(batch, enricher.enrich([c["text"] for c in batch])):
             enriched.append({**chunk, **extra, "enrichment_backend": enricher.name})
     enriched_uri = jobio.write_jsonl(bucket, identity.artifact_key("enriched", doc, ver, "chunks.jsonl"), enriched)
@@ -60,8 +50,8 @@ def embed_document(job: dict, callback=None) -> dict:
     t1 = time.monotonic()
     embed, info = embedder_handle()
     vectors, tokens, cost, hits = [], 0, 0.0, 0
-    for start in range(0, len(chunks), BATCH):
-        result = embed([c["text"] for c in chunks[start:start + BATCH]])
+    for start in range(0, len(chunks), batch_n):
+        result = embed([c["text"] for c in chunks[start:start + batch_n]])
         vectors += result.vectors
         tokens += result.tokens
         cost += result.cost_usd

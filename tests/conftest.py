@@ -164,3 +164,32 @@ def history(sfn, arn: str) -> list[dict]:
 
 def entered_states(events: list[dict]) -> list[str]:
     return [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory):
+    """The real local stack, once per test session: moto server + Ray head (token auth)
+    started by `docpipe_local.stack`, with its own DOCPIPE_HOME and free ports."""
+    home = tmp_path_factory.mktemp("docpipe-home")
+    old = os.environ.get("DOCPIPE_HOME")
+    os.environ["DOCPIPE_HOME"] = str(home)
+    from docpipe_local import stack
+
+    state = stack.start(moto_port=_free_port(), ray_port=_free_port(), gcs_port=_free_port(),
+                        parameters={"StageHeartbeatSeconds": "60"}, echo=lambda *_: None)
+    try:
+        yield state
+    finally:
+        stack.stop(echo=lambda *_: None)
+        if old is None:
+            os.environ.pop("DOCPIPE_HOME", None)
+        else:
+            os.environ["DOCPIPE_HOME"] = old

@@ -64,6 +64,12 @@ class EmbeddingRateLimited(DocpipeError):
     retryable = True
 
 
+class EnrichmentThrottled(DocpipeError):
+    """The enrichment service (Comprehend) kept throttling after the client's retries."""
+
+    retryable = True
+
+
 class VectorStoreUnavailable(DocpipeError):
     """The vector store refused writes or was unreachable."""
 

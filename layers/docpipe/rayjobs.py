@@ -8,6 +8,7 @@ list, the dashboard or the logs.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import urllib.error
 import urllib.request
@@ -18,6 +19,12 @@ from docpipe.config import Settings
 from docpipe.errors import RayHeadUnavailable, RayJobRejected
 
 STAGES = ("extract", "embed")
+# Backend choices travel to the job as runtime_env variables: one cluster serves any
+# configuration, and a template parameter change needs no new Ray image. Only names and
+# ARNs, never secret values (the job reads the secrets itself).
+FORWARDED_ENV = ("EMBEDDING_BACKEND", "VECTOR_STORE_BACKEND", "ENRICHMENT_BACKEND",
+                 "OPENAI_API_KEY_SECRET_ARN", "PINECONE_API_KEY_SECRET_ARN",
+                 "PINECONE_INDEX_HOST", "PINECONE_NAMESPACE")
 HTTP_TIMEOUT_S = 10
 
 
@@ -81,6 +88,9 @@ def submit_stage(event: dict, settings: Settings) -> Submission:
         "metadata": {"document_id": reg["document_id"], "processing_version": reg["processing_version"],
                      "stage": stage, "execution_arn": event.get("execution_arn", "")[:256]},
     }
+    env_vars = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    if env_vars:
+        body["runtime_env"] = {"env_vars": env_vars}
     if settings.ray_entrypoint_resources:
         body["entrypoint_resources"] = settings.ray_entrypoint_resources
     status, text = post_job(settings, body, _token(settings))

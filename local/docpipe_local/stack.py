@@ -94,6 +94,8 @@ def ray_env(endpoint: str, token: str) -> dict[str, str]:
         "LANCEDB_URI": str(paths.vectors_dir()),
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
+        # Jobs heartbeat well inside the stage's HeartbeatSeconds.
+        "DOCPIPE_HEARTBEAT_INTERVAL": os.environ.get("DOCPIPE_HEARTBEAT_INTERVAL", "5"),
     }
 
 

@@ -42,7 +42,7 @@ import random
 import time
 from typing import Any, Callable, Mapping
 
-from docpipe.errors import StageFailed
+from docpipe.errors import EnrichmentThrottled, StageFailed
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class ComprehendEnricher:
                 log.warning("Comprehend %s attempt %d/%d failed (%s); retrying in %.2f s",
                             op, attempt, self.max_attempts, last, delay)
                 self._sleep(delay)
-        raise StageFailed(f"Comprehend {op} still throttled or failing after {self.max_attempts} attempts: {last}")
+        raise EnrichmentThrottled(f"Comprehend {op} still throttled or failing after {self.max_attempts} attempts: {last}")
 
     def _batch(self, op: str, texts: list[str]) -> list[tuple[list[dict] | None, str | None]]:
         """Per text: (the result's item list, None) or (None, error code)."""
@@ -217,7 +217,7 @@ class ComprehendEnricher:
             if attempt < self.max_attempts:
                 self._sleep(self._delay(attempt))
         if pending:
-            raise StageFailed(f"Comprehend {op}: {len(pending)} texts still failing after {self.max_attempts} attempts")
+            raise EnrichmentThrottled(f"Comprehend {op}: {len(pending)} texts still failing after {self.max_attempts} attempts")
         return [results.get(i, ([], None)) for i in range(len(texts))]
 
     def _detect_pii(self, text: str) -> list[dict]:

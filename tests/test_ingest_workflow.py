@@ -1,0 +1,166 @@
+"""IngestDocument executing on moto's Step Functions engine: one named test per path.
+
+The real ASL (with the template's substitutions), the real handlers behind moto's
+Lambda seam, uploads delivered as EventBridge events, and each submitted stage run by
+the real ray_jobs entry point in-process (FakeRayHead in conftest). Assertions are on
+what a user sees: the execution history, the tables, S3, the alert, the index.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import corpus_file, entered_states, executions_for, history, wait_for_execution
+from docpipe import identity
+
+GOOD = "py-pdf-sample-files/004-pdflatex-4-pages/pdflatex-4-pages.pdf"
+ENCRYPTED = "pdfplumber/tests/pdfs/password-example.pdf"
+SCANNED = "py-pdf-sample-files/007-imagemagick-images/imagemagick-ASCII85Decode.pdf"
+
+
+def upload(clients, stack, key: str, body: bytes) -> None:
+    clients["s3"].put_object(Bucket=stack.outputs["DocumentBucketName"], Key=key, Body=body)
+
+
+def run_upload(local_aws, key: str, body: bytes, nth: int = 1) -> tuple[dict, list[dict]]:
+    stack, clients, _ = local_aws
+    upload(clients, stack, key, body)
+    arn = stack.outputs["IngestDocumentStateMachineArn"]
+    execs = executions_for(clients["stepfunctions"], arn, nth)
+    newest = sorted(execs, key=lambda e: e["startDate"])[-1]
+    desc = wait_for_execution(clients["stepfunctions"], newest["executionArn"])
+    return desc, history(clients["stepfunctions"], newest["executionArn"])
+
+
+def control(local_aws, key: str) -> list[dict]:
+    stack, clients, _ = local_aws
+    doc = identity.document_id(stack.outputs["DocumentBucketName"], key)
+    items = clients["dynamodb"].query(TableName=stack.outputs["ControlTableName"],
+                                      KeyConditionExpression="document_id = :d",
+                                      ExpressionAttributeValues={":d": {"S": doc}})["Items"]
+    return [{k: list(v.values())[0] for k, v in i.items()} for i in items]
+
+
+def alerts_queue(local_aws) -> str:
+    stack, clients, _ = local_aws
+    url = clients["sqs"].create_queue(QueueName="alerts-probe")["QueueUrl"]
+    qarn = clients["sqs"].get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    clients["sns"].subscribe(TopicArn=stack.outputs["AlertsTopicArn"], Protocol="sqs", Endpoint=qarn,
+                             Attributes={"RawMessageDelivery": "true"})
+    return url
+
+
+def test_happy_path_completes_with_chunks_vectors_and_audit(local_aws):
+    stack, clients, head = local_aws
+    key = "input/papers/pdflatex 4 pages.pdf"
+    desc, events = run_upload(local_aws, key, corpus_file(GOOD).read_bytes())
+    assert desc["status"] == "SUCCEEDED", desc
+    assert entered_states(events) == ["RegisterDocument", "AlreadyProcessed", "Extract", "Embed",
+                                      "FinalizeDocument", "Done"]
+    [item] = control(local_aws, key)
+    assert item["status"] == "COMPLETED" and item["current_stage"] == "done"
+    assert int(item["pages"]) == 4 and int(item["chunks"]) >= 4 and item["vectors"] == item["chunks"]
+    bucket, doc, ver = stack.outputs["DocumentBucketName"], item["document_id"], item["processing_version"]
+    keys = {o["Key"] for o in clients["s3"].list_objects_v2(Bucket=bucket)["Contents"]}
+    for prefix, name in (("extracted", "pages.jsonl"), ("chunks", "chunks.jsonl"),
+                         ("enriched", "chunks.jsonl"), ("embeddings", "vectors.jsonl")):
+        assert f"{prefix}/{doc}/{ver}/{name}" in keys
+    assert key in keys, "the upload is never moved or deleted"
+    assert not any(k.startswith("jobs/") for k in keys), "job files (with task tokens) are removed"
+    audit = clients["dynamodb"].query(TableName=stack.outputs["AuditTableName"],
+                                      KeyConditionExpression="document_id = :d",
+                                      ExpressionAttributeValues={":d": {"S": doc}})["Items"]
+    actions = [a["action"]["S"] for a in audit]
+    assert actions == ["created", "extract_submitted", "embed_submitted", "completed"]
+    from ray_jobs.backends.lancedb_store import LanceDBStore
+
+    store = LanceDBStore.from_env()
+    assert len(store.list_ids(identity.vector_id_prefix(doc, ver))) == int(item["vectors"])
+    # Only URIs and counts travel in the state: the whole output stays small.
+    assert len(desc["output"]) < 8000
+
+
+def test_same_bytes_again_does_no_work(local_aws):
+    body = corpus_file(GOOD).read_bytes()
+    run_upload(local_aws, "input/a.pdf", body)
+    desc, events = run_upload(local_aws, "input/a.pdf", body, nth=2)
+    assert desc["status"] == "SUCCEEDED"
+    assert entered_states(events) == ["RegisterDocument", "AlreadyProcessed", "NoWorkNeeded"]
+    assert [i["status"] for i in control(local_aws, "input/a.pdf")] == ["COMPLETED"]
+    assert len(local_aws[2].submissions) == 2, "no new Ray job for the duplicate"
+
+
+def test_encrypted_pdf_fails_with_report_alert_and_input_kept(local_aws):
+    stack, clients, _ = local_aws
+    queue = alerts_queue(local_aws)
+    body = corpus_file(ENCRYPTED).read_bytes()
+    desc, events = run_upload(local_aws, "input/secret.pdf", body)
+    assert desc["status"] == "FAILED"
+    assert entered_states(events) == ["RegisterDocument", "AlreadyProcessed", "Extract", "RecordFailure",
+                                      "NotifyFailure", "DocumentFailed"]
+    failed = [e for e in events if e["type"] == "TaskFailed"]
+    assert failed and failed[0]["taskFailedEventDetails"]["error"] == "PdfEncrypted"
+    [item] = control(local_aws, "input/secret.pdf")
+    assert item["status"] == "FAILED" and item["error_code"] == "PdfEncrypted" and item["failed_stage"] == "extract"
+    bucket = stack.outputs["DocumentBucketName"]
+    base = f"errors/{item['document_id']}/{item['processing_version']}/"
+    report = json.loads(clients["s3"].get_object(Bucket=bucket, Key=base + "error.json")["Body"].read())
+    assert report["error_code"] == "PdfEncrypted"
+    assert clients["s3"].get_object(Bucket=bucket, Key=base + "input.pdf")["Body"].read() == body
+    assert clients["s3"].get_object(Bucket=bucket, Key="input/secret.pdf")["Body"].read() == body
+    msgs = clients["sqs"].receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    alert = json.loads(msgs[0]["Body"])
+    assert alert["event"] == "DocumentFailed" and alert["error_code"] == "PdfEncrypted"
+    assert alert["s3_key"] == "input/secret.pdf"
+
+
+def test_zero_byte_upload_fails_at_registration(local_aws):
+    desc, events = run_upload(local_aws, "input/empty.pdf", b"")
+    assert desc["status"] == "FAILED"
+    assert entered_states(events)[:2] == ["RegisterDocument", "RecordFailure"]
+    [item] = control(local_aws, "input/empty.pdf")
+    assert item["status"] == "FAILED" and item["error_code"] == "EmptyDocument"
+
+
+def test_scanned_pdf_fails_with_no_text(local_aws):
+    desc, _ = run_upload(local_aws, "input/scan.pdf", corpus_file(SCANNED).read_bytes())
+    assert desc["status"] == "FAILED"
+    [item] = control(local_aws, "input/scan.pdf")
+    assert item["error_code"] == "PdfNoText"
+
+
+def test_non_pdf_upload_is_recorded_as_skipped(local_aws):
+    desc, events = run_upload(local_aws, "input/notes.txt", b"hello")
+    assert desc["status"] == "SUCCEEDED"
+    assert entered_states(events) == ["RegisterDocument", "AlreadyProcessed", "NotForUs"]
+    [item] = control(local_aws, "input/notes.txt")
+    assert item["status"] == "SKIPPED" and item["error_code"] == "NotAPdfKey"
+
+
+def test_ray_head_unavailable_is_retried_then_completes(local_aws):
+    local_aws[2].fail_next = 1
+    desc, events = run_upload(local_aws, "input/retry.pdf", corpus_file(GOOD).read_bytes())
+    assert desc["status"] == "SUCCEEDED"
+    extract_failures = [e for e in events if e["type"] in ("TaskFailed", "LambdaFunctionFailed")]
+    assert extract_failures and "RayHeadUnavailable" in json.dumps(extract_failures[0], default=str)
+    subs = [s["submission_id"] for s in local_aws[2].submissions]
+    assert subs[0].startswith("extract-") and subs[0].endswith("-r1"), "the retry got a new submission id"
+
+
+def test_new_content_replaces_old_version_vectors(local_aws):
+    stack, _, _ = local_aws
+    run_upload(local_aws, "input/v.pdf", corpus_file(GOOD).read_bytes())
+    other = corpus_file("py-pdf-sample-files/001-trivial/minimal-document.pdf").read_bytes()
+    desc, _ = run_upload(local_aws, "input/v.pdf", other, nth=2)
+    assert desc["status"] == "SUCCEEDED"
+    items = {i["processing_version"]: i for i in control(local_aws, "input/v.pdf")}
+    assert len(items) == 2
+    new = [i for i in items.values() if "superseded_by" not in i]
+    old = [i for i in items.values() if "superseded_by" in i]
+    assert len(new) == 1 and len(old) == 1 and old[0]["superseded_by"] == new[0]["processing_version"]
+    from ray_jobs.backends.lancedb_store import LanceDBStore
+
+    ids = LanceDBStore.from_env().list_ids(identity.vector_id_prefix(new[0]["document_id"]))
+    assert ids and all(i.startswith(identity.vector_id_prefix(new[0]["document_id"], new[0]["processing_version"])) for i in ids)

@@ -1,0 +1,238 @@
+"""The real local stack end to end: moto server + a Ray head with token auth, stages
+submitted through the Ray Jobs REST API, answering Step Functions with the task token.
+
+One stack per test session (conftest.local_stack); every test talks to it the way a
+user does: S3 uploads, the `docpipe` command, the tables, the index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import boto3
+import pytest
+
+from conftest import REPO, corpus_file, entered_states, history, wait_for_execution
+from docpipe import identity
+
+pytestmark = [pytest.mark.ray, pytest.mark.e2e]
+DOCPIPE = [sys.executable, "-m", "docpipe_local.cli"]
+
+# corpus file -> (final status, error code or None), as documented in README "Outcomes".
+OUTCOMES = {
+    "pdfplumber/tests/pdfs/chelsea_pdta.pdf": ("COMPLETED", None),            # 65-page report
+    "pdf.js/test/pdfs/tracemonkey.pdf": ("COMPLETED", None),                  # two-column paper
+    "py-pdf-sample-files/007-imagemagick-images/imagemagick-ASCII85Decode.pdf": ("FAILED", "PdfNoText"),
+    "pdfplumber/tests/pdfs/password-example.pdf": ("FAILED", "PdfEncrypted"),
+    "pdf.js/test/pdfs/poppler-937-0-fuzzed.pdf": ("FAILED", "PdfMalformed"),
+    "pdfplumber/tests/pdfs/empty.pdf": ("FAILED", "EmptyDocument"),
+    "pdf.js/test/pdfs/Pages-tree-refs.pdf": ("COMPLETED", None),              # page-tree loop
+}
+
+
+def clients(state):
+    kw = dict(endpoint_url=state["endpoint"], region_name="us-east-1",
+              aws_access_key_id="testing", aws_secret_access_key="testing")
+    return {n: boto3.client(n, **kw) for n in ("s3", "stepfunctions", "dynamodb", "lambda", "sqs", "sns")}
+
+
+def run_cli(*args, timeout=600, check=True):
+    out = subprocess.run([*DOCPIPE, *args], capture_output=True, text=True, timeout=timeout,
+                         env={**os.environ, "COLUMNS": "200"}, cwd=REPO)
+    if check and out.returncode not in (0, 1):
+        raise AssertionError(f"docpipe {' '.join(args)} exited {out.returncode}\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+def control_items(state, key):
+    c = clients(state)
+    doc = identity.document_id(state["outputs"]["DocumentBucketName"], key)
+    items = c["dynamodb"].query(TableName=state["outputs"]["ControlTableName"],
+                                KeyConditionExpression="document_id = :d",
+                                ExpressionAttributeValues={":d": {"S": doc}})["Items"]
+    return [{k: list(v.values())[0] for k, v in i.items()} for i in items]
+
+
+@pytest.fixture(scope="module")
+def ingested(local_stack, tmp_path_factory):
+    """`docpipe ingest` over a mix of corpus files: the user's main job."""
+    folder = tmp_path_factory.mktemp("mix")
+    for rel in OUTCOMES:
+        src = corpus_file(rel)
+        (folder / src.name).symlink_to(src)
+    out = run_cli("ingest", str(folder), "--timeout", "600")
+    return out, folder
+
+
+def test_ingest_reaches_documented_outcome_for_every_file(local_stack, ingested):
+    out, _ = ingested
+    assert "summary" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 1, "some documents fail on purpose: exit code 1"
+    for rel, (status, code) in OUTCOMES.items():
+        items = control_items(local_stack, f"input/{Path(rel).name}")
+        assert items, f"{rel}: no control item"
+        final = [i for i in items if i["status"] in ("COMPLETED", "PARTIAL", "FAILED")]
+        assert final, f"{rel}: {items}"
+        assert final[0]["status"] == status or (status == "COMPLETED" and final[0]["status"] == "PARTIAL"), (rel, final[0])
+        if code:
+            assert final[0]["error_code"] == code, (rel, final[0])
+
+
+def test_completed_documents_have_artifacts_audit_and_vectors(local_stack, ingested):
+    c = clients(local_stack)
+    bucket = local_stack["outputs"]["DocumentBucketName"]
+    key = "input/tracemonkey.pdf"
+    [item] = control_items(local_stack, key)
+    doc, ver = item["document_id"], item["processing_version"]
+    keys = {o["Key"] for o in c["s3"].list_objects_v2(Bucket=bucket, Prefix="")["Contents"]}
+    for k in (f"extracted/{doc}/{ver}/pages.jsonl", f"chunks/{doc}/{ver}/chunks.jsonl",
+              f"enriched/{doc}/{ver}/chunks.jsonl", f"embeddings/{doc}/{ver}/vectors.jsonl", key):
+        assert k in keys, k
+    audit = c["dynamodb"].query(TableName=local_stack["outputs"]["AuditTableName"],
+                                KeyConditionExpression="document_id = :d",
+                                ExpressionAttributeValues={":d": {"S": doc}})["Items"]
+    assert [a["action"]["S"] for a in audit][-1] in ("completed", "partial")
+    os.environ["LANCEDB_URI"] = str(Path(local_stack["home"]) / "vectors")
+    from ray_jobs.backends.lancedb_store import LanceDBStore
+
+    ids = LanceDBStore.from_env().list_ids(identity.vector_id_prefix(doc, ver))
+    assert len(ids) == int(item["vectors"]) == int(item["chunks"]) > 0
+
+
+def test_failed_documents_have_error_reports_and_keep_their_upload(local_stack, ingested):
+    c = clients(local_stack)
+    bucket = local_stack["outputs"]["DocumentBucketName"]
+    for rel, (status, code) in OUTCOMES.items():
+        if status != "FAILED":
+            continue
+        key = f"input/{Path(rel).name}"
+        item = [i for i in control_items(local_stack, key) if i["status"] == "FAILED"][0]
+        report = json.loads(c["s3"].get_object(
+            Bucket=bucket, Key=f"errors/{item['document_id']}/{item['processing_version']}/error.json")["Body"].read())
+        assert report["error_code"] == code and report["s3_key"] == key
+        original = c["s3"].get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert original == corpus_file(rel).read_bytes(), "the upload is untouched"
+
+
+def test_query_finds_a_passage_from_the_corpus(local_stack, ingested):
+    out = run_cli("query", "trace-based just-in-time compilation of JavaScript", "--json")
+    assert out.returncode == 0, out.stderr
+    hits = json.loads(out.stdout)
+    assert hits and hits[0]["s3_key"] == "input/tracemonkey.pdf", hits[:2]
+    assert hits[0]["page_start"] >= 1 and hits[0]["score"] > 0.3
+
+
+def test_second_ingest_of_the_same_files_does_no_new_work(local_stack, ingested):
+    c = clients(local_stack)
+    arn = local_stack["outputs"]["IngestDocumentStateMachineArn"]
+    before = len(c["stepfunctions"].list_executions(stateMachineArn=arn)["executions"])
+    out = run_cli("ingest", str(ingested[1]), "--timeout", "120")
+    assert "summary" in out.stdout
+    after = len(c["stepfunctions"].list_executions(stateMachineArn=arn)["executions"])
+    assert after == before, "same bytes at the same keys: nothing uploaded, nothing started"
+
+
+def test_execution_graph_shows_states_and_colours(local_stack, ingested, tmp_path):
+    out = run_cli("graph", "password-example.pdf", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stdout + out.stderr
+    svg = next(tmp_path.glob("*.svg"))
+    text = svg.read_text()
+    ET.fromstring(text)  # well-formed
+    for state in ("RegisterDocument", "Extract", "RecordFailure", "NotifyFailure", "DocumentFailed", "Embed"):
+        assert state in text
+    assert "#d13212" in text, "the failed state is red"
+    assert "#ec7211" in text, "the caught Extract task is orange"
+    assert next(tmp_path.glob("*.html")).read_text().count("<tr") > 5
+
+
+def test_killed_job_fails_by_heartbeat_timeout(local_stack):
+    """SIGKILL sends nothing back: the state's heartbeat catches it and the document
+    ends FAILED with StageTimeout."""
+    c = clients(local_stack)
+    fn = [f for f in c["lambda"].list_functions()["Functions"] if "RegisterDocument" in f["FunctionName"]][0]
+    env = fn["Environment"]["Variables"]
+    c["lambda"].update_function_configuration(FunctionName=fn["FunctionName"], Environment={
+        "Variables": {**env, "STAGE_HEARTBEAT_SECONDS": "10"}})
+    try:
+        body = corpus_file("py-pdf-sample-files/009-pdflatex-geotopo/GeoTopo-komprimiert.pdf").read_bytes()
+        c["s3"].put_object(Bucket=local_stack["outputs"]["DocumentBucketName"], Key="input/killed.pdf", Body=body)
+        pid = _wait_for_driver("ray_jobs.extract", timeout=60)
+        os.kill(pid, signal.SIGKILL)
+        arn = _execution_for(c, local_stack, "input/killed.pdf")
+        desc = wait_for_execution(c["stepfunctions"], arn, timeout=120)
+    finally:
+        c["lambda"].update_function_configuration(FunctionName=fn["FunctionName"], Environment={"Variables": env})
+    assert desc["status"] == "FAILED"
+    events = history(c["stepfunctions"], arn)
+    assert any(e["type"] == "TaskTimedOut" for e in events)
+    assert entered_states(events)[-3:] == ["RecordFailure", "NotifyFailure", "DocumentFailed"]
+    [item] = control_items(local_stack, "input/killed.pdf")
+    assert item["status"] == "FAILED" and item["error_code"] == "StageTimeout"
+
+
+def _wait_for_driver(marker: str, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                except OSError:
+                    continue
+                if marker in cmd and "killed" not in cmd and "--job" in cmd:
+                    return int(proc.name)
+        time.sleep(0.02)
+    raise AssertionError(f"no {marker} driver process appeared")
+
+
+def _execution_for(c, state, key: str) -> str:
+    doc = identity.document_id(state["outputs"]["DocumentBucketName"], key)
+    arn = state["outputs"]["IngestDocumentStateMachineArn"]
+    for _ in range(100):
+        execs = [e for e in c["stepfunctions"].list_executions(stateMachineArn=arn)["executions"]
+                 if e["name"].startswith(doc[:24])]
+        if execs:
+            return execs[0]["executionArn"]
+        time.sleep(0.1)
+    raise AssertionError("no execution started")
+
+
+def test_rerunning_stages_for_the_same_version_is_identical(local_stack, ingested, monkeypatch):
+    """Deterministic chunking and vector ids: running both stages again for the same
+    version overwrites the same S3 objects with the same bytes and the same vectors."""
+    c = clients(local_stack)
+    bucket = local_stack["outputs"]["DocumentBucketName"]
+    [item] = control_items(local_stack, "input/tracemonkey.pdf")
+    doc, ver = item["document_id"], item["processing_version"]
+    keys = [f"extracted/{doc}/{ver}/pages.jsonl", f"chunks/{doc}/{ver}/chunks.jsonl",
+            f"enriched/{doc}/{ver}/chunks.jsonl"]
+    before = {k: c["s3"].get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
+    vectors_before = c["s3"].get_object(Bucket=bucket, Key=f"embeddings/{doc}/{ver}/vectors.jsonl")["Body"].read()
+    for k, v in {"AWS_ENDPOINT_URL": local_stack["endpoint"], "AWS_ACCESS_KEY_ID": "testing",
+                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                 "DOCPIPE_NO_RAY": "1", "LANCEDB_URI": str(Path(local_stack["home"]) / "vectors")}.items():
+        monkeypatch.setenv(k, v)
+    from ray_jobs.backends.lancedb_store import LanceDBStore
+    from ray_jobs.embed import embed_document
+    from ray_jobs.extract import extract_document
+
+    count_before = LanceDBStore.from_env().count()
+    reg = {"document_id": doc, "processing_version": ver, "bucket": bucket, "key": "input/tracemonkey.pdf"}
+    extracted = extract_document({"registration": reg})
+    embed_document({"registration": reg, "inputs": extracted})
+    after = {k: c["s3"].get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
+    assert after == before
+    vectors_after = c["s3"].get_object(Bucket=bucket, Key=f"embeddings/{doc}/{ver}/vectors.jsonl")["Body"].read()
+    rows_b = [json.loads(x) for x in vectors_before.splitlines()]
+    rows_a = [json.loads(x) for x in vectors_after.splitlines()]
+    assert [r["id"] for r in rows_a] == [r["id"] for r in rows_b]
+    for a, b in zip(rows_a, rows_b):  # same model; BLAS thread counts may differ in the last bits
+        assert max(abs(x - y) for x, y in zip(a["vector"], b["vector"])) < 1e-5
+    assert LanceDBStore.from_env().count() == count_before
