@@ -119,6 +119,7 @@ def local_aws(aws_env, monkeypatch):
             Name="docpipe/ray-token", SecretString=token)["ARN"]
         head = FakeRayHead(token)
         stack = template.load("docpipe", {"RayTokenSecretArn": secret_arn, "RayDashboardUrl": head.url,
+                                          "UseExistingRayCluster": "true",
                                           "RayEntrypointResources": "{}"})
         resources.create_stack(stack)
         clients = {n: boto3.client(n) for n in ("s3", "stepfunctions", "dynamodb", "sns", "sqs")}

@@ -22,7 +22,8 @@ AWS_RAISED = re.compile(r"^(Lambda|SNS)\.[A-Za-z]+Exception$")
 
 @pytest.fixture(scope="module")
 def stack():
-    return template.load("docpipe", {"RayTokenSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:t-AbCdEf"})
+    return template.load("docpipe", {"RayTokenSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:t-AbCdEf",
+                                      "UseExistingRayCluster": "true"})
 
 
 def all_states(definition: dict):

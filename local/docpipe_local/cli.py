@@ -159,8 +159,9 @@ def run_ingest(paths_in, prefix="input/", timeout=900.0, quiet=False) -> list:
         _fail("no PDF files found in the given paths", 1)
     docs = ingest.plan(files, bucket, prefix, state.get("parameters", {}).get("PipelineVersion", "v1"))
     started = time.monotonic()
-    with Live(_progress_table(docs, started), console=console, refresh_per_second=4,
-              transient=False, disable=quiet) as live:
+    live_console = Console(quiet=True) if quiet else console
+    with Live(_progress_table(docs, started), console=live_console, refresh_per_second=4,
+              transient=False) as live:
         for d in docs:
             if ingest.already_there(s3, bucket, d):
                 d.status = "PENDING"  # resume: follow what the earlier run started

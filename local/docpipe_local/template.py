@@ -228,5 +228,6 @@ def load(stack_name: str = "docpipe", parameters: dict[str, str] | None = None,
         for key, value in (props.get("DefinitionSubstitutions") or {}).items():
             text = text.replace("${" + key + "}", str(value))
         stack.definitions[logical_id] = json.loads(text)
-    stack.outputs = {k: stack.resolve(v["Value"]) for k, v in cfn.get("Outputs", {}).items()}
+    stack.outputs = {k: stack.resolve(v["Value"]) for k, v in cfn.get("Outputs", {}).items()
+                     if stack.conditions.get(v.get("Condition", ""), True)}
     return stack
