@@ -17,12 +17,16 @@ EMBEDDER_ENV = ("EMBEDDING_BACKEND", "OPENAI_EMBEDDING_MODEL", "OPENAI_EMBEDDING
                 "OPENAI_API_KEY_SECRET_ARN", "OPENAI_BASE_URL", "OPENAI_TPM_BUDGET",
                 "OPENAI_PRICE_PER_MTOK", "OPENAI_MAX_ATTEMPTS", "OPENAI_TIMEOUT_SECONDS",
                 "TOKEN_BUDGET_TABLE", "EMBEDDING_CACHE", "EMBEDDING_CACHE_PREFIX", "DOCUMENT_BUCKET",
-                "LOCAL_EMBEDDING_MODEL_DIR", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION",
+                "LOCAL_EMBEDDING_MODEL_DIR", "LOCAL_EMBEDDING_THREADS", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION",
                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 def _embedder_config() -> dict[str, str]:
-    return {k: os.environ[k] for k in EMBEDDER_ENV if k in os.environ}
+    config = {k: os.environ[k] for k in EMBEDDER_ENV if k in os.environ}
+    # A num_cpus=0 actor gets OMP_NUM_THREADS=1 from Ray; the numpy model runs its own
+    # threads, so say how many cores it may use.
+    config.setdefault("LOCAL_EMBEDDING_THREADS", str(os.cpu_count() or 1))
+    return config
 
 
 def _make():

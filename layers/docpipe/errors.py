@@ -13,6 +13,11 @@ class DocpipeError(Exception):
 
     @property
     def code(self) -> str:
+        # The first class of ours in the MRO: wrappers (e.g. Ray's RayTaskError(X)
+        # subclasses) still report X.
+        for cls in type(self).__mro__:
+            if cls.__module__ == __name__ and cls is not DocpipeError:
+                return cls.__name__
         return type(self).__name__
 
 

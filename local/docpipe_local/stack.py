@@ -83,6 +83,8 @@ def ray_env(endpoint: str, token: str) -> dict[str, str]:
     """Environment of the Ray head, inherited by every job it runs."""
     return {
         **os.environ,
+        # Job entrypoints run `python -m ray_jobs.<stage>`: this venv's python.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": token,
         "RAY_USAGE_STATS_ENABLED": "0",
@@ -101,7 +103,7 @@ def ray_env(endpoint: str, token: str) -> dict[str, str]:
 
 def start(moto_port: int = DEFAULT_MOTO_PORT, ray_port: int = DEFAULT_RAY_DASHBOARD_PORT,
           gcs_port: int = DEFAULT_RAY_GCS_PORT, parameters: dict | None = None,
-          job_slots: int = 2, timeout: float = 120, echo=print) -> dict:
+          job_slots: int = 8, timeout: float = 120, echo=print) -> dict:
     state = read_state()
     if state and (_alive(state.get("moto_pid")) or _alive(state.get("ray_pid"))):
         raise StackError(f"the local stack is already running (AWS on {state['endpoint']}, Ray on "

@@ -1,0 +1,316 @@
+"""LanceDB on local disk: the default, embedded `VectorStore`.
+
+Chosen because it stays correct with several writer processes (Ray workers): every write
+is a Lance commit with optimistic concurrency and retries, and `merge_insert("id")` makes
+upserts idempotent (see ../shared/NOTES.md, "Vector stores"). Each commit adds a table
+version, so the store compacts every `compact_every` writes and on `compact()`.
+
+Writers on a local path also take an exclusive file lock (`<uri>/.<table>.write-lock`)
+around every commit. Measured with lance 13 (lancedb 0.40), without it: two processes
+upserting the same 500 ids at once left 525 rows (both inserted some of them);
+two concurrent `create_table(exist_ok=True)` both committed (versions 1 and 2 of one empty
+table; a create is an overwrite commit, so rows written in between would be dropped); and
+compaction fails ("Rewrite preempted by concurrent Update") when it races an upsert.
+Remote URIs (s3://...) get no lock and keep those races.
+
+One row per vector; columns: id, vector (fixed-size float32 list), and the metadata of
+docs/architecture.md as typed columns (document_id, processing_version, chunk_index,
+page_start, page_end, s3_key, text). Metadata keys outside that list are not stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from ray_jobs.backends.base import Match, VectorRecord
+
+log = logging.getLogger(__name__)
+
+# Metadata column -> Arrow type name (see _schema). Integers are int32: pages and chunk
+# indexes stay far below 2**31.
+METADATA_COLUMNS: dict[str, str] = {
+    "document_id": "string",
+    "processing_version": "string",
+    "chunk_index": "int32",
+    "page_start": "int32",
+    "page_end": "int32",
+    "s3_key": "string",
+    "text": "string",
+}
+
+
+def _sql_literal(value: Any) -> str:
+    """A value as a DataFusion SQL literal. Strings: single quotes doubled, which is the
+    only escape inside '...' (backslashes are literal)."""
+    if value is None:
+        raise ValueError("None has no literal; use IS NULL")
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    raise TypeError(f"unsupported filter value {value!r}")
+
+
+def _starts_with(prefix: str) -> str:
+    # starts_with() instead of LIKE: no wildcard (% _) or escape-character handling at all.
+    return f"starts_with(id, {_sql_literal(prefix)})"
+
+
+class LanceDBStore:
+    """`VectorStore` on a LanceDB directory (or any URI lancedb.connect accepts)."""
+
+    def __init__(
+        self,
+        uri: str,
+        table: str = "chunks",
+        dims: int = 384,
+        *,
+        compact_every: int = 50,
+        keep_versions: timedelta = timedelta(hours=1),
+    ) -> None:
+        # Resolve a local path now so a later chdir cannot move the store.
+        self.uri = uri if "://" in uri else str(Path(uri).expanduser().resolve())
+        self.table_name = table
+        self.dims = int(dims)
+        self.compact_every = compact_every  # 0 disables automatic compaction
+        self.keep_versions = keep_versions
+        self._writes = 0
+        self._db = None
+        self._table = None
+        self._lock_path = None if "://" in self.uri else os.path.join(self.uri, f".{table}.write-lock")
+
+    @classmethod
+    def from_env(cls) -> "LanceDBStore":
+        return cls(
+            uri=os.environ.get("LANCEDB_URI") or ".docpipe/vectors",
+            table=os.environ.get("LANCEDB_TABLE") or "chunks",
+            dims=int(os.environ.get("EMBEDDING_DIMS") or 384),
+        )
+
+    # ---- table -----------------------------------------------------------------------
+
+    def _schema(self):
+        import pyarrow as pa
+
+        types = {"string": pa.string(), "int32": pa.int32()}
+        return pa.schema(
+            [
+                pa.field("id", pa.string(), nullable=False),
+                pa.field("vector", pa.list_(pa.float32(), self.dims), nullable=False),
+                *(pa.field(name, types[t]) for name, t in METADATA_COLUMNS.items()),
+            ]
+        )
+
+    @property
+    def table(self):
+        """The LanceDB table, opened or created on first use."""
+        if self._table is None:
+            import lancedb  # lazy: importing lancedb takes 1-5 s
+
+            if self._db is None:
+                # Consistency interval 0: every read checks for commits made by other
+                # processes (Ray workers), at the cost of one manifest lookup.
+                self._db = lancedb.connect(self.uri, read_consistency_interval=timedelta(0))
+            table = self._open()
+            if table is None:
+                with self._write_lock():  # see the module docstring: creations race
+                    table = self._open() or self._create()
+            size = table.schema.field("vector").type.list_size
+            if size != self.dims:
+                raise ValueError(
+                    f"{self.uri}/{self.table_name} holds {size}-dim vectors, not {self.dims}"
+                    " (EMBEDDING_DIMS must match the embedding model)"
+                )
+            self._table = table
+        return self._table
+
+    def _open(self):
+        try:
+            return self._db.open_table(self.table_name)
+        except ValueError as e:  # lancedb 0.40: "Table '...' was not found"
+            if "not found" not in str(e).lower():
+                raise
+            return None
+
+    def _create(self):
+        try:
+            return self._db.create_table(self.table_name, schema=self._schema(), exist_ok=True)
+        except Exception as e:  # noqa: BLE001 - an unlocked (remote) creator won the race
+            if "already exists" not in str(e).lower() and "conflict" not in str(e).lower():
+                raise
+            return self._db.open_table(self.table_name)
+
+    # ---- VectorStore -----------------------------------------------------------------
+
+    def upsert(self, records: list[VectorRecord]) -> int:
+        if not records:
+            return 0
+        # One row per id (the last one wins): merge_insert rejects duplicate source keys.
+        latest = {r.id: r for r in records}
+        data = self._to_arrow(list(latest.values()))
+        table = self.table
+        with self._write_lock():
+            table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
+        self._after_write()
+        return len(latest)
+
+    def delete_prefix(self, prefix: str) -> int:
+        if not prefix:
+            raise ValueError("delete_prefix('') would delete every vector")
+        table = self.table
+        with self._write_lock():
+            result = table.delete(_starts_with(prefix))
+        if result.num_deleted_rows:
+            self._after_write()
+        return int(result.num_deleted_rows)
+
+    def delete_ids(self, ids: list[str]) -> int:
+        """Delete exactly these ids (version_sync uses it when a store has it)."""
+        unique = sorted(set(ids))
+        deleted = 0
+        table = self.table if unique else None
+        for start in range(0, len(unique), 1000):  # keeps each IN list (and SQL) bounded
+            batch = unique[start : start + 1000]
+            with self._write_lock():
+                result = table.delete(f"id IN ({', '.join(_sql_literal(i) for i in batch)})")
+            deleted += int(result.num_deleted_rows)
+        if deleted:
+            self._after_write()
+        return deleted
+
+    def list_ids(self, prefix: str) -> list[str]:
+        q = self.table.search().select(["id"]).limit(None)
+        if prefix:
+            q = q.where(_starts_with(prefix))
+        # set(): an id written concurrently through an unlocked (remote) URI can repeat.
+        return sorted(set(q.to_arrow().column("id").to_pylist()))
+
+    def query(self, vector: list[float], top_k: int = 5, filter: dict | None = None) -> list[Match]:
+        if len(vector) != self.dims:
+            raise ValueError(f"query vector has {len(vector)} dims, expected {self.dims}")
+        if top_k <= 0:
+            return []
+        q = (
+            self.table.search(vector, vector_column_name="vector")
+            .distance_type("cosine")
+            # _distance named explicitly: lance warns (per query, on stderr) when it is
+            # only auto-projected.
+            .select(["id", *METADATA_COLUMNS, "_distance"])
+            .limit(top_k)
+        )
+        where = self._where(filter)
+        if where:
+            # Prefilter: the filter applies before top-k, so a selective filter still
+            # yields up to top_k matches.
+            q = q.where(where, prefilter=True)
+        rows = q.to_arrow().to_pylist()
+        return [
+            Match(
+                id=row["id"],
+                score=1.0 - float(row["_distance"]),  # cosine distance = 1 - similarity
+                metadata={k: row[k] for k in METADATA_COLUMNS},
+            )
+            for row in rows
+        ]
+
+    def count(self) -> int:
+        return self.table.count_rows()
+
+    # ---- maintenance -----------------------------------------------------------------
+
+    def compact(self, older_than: timedelta | None = None) -> None:
+        """Merge small data files and drop versions older than `older_than` (default:
+        `keep_versions`). Keep it above the longest read or query that may still be
+        running against an old version in another process."""
+        table = self.table
+        with self._write_lock():
+            table.optimize(cleanup_older_than=self.keep_versions if older_than is None else older_than)
+
+    def version_count(self) -> int:
+        return len(self.table.list_versions())
+
+    def _after_write(self) -> None:
+        self._writes += 1
+        if self.compact_every and self._writes % self.compact_every == 0:
+            try:
+                self.compact()
+            except Exception as e:  # noqa: BLE001 - the write itself succeeded
+                # Unlocked (remote) writers can make compaction conflict; the next one retries.
+                log.warning("LanceDB compaction of %s failed, will retry: %s", self.table_name, e)
+
+    @contextmanager
+    def _write_lock(self):
+        """Exclusive across processes on this host (and threads: each call opens its own
+        file description). A no-op for remote URIs or where fcntl is missing."""
+        if self._lock_path is None:
+            yield
+            return
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            yield
+            return
+        os.makedirs(self.uri, exist_ok=True)
+        with open(self._lock_path, "a+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    # ---- helpers ---------------------------------------------------------------------
+
+    def _to_arrow(self, records: list[VectorRecord]):
+        import numpy as np
+        import pyarrow as pa
+
+        vecs = np.asarray([r.vector for r in records], dtype=np.float32)
+        if vecs.ndim != 2 or vecs.shape[1] != self.dims:
+            bad = next(r for r in records if len(r.vector) != self.dims)
+            raise ValueError(f"{bad.id}: vector has {len(bad.vector)} dims, expected {self.dims}")
+        if not np.isfinite(vecs).all():
+            raise ValueError("vectors must be finite (NaN or inf found)")
+        columns = {
+            "id": pa.array([r.id for r in records], pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), self.dims),
+        }
+        schema = self._schema()
+        for name in METADATA_COLUMNS:
+            columns[name] = pa.array([r.metadata.get(name) for r in records], schema.field(name).type)
+        return pa.Table.from_pydict(columns, schema=schema)
+
+    @staticmethod
+    def _where(filter: dict | None) -> str:
+        """Equality conditions on metadata columns, ANDed. A list/tuple/set means IN, None
+        means IS NULL; Pinecone's {"$eq": v} and {"$in": [...]} forms are accepted too, so
+        one filter works with either backend."""
+        if not filter:
+            return ""
+        parts = []
+        for key, value in filter.items():
+            if key not in METADATA_COLUMNS and key != "id":
+                # Column names cannot be quoted-escaped safely: accept known ones only.
+                raise ValueError(f"cannot filter on {key!r}; known: id, {', '.join(METADATA_COLUMNS)}")
+            if isinstance(value, dict):
+                if len(value) != 1 or next(iter(value)) not in ("$eq", "$in"):
+                    raise ValueError(f"filter on {key!r}: only $eq and $in are supported, got {value!r}")
+                op, value = next(iter(value.items()))
+                if op == "$in" and not isinstance(value, (list, tuple, set, frozenset)):
+                    raise ValueError(f"filter on {key!r}: $in takes a list")
+            if value is None:
+                parts.append(f"{key} IS NULL")
+            elif isinstance(value, (list, tuple, set, frozenset)):
+                if not value:
+                    parts.append("FALSE")
+                else:
+                    parts.append(f"{key} IN ({', '.join(_sql_literal(v) for v in value)})")
+            else:
+                parts.append(f"{key} = {_sql_literal(value)}")
+        return " AND ".join(parts)

@@ -1,0 +1,286 @@
+"""LanceDBStore on a temporary directory, including several writer processes."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import subprocess
+import sys
+import zlib
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ray_jobs.backends.base import Match, VectorRecord, VectorStore
+from ray_jobs.backends.lancedb_store import LanceDBStore
+
+DIMS = 384
+
+
+def _seed(text: str) -> int:
+    return zlib.crc32(text.encode())  # stable across processes, unlike hash()
+
+
+def _vec(seed: int) -> list[float]:
+    v = np.random.default_rng(seed).standard_normal(DIMS)
+    return (v / np.linalg.norm(v)).tolist()
+
+
+def _rec(doc: str, ver: str, i: int, vec: list[float] | None = None, **meta) -> VectorRecord:
+    md = {
+        "document_id": doc,
+        "processing_version": ver,
+        "chunk_index": i,
+        "page_start": i + 1,
+        "page_end": i + 2,
+        "s3_key": f"input/{doc}.pdf",
+        "text": f"chunk {i} of {doc}",
+    }
+    md.update(meta)
+    vid = f"{doc}#{ver}#{i}"
+    return VectorRecord(id=vid, vector=vec if vec is not None else _vec(_seed(vid)), metadata=md)
+
+
+@pytest.fixture
+def store(tmp_path) -> LanceDBStore:
+    return LanceDBStore(str(tmp_path / "vectors"))
+
+
+# ---- single process --------------------------------------------------------------------
+
+
+def test_import_and_construction_are_cheap():
+    # lancedb takes seconds to import: only the first real use may pay for it.
+    code = (
+        "import sys\n"
+        "from ray_jobs.backends.lancedb_store import LanceDBStore\n"
+        "LanceDBStore.from_env()\n"
+        "assert 'lancedb' not in sys.modules and 'pyarrow' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1], timeout=60)
+
+
+def test_from_env(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    for var in ("LANCEDB_URI", "LANCEDB_TABLE", "EMBEDDING_DIMS"):
+        monkeypatch.delenv(var, raising=False)
+    s = LanceDBStore.from_env()
+    assert (s.uri, s.table_name, s.dims) == (str(tmp_path / ".docpipe" / "vectors"), "chunks", 384)
+    monkeypatch.setenv("LANCEDB_URI", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("LANCEDB_TABLE", "t2")
+    monkeypatch.setenv("EMBEDDING_DIMS", "8")
+    s = LanceDBStore.from_env()
+    assert (s.uri, s.table_name, s.dims) == (str(tmp_path / "elsewhere"), "t2", 8)
+    assert isinstance(s, VectorStore)
+
+
+def test_upsert_then_count(store):
+    assert store.count() == 0
+    assert store.upsert([_rec("d1", "v1", i) for i in range(10)]) == 10
+    assert store.count() == 10
+    assert store.upsert([]) == 0
+
+
+def test_upsert_is_idempotent_and_updates(store):
+    store.upsert([_rec("d1", "v1", i) for i in range(5)])
+    changed = [_rec("d1", "v1", i, vec=_vec(1000 + i), text=f"new {i}") for i in range(5)]
+    assert store.upsert(changed) == 5
+    assert store.upsert(changed) == 5
+    assert store.count() == 5
+    m = store.query(_vec(1003), top_k=1)[0]
+    assert m.id == "d1#v1#3" and m.metadata["text"] == "new 3"
+    assert m.score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_duplicate_ids_in_one_batch_keep_the_last(store):
+    assert store.upsert([_rec("d1", "v1", 0, text="first"), _rec("d1", "v1", 0, text="last")]) == 1
+    assert store.count() == 1
+    assert store.query(_vec(5), top_k=1)[0].metadata["text"] == "last"
+
+
+def test_delete_prefix_of_one_version_keeps_the_other(store):
+    store.upsert([_rec("d1", "v1", i) for i in range(12)] + [_rec("d1", "v2", i) for i in range(7)])
+    store.upsert([_rec("d2", "v1", i) for i in range(3)])
+    assert store.delete_prefix("d1#v1#") == 12
+    assert store.list_ids("d1#") == sorted(f"d1#v2#{i}" for i in range(7))
+    assert store.count() == 10
+    assert store.delete_prefix("d1#v1#") == 0
+    with pytest.raises(ValueError):
+        store.delete_prefix("")
+
+
+def test_delete_ids_is_exact(store):
+    store.upsert([_rec("d1", "v1", i) for i in range(12)])
+    assert store.delete_ids(["d1#v1#1", "d1#v1#1", "d1#v1#5", "not-there", "it's"]) == 2
+    assert store.list_ids("d1#v1#1") == ["d1#v1#10", "d1#v1#11"]  # prefix-sharing ids stay
+    assert store.count() == 10
+    assert store.delete_ids([]) == 0
+
+
+def test_list_ids_is_a_plain_prefix_match(store):
+    store.upsert([_rec("d1", "v1", i) for i in range(12)] + [_rec("d10", "v1", 0)])
+    assert len(store.list_ids("")) == 13  # more than a query's default limit of 10
+    assert store.list_ids("d1#v1#1") == ["d1#v1#1", "d1#v1#10", "d1#v1#11"]
+    assert store.list_ids("d1#") == sorted(f"d1#v1#{i}" for i in range(12))
+    # Quotes, LIKE wildcards and backslashes are literal characters, not patterns.
+    for prefix in ("d_#", "%", "d1#v1#_", "d1'", "d1\\", "' OR 1=1 --"):
+        assert store.list_ids(prefix) == []
+        assert store.delete_prefix(prefix) == 0
+    assert store.count() == 13
+
+
+def test_odd_characters_in_ids_round_trip(store):
+    odd = VectorRecord("it's_100%\\#v1#0", _vec(7), {"text": "odd"})
+    store.upsert([odd, _rec("its", "v1", 0)])
+    assert store.list_ids("it's_") == ["it's_100%\\#v1#0"]
+    assert store.delete_prefix("it's_100%") == 1
+    assert store.list_ids("") == ["its#v1#0"]
+
+
+def test_query_nearest_first_with_metadata_and_filter(store):
+    target = np.array(_vec(42))
+    other = np.array(_vec(43))
+    other -= (other @ target) * target  # orthogonal to target
+    other /= np.linalg.norm(other)
+    # Vectors at known cosine similarity to the target: cos(angle).
+    recs = []
+    for i, angle in enumerate([0.1, 0.5, 0.9, 1.3]):
+        v = math.cos(angle) * target + math.sin(angle) * other
+        recs.append(_rec("d1" if i % 2 == 0 else "d2", "v1", i, vec=v.tolist()))
+    store.upsert(recs + [_rec("d3", "v1", i) for i in range(20)])
+
+    matches = store.query(target.tolist(), top_k=3)
+    assert [m.id for m in matches] == ["d1#v1#0", "d2#v1#1", "d1#v1#2"]
+    assert all(isinstance(m, Match) for m in matches)
+    assert [m.score for m in matches] == pytest.approx([math.cos(0.1), math.cos(0.5), math.cos(0.9)], abs=1e-5)
+    assert matches[1].metadata == {
+        "document_id": "d2",
+        "processing_version": "v1",
+        "chunk_index": 1,
+        "page_start": 2,
+        "page_end": 3,
+        "s3_key": "input/d2.pdf",
+        "text": "chunk 1 of d2",
+    }
+
+    only_d2 = store.query(target.tolist(), top_k=5, filter={"document_id": "d2"})
+    assert [m.id for m in only_d2] == ["d2#v1#1", "d2#v1#3"]
+    assert [m.id for m in store.query(target.tolist(), top_k=5, filter={"document_id": "d1", "chunk_index": 2})] == [
+        "d1#v1#2"
+    ]
+    in_list = store.query(target.tolist(), top_k=5, filter={"document_id": ["d1", "d2"], "processing_version": "v1"})
+    assert len(in_list) == 4
+    assert store.query(target.tolist(), top_k=5, filter={"document_id": "it's not there"}) == []
+    # Pinecone's operator form, so one filter works with either backend.
+    assert [m.id for m in store.query(target.tolist(), top_k=5, filter={"document_id": {"$eq": "d2"}})] == [
+        "d2#v1#1",
+        "d2#v1#3",
+    ]
+    assert len(store.query(target.tolist(), top_k=5, filter={"document_id": {"$in": ["d1", "d2"]}})) == 4
+    with pytest.raises(ValueError):
+        store.query(target.tolist(), filter={"chunk_index": {"$gt": 1}})
+
+    with pytest.raises(ValueError):
+        store.query(target.tolist(), filter={"no_such_column": 1})
+    with pytest.raises(ValueError):
+        store.query(target.tolist()[:10])
+
+
+def test_missing_metadata_is_null_and_unknown_keys_are_dropped(store):
+    store.upsert([VectorRecord("x#v1#0", _vec(1), {"text": "t", "extra": "not stored"})])
+    m = store.query(_vec(1), top_k=1)[0]
+    assert m.metadata["text"] == "t" and m.metadata["document_id"] is None
+    assert "extra" not in m.metadata
+    assert [x.id for x in store.query(_vec(1), filter={"document_id": None})] == ["x#v1#0"]
+
+
+def test_rejects_wrong_dims(tmp_path, store):
+    with pytest.raises(ValueError):
+        store.upsert([VectorRecord("a#v#0", [0.1] * 10, {})])
+    with pytest.raises(ValueError):
+        store.upsert([VectorRecord("a#v#0", [float("nan")] * DIMS, {})])
+    store.upsert([_rec("d1", "v1", 0)])
+    wrong = LanceDBStore(store.uri, dims=768)
+    for _ in range(2):  # and not only on first use
+        with pytest.raises(ValueError, match="384-dim"):
+            wrong.count()
+
+
+# lancedb warns that cleanup_older_than=0 breaks concurrent readers: none here.
+@pytest.mark.filterwarnings("ignore:optimize\\(cleanup_older_than=0\\):UserWarning")
+def test_compaction_keeps_versions_down(tmp_path):
+    manual = LanceDBStore(str(tmp_path / "a"), compact_every=0)
+    for i in range(12):
+        manual.upsert([_rec("d1", "v1", i)])
+    assert manual.version_count() >= 12
+    manual.compact(older_than=timedelta(0))
+    assert manual.version_count() <= 2
+    assert manual.count() == 12
+
+    auto = LanceDBStore(str(tmp_path / "b"), compact_every=4, keep_versions=timedelta(0))
+    for i in range(12):
+        auto.upsert([_rec("d1", "v1", i)])
+    assert auto.version_count() <= 4
+    assert auto.count() == 12
+
+
+# ---- several processes -----------------------------------------------------------------
+
+
+def _writer(uri: str, ids: list[str], barrier, batches: int) -> None:
+    """Child process: open (or create) the store at the same moment as its siblings, then
+    upsert `ids` in `batches` commits."""
+    import lancedb  # noqa: F401 - import before the barrier so the race window is real
+
+    store = LanceDBStore(uri, compact_every=3)
+    barrier.wait(timeout=60)
+    n = math.ceil(len(ids) / batches)
+    for b in range(0, len(ids), n):
+        store.upsert([VectorRecord(i, _vec(_seed(i)), {"document_id": i.split("#")[0]}) for i in ids[b : b + n]])
+
+
+def _run_writers(uri: str, id_lists: list[list[str]], batches: int) -> None:
+    ctx = mp.get_context("spawn")  # what Ray workers look like: fresh interpreters
+    barrier = ctx.Barrier(len(id_lists))
+    procs = [ctx.Process(target=_writer, args=(uri, ids, barrier, batches)) for ids in id_lists]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join(timeout=120)
+        assert [p.exitcode for p in procs] == [0] * len(procs)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+
+
+def test_two_writer_processes_lose_nothing(tmp_path):
+    uri = str(tmp_path / "vectors")
+    ids = [[f"doc{w}#v1#{i}" for i in range(300)] for w in range(2)]
+    _run_writers(uri, ids, batches=15)
+    store = LanceDBStore(uri)
+    assert store.count() == 600
+    assert store.list_ids("") == sorted(ids[0] + ids[1])
+
+
+def test_two_writer_processes_same_ids_no_duplicates(tmp_path):
+    # Without the write lock, lance 13 inserted some of these ids twice.
+    uri = str(tmp_path / "vectors")
+    ids = [f"docX#v1#{i}" for i in range(300)]
+    _run_writers(uri, [ids, ids], batches=15)
+    store = LanceDBStore(uri)
+    assert store.count() == 300
+
+
+def test_table_creation_race(tmp_path):
+    # Every process creates-or-opens the table at once and writes straight away: no
+    # process may fail, and no creation may wipe another's rows.
+    uri = str(tmp_path / "vectors")
+    ids = [[f"doc{w}#v1#{i}" for i in range(5)] for w in range(3)]
+    _run_writers(uri, ids, batches=1)
+    store = LanceDBStore(uri)
+    assert store.count() == 15
+    assert store.list_ids("") == sorted(sum(ids, []))
