@@ -8,7 +8,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from docpipe.errors import StageFailed
+from docpipe.errors import EnrichmentThrottled, StageFailed
 from ray_jobs.backends.base import Enricher
 from ray_jobs.backends.comprehend_enricher import (
     ComprehendEnricher,
@@ -163,11 +163,11 @@ def test_throttling_is_retried_with_backoff(client):
     assert out["entities"][0]["type"] == "ORGANIZATION"
 
 
-def test_persistent_throttling_raises_stage_failed(client):
+def test_persistent_throttling_raises_enrichment_throttled(client):
     for _ in range(3):
         client.stubber.add_client_error("batch_detect_entities", "ThrottlingException", http_status_code=400)
     enricher, slept = make(client, max_attempts=3)
-    with pytest.raises(StageFailed, match="after 3 attempts"):
+    with pytest.raises(EnrichmentThrottled, match="after 3 attempts"):
         enricher.enrich(["Acme Corp grew."])
     assert len(slept) == 2
 

@@ -183,10 +183,11 @@ def _wait_for_driver(marker: str, timeout: float) -> int:
         for proc in Path("/proc").iterdir():
             if proc.name.isdigit():
                 try:
-                    cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                    argv = (proc / "cmdline").read_bytes().decode().split("\0")
                 except OSError:
                     continue
-                if marker in cmd and "killed" not in cmd and "--job" in cmd:
+                # The python driver itself, not the `sh -c` Ray wraps the entrypoint in.
+                if "python" in Path(argv[0]).name and argv[1:3] == ["-m", marker] and "--job" in argv:
                     return int(proc.name)
         time.sleep(0.02)
     raise AssertionError(f"no {marker} driver process appeared")
