@@ -188,3 +188,14 @@ def test_record_failure_before_registration_identifies_from_the_event(stack_with
     assert result["error_code"] == "EmptyDocument" and result["error_message"] == "zero bytes"
     assert result["stage"] == "register"
     assert result["document_id"] == identity.document_id(ev["detail"]["bucket"]["name"], ev["detail"]["object"]["key"])
+
+
+def test_publish_backlog_counts_in_flight_documents(stack_with_upload):
+    stack, clients, _, ev = stack_with_upload
+    invoke_function(stack, "RegisterDocument", ev)  # one PENDING document
+    result, errored, logs = invoke_function(stack, "PublishBacklog", load_event(EVENTS / "publish_backlog.json"))
+    assert not errored, result
+    assert result["pending_documents"] == 1 and result["pending"] == 1 and result["processing"] == 0
+    emf = [json.loads(line) for line in logs.splitlines() if '"_aws"' in line]
+    published = {m["Name"] for e in emf for d in e["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]}
+    assert {"PendingDocuments", "DailyCostUsd"} <= published
