@@ -32,12 +32,14 @@ def _embedder_config() -> dict[str, str]:
 def _make():
     from ray_jobs.backends import make_embedder
 
+    from ray_jobs.backends.embedding_cache import wrap_with_cache_from_env
+
     embedder = make_embedder()
-    try:
-        from ray_jobs.backends.embedding_cache import wrap_with_cache_from_env
-    except ImportError:
-        return embedder
-    return wrap_with_cache_from_env(embedder)
+    env = dict(os.environ)
+    if env.get("EMBEDDING_CACHE", "auto") == "auto":
+        # Pay once per distinct text with a paid API; a local model is cheaper than S3.
+        env["EMBEDDING_CACHE"] = "s3" if env.get("EMBEDDING_BACKEND") == "openai" else "off"
+    return wrap_with_cache_from_env(embedder, env)
 
 
 class EmbedderService:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -92,18 +93,22 @@ class FakeRayHead:
     def _run(self, body: dict) -> None:
         import importlib
 
+        from docpipe_local.handlers import applied_env
+
         module, _, args = body["entrypoint"].removeprefix("python -m ").partition(" ")
-        importlib.import_module(module).main(args.split())
+        # Ray applies the job's runtime_env env_vars to its driver; so do we.
+        with applied_env(body.get("runtime_env", {}).get("env_vars", {})):
+            importlib.import_module(module).main(args.split())
 
     def close(self):
         self.server.shutdown()
 
 
-@pytest.fixture
-def local_aws(aws_env, monkeypatch):
-    """moto with Step Functions executing the real ASL, every resource of template.yaml,
-    our handlers behind moto's Lambda seam, and S3 uploads delivered as EventBridge
-    events to StartExecution. Yields (stack, clients, fake Ray head)."""
+@contextlib.contextmanager
+def local_aws_stack(parameters: dict | None = None, secrets: dict | None = None):
+    """moto with Step Functions executing the real ASL, every resource of template.yaml
+    (deployed with `parameters`), our handlers behind moto's Lambda seam, and S3 uploads
+    delivered as EventBridge events to StartExecution. Yields (stack, clients, head)."""
     from moto import mock_aws
 
     from docpipe_local import eventbridge, handlers, lambda_seam, resources, template
@@ -114,20 +119,31 @@ def local_aws(aws_env, monkeypatch):
         lambda_seam.install()
         eventbridge.install(region_name="us-east-1")
         handlers.forget_modules()
+        sm = boto3.client("secretsmanager")
         token = "test-ray-token"
-        secret_arn = boto3.client("secretsmanager").create_secret(
-            Name="docpipe/ray-token", SecretString=token)["ARN"]
+        secret_arn = sm.create_secret(Name="docpipe/ray-token", SecretString=token)["ARN"]
+        arns = {name: sm.create_secret(Name=name, SecretString=value)["ARN"]
+                for name, value in (secrets or {}).items()}
         head = FakeRayHead(token)
-        stack = template.load("docpipe", {"RayTokenSecretArn": secret_arn, "RayDashboardUrl": head.url,
-                                          "UseExistingRayCluster": "true",
-                                          "RayEntrypointResources": "{}"})
+        params = {"RayTokenSecretArn": secret_arn, "RayDashboardUrl": head.url,
+                  "UseExistingRayCluster": "true", "RayEntrypointResources": "{}"}
+        params.update({k: arns.get(v, v) for k, v in (parameters or {}).items()})
+        stack = template.load("docpipe", params)
         resources.create_stack(stack)
-        clients = {n: boto3.client(n) for n in ("s3", "stepfunctions", "dynamodb", "sns", "sqs")}
-        yield stack, clients, head
-        for t in head.threads:
-            t.join(timeout=30)
-        head.close()
-        handlers.forget_modules()
+        clients = {n: boto3.client(n) for n in ("s3", "stepfunctions", "dynamodb", "sns", "sqs", "lambda")}
+        try:
+            yield stack, clients, head
+        finally:
+            for t in head.threads:
+                t.join(timeout=30)
+            head.close()
+            handlers.forget_modules()
+
+
+@pytest.fixture
+def local_aws(aws_env):
+    with local_aws_stack() as env:
+        yield env
 
 
 def wait_for_execution(sfn, arn: str, timeout: float = 120) -> dict:
