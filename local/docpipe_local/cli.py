@@ -273,6 +273,20 @@ def status(document, as_json):
 
 
 # ------------------------------------------------------------------------- query
+def _matches_table(matches, title: str) -> Table:
+    t = Table(title=title)
+    for c in ("score", "document", "pages", "chunk"):
+        t.add_column(c)
+    for m in matches:
+        md = m.metadata
+        pages = str(md.get("page_start"))
+        if md.get("page_end") != md.get("page_start"):
+            pages += f"–{md.get('page_end')}"
+        t.add_row(f"{m.score:.3f}", str(md.get("s3_key", "")), pages,
+                  str(md.get("text", ""))[:160].replace("\n", " "))
+    return t
+
+
 def search(text: str, top_k: int = 5) -> list:
     os.environ.setdefault("LANCEDB_URI", str(paths.vectors_dir()))
     from ray_jobs.backends import make_embedder, make_vector_store
@@ -294,14 +308,7 @@ def query(text, top_k, as_json):
     if as_json:
         console.print_json(json.dumps([{"id": m.id, "score": m.score, **m.metadata} for m in matches], default=str))
     else:
-        t = Table(title=f"top {top_k} for: {text}")
-        for c in ("score", "document", "pages", "chunk"):
-            t.add_column(c)
-        for m in matches:
-            md = m.metadata
-            pages = f"{md.get('page_start')}" + (f"–{md.get('page_end')}" if md.get("page_end") != md.get("page_start") else "")
-            t.add_row(f"{m.score:.3f}", str(md.get("s3_key", "")), pages, str(md.get("text", ""))[:160].replace("\n", " "))
-        console.print(t)
+        console.print(_matches_table(matches, f"top {top_k} for: {text}"))
     sys.exit(0 if matches else 1)
 
 
@@ -391,13 +398,7 @@ def demo(keep, paths_in):
         question = "What was the revenue growth?"
         console.print(f"\n[bold]docpipe query[/bold] {question!r}")
         matches = search(question, 3)
-        t = Table()
-        for c in ("score", "document", "pages", "chunk"):
-            t.add_column(c)
-        for m in matches:
-            t.add_row(f"{m.score:.3f}", m.metadata.get("s3_key", ""), str(m.metadata.get("page_start")),
-                      m.metadata.get("text", "")[:120].replace("\n", " "))
-        console.print(t)
+        console.print(_matches_table(matches, f"top 3 for: {question}"))
     finally:
         if started_here and not keep:
             stackmod.stop(echo=console.print)
