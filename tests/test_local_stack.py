@@ -237,3 +237,42 @@ def test_rerunning_stages_for_the_same_version_is_identical(local_stack, ingeste
     for a, b in zip(rows_a, rows_b):  # same model; BLAS thread counts may differ in the last bits
         assert max(abs(x - y) for x, y in zip(a["vector"], b["vector"])) < 1e-5
     assert LanceDBStore.from_env().count() == count_before
+
+
+def test_starting_the_stack_twice_says_so(local_stack):
+    out = run_cli("stack", "start", check=False)
+    assert out.returncode == 2
+    assert "already running" in out.stderr
+
+
+def test_busy_port_gives_a_clear_message(local_stack, tmp_path):
+    port = int(local_stack["endpoint"].rsplit(":", 1)[1])  # taken by the running stack
+    out = subprocess.run([*DOCPIPE, "stack", "start", "--port", str(port)], capture_output=True, text=True,
+                         timeout=60, cwd=REPO, env={**os.environ, "DOCPIPE_HOME": str(tmp_path)})
+    assert out.returncode == 2
+    assert f"port {port} on 127.0.0.1 is busy" in out.stderr
+
+
+def test_ctrl_c_stops_ingest_cleanly_and_a_rerun_resumes(local_stack, tmp_path):
+    c = clients(local_stack)
+    arn = local_stack["outputs"]["IngestDocumentStateMachineArn"]
+    before = len(c["stepfunctions"].list_executions(stateMachineArn=arn)["executions"])
+    files = [REPO / "samples" / n for n in ("annual-report-2025.pdf", "pipeline-runbook.pdf")]
+    proc = subprocess.Popen([*DOCPIPE, "ingest", *map(str, files), "--prefix", "input/ctrlc/"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    bucket = local_stack["outputs"]["DocumentBucketName"]
+    for _ in range(300):  # wait until it is following (an upload landed), then Ctrl-C
+        if c["s3"].list_objects_v2(Bucket=bucket, Prefix="input/ctrlc/").get("KeyCount", 0):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "re-run" in err
+    again = run_cli("ingest", *map(str, files), "--prefix", "input/ctrlc/", "--timeout", "300")
+    assert again.returncode == 0, again.stdout + again.stderr
+    for f in files:
+        [item] = control_items(local_stack, f"input/ctrlc/{f.name}")
+        assert item["status"] == "COMPLETED"
+    after = len(c["stepfunctions"].list_executions(stateMachineArn=arn)["executions"])
+    assert after - before == len(files), "one execution per file: nothing processed twice"
