@@ -16,8 +16,8 @@ from docpipe_local import template
 REPO = Path(__file__).resolve().parents[1]
 ASL_FILES = sorted((REPO / "statemachine").glob("*.asl.json"))
 CODE_DIRS = [REPO / "layers" / "docpipe", REPO / "ray_jobs", REPO / "functions"]
-# Raised by AWS itself, not by our code: Lambda service errors, SNS service errors.
-AWS_RAISED = re.compile(r"^(Lambda|SNS)\.[A-Za-z]+Exception$")
+# Raised by AWS itself, not by our code: Lambda, SNS and Step Functions service errors.
+AWS_RAISED = re.compile(r"^(Lambda|SNS|StepFunctions)\.[A-Za-z]+Exception$")
 
 
 @pytest.fixture(scope="module")

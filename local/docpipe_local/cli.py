@@ -2,6 +2,7 @@
 
     docpipe stack start|status|stop      the local AWS (moto) + Ray head
     docpipe ingest PATH...               upload PDFs, follow them, print a summary
+    docpipe backfill [--prefix P]        re-ingest what is already in the bucket
     docpipe status [DOCUMENT]            control item and audit trail
     docpipe query "TEXT"                 top chunks with document, pages and score
     docpipe graph EXECUTION              execution graph as SVG + HTML
@@ -203,6 +204,39 @@ def ingest(paths_in, prefix, timeout):
         err.print("[yellow]interrupted: uploaded documents keep processing; re-run to follow them[/yellow]")
         sys.exit(130)
     sys.exit(1 if any(d.status == "FAILED" for d in docs) else 0)
+
+
+# ------------------------------------------------------------------------- backfill
+@main.command()
+@click.option("--prefix", default="input/", show_default=True, help="S3 prefix to (re)ingest")
+@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 1000),
+              help="documents in flight at once (keep it near the Ray job slots)")
+@click.option("--timeout", default=3600.0, show_default=True, help="seconds to follow before giving up")
+def backfill(prefix, concurrency, timeout):
+    """Ingest every object already under PREFIX through the Backfill state machine
+    (a distributed Map over the S3 listing, at a bounded concurrency). Documents already
+    COMPLETED cost nothing."""
+    import uuid
+
+    try:
+        state = stackmod.running_state()
+    except stackmod.StackError as e:
+        _fail(str(e))
+    sfn = stackmod.client("stepfunctions", state)
+    arn = sfn.start_execution(stateMachineArn=state["outputs"]["BackfillStateMachineArn"],
+                              name=f"backfill-{uuid.uuid4().hex[:12]}",
+                              input=json.dumps({"prefix": prefix, "max_concurrency": concurrency}))["executionArn"]
+    console.print(f"backfill started: {arn}")
+    deadline = time.monotonic() + timeout
+    with console.status("backfilling ...") as spinner:
+        while True:
+            desc = sfn.describe_execution(executionArn=arn)
+            if desc["status"] != "RUNNING" or time.monotonic() > deadline:
+                break
+            spinner.update(f"backfilling {prefix} ({time.monotonic() - deadline + timeout:.0f} s)")
+            time.sleep(1)
+    console.print(f"backfill {desc['status']}: {desc.get('output', '')}")
+    sys.exit(0 if desc["status"] == "SUCCEEDED" else 1)
 
 
 # ------------------------------------------------------------------------- status
