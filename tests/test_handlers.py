@@ -160,6 +160,19 @@ def test_finalize_document_completes_and_counts(stack_with_upload):
     assert by_type["documents"]["completed"]["N"] == "1" and by_type["chunks"]["count"]["N"] == "9"
 
 
+def test_finalize_document_retried_after_commit_changes_nothing(stack_with_upload):
+    stack, clients, _, ev = stack_with_upload
+    reg, _, _ = invoke_function(stack, "RegisterDocument", ev)
+    event = load_event(EVENTS / "finalize_document.json")
+    event["state"]["registration"] = reg
+    first, _, _ = invoke_function(stack, "FinalizeDocument", event)
+    again, errored, _ = invoke_function(stack, "FinalizeDocument", event)
+    assert not errored and again["status"] == first["status"] == "COMPLETED"
+    metrics = clients["dynamodb"].get_item(TableName=stack.outputs["MetricsTableName"], Key={
+        "date": {"S": __import__("docpipe.timeutil").timeutil.today()}, "metric_type": {"S": "documents"}})["Item"]
+    assert metrics["completed"]["N"] == "1", "counted once"
+
+
 def test_record_failure_writes_report_copy_and_status(stack_with_upload):
     stack, clients, _, ev = stack_with_upload
     reg, _, _ = invoke_function(stack, "RegisterDocument", ev)

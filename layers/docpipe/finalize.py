@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from botocore.exceptions import ClientError
+
 from docpipe.config import Settings
 from docpipe.records import DONE_STATUSES, Records
 
@@ -27,8 +29,18 @@ def finalize(state: dict, settings: Settings, records: Records, execution_arn: s
         "artifacts": {k: v for k, v in {**extract, **embed}.items() if k.endswith("_uri")},
         "execution_arn": execution_arn,
     }
-    records.update(doc, ver, fields, action=status.lower(), expect_status=("PENDING", "PROCESSING"),
-                   detail={"vectors": fields["vectors"], "chunks": fields["chunks"]})
+    try:
+        records.update(doc, ver, fields, action=status.lower(), expect_status=("PENDING", "PROCESSING"),
+                       detail={"vectors": fields["vectors"], "chunks": fields["chunks"]})
+    except ClientError as err:
+        if err.response["Error"]["Code"] != "ConditionalCheckFailedException":
+            raise
+        current = records.get(doc, ver) or {}
+        if current.get("status") in DONE_STATUSES and current.get("execution_arn") == execution_arn:
+            # A retried FinalizeDocument whose first attempt did commit: done already,
+            # and the counters must not be added twice.
+            return _result(doc, ver, current, [])
+        raise
     superseded = []
     for other in records.versions(doc):
         if other["processing_version"] != ver and other.get("status") in DONE_STATUSES \
@@ -45,6 +57,10 @@ def finalize(state: dict, settings: Settings, records: Records, execution_arn: s
         "tokens": {"embedding": fields["tokens"]},
         "costs": {"embedding_usd": fields["cost_usd"]},
     })
-    return {"document_id": doc, "processing_version": ver, "status": status,
-            "pages": fields["pages"], "chunks": fields["chunks"], "vectors": fields["vectors"],
+    return _result(doc, ver, fields, superseded)
+
+
+def _result(doc: str, ver: str, item: dict, superseded: list[str]) -> dict:
+    return {"document_id": doc, "processing_version": ver, "status": item["status"],
+            "pages": item.get("pages", 0), "chunks": item.get("chunks", 0), "vectors": item.get("vectors", 0),
             "superseded_versions": superseded}
