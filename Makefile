@@ -49,7 +49,7 @@ bench: setup ## benchmarks; table on stdout, raw figures in bench/results/
 
 checkov: ## checkov on the templates (own venv: its pins clash with the dev tools)
 	test -x .venv-checkov/bin/checkov || ($(PYTHON) -m venv .venv-checkov && .venv-checkov/bin/pip install --quiet -r requirements/checkov.txt)
-	.venv-checkov/bin/checkov -f template.yaml -f infra/ray-cluster.yaml --framework cloudformation --quiet --compact
+	.venv-checkov/bin/checkov -f template.yaml -f infra/ray-cluster.yaml --framework cloudformation --quiet --compact --skip-download
 
 stack-start: setup ## start the local stack in the background
 	$(BIN)/docpipe stack start
