@@ -111,12 +111,13 @@ def local_aws_stack(parameters: dict | None = None, secrets: dict | None = None)
     delivered as EventBridge events to StartExecution. Yields (stack, clients, head)."""
     from moto import mock_aws
 
-    from docpipe_local import eventbridge, handlers, lambda_seam, resources, template
+    from docpipe_local import eventbridge, handlers, lambda_seam, moto_fixes, resources, template
 
     with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
         import boto3
 
         lambda_seam.install()
+        moto_fixes.install()
         eventbridge.install(region_name="us-east-1")
         handlers.forget_modules()
         sm = boto3.client("secretsmanager")

@@ -164,3 +164,32 @@ def test_new_content_replaces_old_version_vectors(local_aws):
 
     ids = LanceDBStore.from_env().list_ids(identity.vector_id_prefix(new[0]["document_id"]))
     assert ids and all(i.startswith(identity.vector_id_prefix(new[0]["document_id"], new[0]["processing_version"])) for i in ids)
+
+
+def test_backfill_ingests_what_is_already_in_the_bucket_once(local_aws):
+    from docpipe_local import eventbridge
+
+    stack, clients, head = local_aws
+    bucket = stack.outputs["DocumentBucketName"]
+    eventbridge.set_delivery(False)  # objects that were there before the pipeline
+    try:
+        clients["s3"].put_object(Bucket=bucket, Key="input/old/a.pdf", Body=corpus_file(GOOD).read_bytes())
+        clients["s3"].put_object(Bucket=bucket, Key="input/old/b.pdf", Body=corpus_file(ENCRYPTED).read_bytes())
+        clients["s3"].put_object(Bucket=bucket, Key="input/old/readme.txt", Body=b"not a pdf")
+    finally:
+        eventbridge.set_delivery(True)
+    sfn = clients["stepfunctions"]
+
+    def backfill(name):
+        arn = sfn.start_execution(stateMachineArn=stack.outputs["BackfillStateMachineArn"], name=name,
+                                  input=json.dumps({"prefix": "input/old/", "max_concurrency": 2}))["executionArn"]
+        return wait_for_execution(sfn, arn, timeout=180)
+
+    desc = backfill("first")
+    assert desc["status"] == "SUCCEEDED", desc
+    statuses = {k: [i["status"] for i in control(local_aws, k)] for k in ("input/old/a.pdf", "input/old/b.pdf", "input/old/readme.txt")}
+    assert statuses == {"input/old/a.pdf": ["COMPLETED"], "input/old/b.pdf": ["FAILED"], "input/old/readme.txt": ["SKIPPED"]}
+    jobs = len(head.submissions)
+    desc = backfill("second")
+    assert desc["status"] == "SUCCEEDED"
+    assert len(head.submissions) == jobs + 1, "only the FAILED document is tried again"

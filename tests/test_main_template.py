@@ -101,10 +101,13 @@ def test_upload_rule_targets_the_state_machine_with_dlq_and_retries(cfn):
     assert "DeadLetterConfig" in target and target["RetryPolicy"]["MaximumRetryAttempts"] > 0
 
 
-def test_state_machine_logs_and_traces(cfn):
-    [sm] = of_type(cfn, "AWS::StepFunctions::StateMachine").values()
-    assert sm["Properties"]["TracingConfiguration"]["Enabled"] is True
-    assert sm["Properties"]["LoggingConfiguration"]["Destinations"]
+def test_state_machines_log_and_trace(cfn):
+    machines = of_type(cfn, "AWS::StateMachine".replace("AWS::", "AWS::StepFunctions::"))
+    assert set(machines) == {"IngestDocumentStateMachine", "BackfillStateMachine"}
+    for sm in machines.values():
+        assert sm["Properties"]["TracingConfiguration"]["Enabled"] is True
+        assert sm["Properties"]["LoggingConfiguration"]["Destinations"]
+    sm = machines["IngestDocumentStateMachine"]
     assert set(sm["Properties"]["DefinitionSubstitutions"]) >= {
         "RegisterDocumentFunctionArn", "SubmitRayJobFunctionArn", "FinalizeDocumentFunctionArn",
         "RecordFailureFunctionArn", "AlertsTopicArn"}

@@ -37,9 +37,10 @@ def main(argv=None) -> int:
     import requests
     from moto.server import ThreadedMotoServer
 
-    from docpipe_local import eventbridge, lambda_seam, resources, template
+    from docpipe_local import eventbridge, lambda_seam, moto_fixes, resources, template
 
     lambda_seam.install()
+    moto_fixes.install()
     eventbridge.install(endpoint_url=endpoint, region_name="us-east-1")
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()

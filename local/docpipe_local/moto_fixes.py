@@ -1,0 +1,37 @@
+"""A fix to moto's Step Functions engine, for the `states:startExecution` integration.
+
+AWS takes the optimized integration's parameters in PascalCase (StateMachineArn, Input,
+Name) and answers in PascalCase (ExecutionArn, Status, Output). moto's vendored engine
+passes them to boto3 unchanged (boto3 wants stateMachineArn: KeyError) and returns
+boto3's camelCase. We translate both ways, so backfill.asl.json runs locally exactly as
+written for AWS. Pin moto exactly: this is private API.
+"""
+
+from __future__ import annotations
+
+_installed = False
+
+
+def install() -> None:
+    global _installed
+    if _installed:
+        return
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_sfn import (
+        StateTaskServiceSfn,
+    )
+
+    original = StateTaskServiceSfn._normalise_parameters
+
+    def normalise_parameters(self, parameters, boto_service_name=None, service_action_name=None):
+        original(self, parameters, boto_service_name=boto_service_name, service_action_name=service_action_name)
+        for key in [k for k in parameters if k[:1].isupper()]:
+            parameters[key[0].lower() + key[1:]] = parameters.pop(key)
+
+    def normalise_response(self, response, boto_service_name=None, service_action_name=None):
+        if isinstance(response, dict):
+            for key in [k for k in response if k[:1].islower()]:
+                response[key[0].upper() + key[1:]] = response.pop(key)
+
+    StateTaskServiceSfn._normalise_parameters = normalise_parameters
+    StateTaskServiceSfn._normalise_response = normalise_response
+    _installed = True
