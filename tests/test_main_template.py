@@ -102,7 +102,7 @@ def test_upload_rule_targets_the_state_machine_with_dlq_and_retries(cfn):
 
 
 def test_state_machines_log_and_trace(cfn):
-    machines = of_type(cfn, "AWS::StateMachine".replace("AWS::", "AWS::StepFunctions::"))
+    machines = of_type(cfn, "AWS::StepFunctions::StateMachine")
     assert set(machines) == {"IngestDocumentStateMachine", "BackfillStateMachine"}
     for sm in machines.values():
         assert sm["Properties"]["TracingConfiguration"]["Enabled"] is True
