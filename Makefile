@@ -16,10 +16,10 @@ export PYENV_VERSION ?= 3.11.7:3.12.1
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(STAMP): requirements/dev.txt requirements/nodeps.txt pyproject.toml package.json package-lock.json
+$(STAMP): requirements/dev.txt requirements/constraints.txt requirements/nodeps.txt pyproject.toml package.json package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
-	$(BIN)/pip install --quiet -r requirements/dev.txt
+	$(BIN)/pip install --quiet -r requirements/dev.txt -c requirements/constraints.txt
 	$(BIN)/pip install --quiet --no-deps -r requirements/nodeps.txt
 	$(BIN)/pip install --quiet --no-deps -e .
 	npm ci --no-audit --no-fund --loglevel=error
