@@ -15,7 +15,6 @@ import time
 from docpipe import identity
 from docpipe.errors import VectorStoreUnavailable
 from ray_jobs import jobio
-from ray_jobs.backends.version_sync import replace_document_version
 from ray_jobs.runner import emit, main_exit, run
 
 
@@ -28,8 +27,8 @@ TEXT_IN_INDEX = 2000  # characters of chunk text kept as vector metadata (for ci
 
 
 def embed_document(job: dict, callback=None) -> dict:
-    from ray_jobs.actors import embedder_handle
-    from ray_jobs.backends import make_enricher, make_vector_store
+    from ray_jobs.actors import embedder_handle, store_handle
+    from ray_jobs.backends import make_enricher
     from ray_jobs.backends.base import VectorRecord
 
     reg = job["registration"]
@@ -71,8 +70,7 @@ def embed_document(job: dict, callback=None) -> dict:
         "page_start": c["page_start"], "page_end": c["page_end"], "s3_key": reg["key"],
         "text": c["text"][:TEXT_IN_INDEX]}) for i, c, v in zip(ids, chunks, vectors)]
     try:
-        store = make_vector_store()
-        sync = replace_document_version(store, records, doc, ver)
+        sync = store_handle()(records, doc, ver)
     except VectorStoreUnavailable:
         raise
     except (ConnectionError, TimeoutError, OSError) as err:
