@@ -45,6 +45,7 @@ build: setup ## sam build (offline)
 	$(BIN)/sam build
 
 bench: setup ## benchmarks; table on stdout, raw figures in bench/results/
+	$(BIN)/pip install --quiet -r requirements/bench.txt -c requirements/constraints.txt
 	$(BIN)/python -m bench
 
 checkov: ## checkov on the templates (own venv: its pins clash with the dev tools)
