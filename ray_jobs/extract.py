@@ -15,7 +15,7 @@ import time
 from docpipe import identity
 from docpipe.errors import PdfNoText
 from ray_jobs import jobio
-from ray_jobs.runner import emit, main_exit, ray_available, run
+from ray_jobs.runner import emit, main_exit, run
 
 
 def _int_env(name: str, default: int) -> int:
@@ -37,24 +37,11 @@ def extract_document(job: dict, callback=None) -> dict:
                       timeout_s=float(os.environ.get("PDF_TIMEOUT_SECONDS", "300")),
                       max_memory_mb=_int_env("PDF_MAX_MEMORY_MB", 2048),
                       parallel_threshold_pages=_int_env("PDF_PARALLEL_THRESHOLD_PAGES", 200))
-        if ray_available():
-            # The parse is a Ray task holding one CPU: Ray queues it when the node is
-            # busy, while this driver is already running and heartbeating. (A job that
-            # waits in Ray's job queue instead cannot heartbeat, and would time out.)
-            import ray
-
-            with open(path, "rb") as f:
-                data = f.read()
-            task = ray.remote(num_cpus=1, max_retries=0)(_extract_bytes).remote(data, kwargs)
-            try:
-                result = ray.get(task)
-            except ray.exceptions.RayTaskError as err:
-                # Re-raise PdfEncrypted & co. as themselves, not wrapped by Ray.
-                if isinstance(getattr(err, "cause", None), Exception):
-                    raise err.cause from None
-                raise
-        else:
-            result = extract_pdf(path, **kwargs)
+        # The parse runs in a time- and memory-limited child of this driver; Ray is
+        # only started (in extract_pdf) for a document long enough to split into page
+        # ranges. A Ray task per parse cost ~1.7 CPU-s per document (ray.init + a
+        # worker process) for nothing the job slot does not already bound.
+        result = extract_pdf(path, **kwargs)
     t_extract = time.monotonic() - t0
     if callback:
         callback.heartbeat()
@@ -81,17 +68,6 @@ def extract_document(job: dict, callback=None) -> dict:
         "extractor": result.extractor,
         "durations": {"extract_s": round(t_extract, 3), "chunk_s": round(t_chunk, 3)},
     }
-
-
-def _extract_bytes(data: bytes, kwargs: dict):
-    """Runs on any node: the bytes travel through the object store, not a shared disk."""
-    from ray_jobs.pdf import extract_pdf
-
-    with tempfile.TemporaryDirectory(prefix="docpipe-parse-") as tmp:
-        path = os.path.join(tmp, "input.pdf")
-        with open(path, "wb") as f:
-            f.write(data)
-        return extract_pdf(path, **kwargs)
 
 
 def main(argv=None) -> int:

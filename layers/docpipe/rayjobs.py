@@ -26,7 +26,8 @@ FORWARDED_ENV = ("EMBEDDING_BACKEND", "VECTOR_STORE_BACKEND", "ENRICHMENT_BACKEN
                  "OPENAI_API_KEY_SECRET_ARN", "PINECONE_API_KEY_SECRET_ARN",
                  "PINECONE_INDEX_HOST", "PINECONE_NAMESPACE", "OPENAI_EMBEDDING_MODEL",
                  "OPENAI_BASE_URL", "EMBEDDING_CACHE", "DOCUMENT_BUCKET")
-HTTP_TIMEOUT_S = 10
+# Creating a job starts its supervisor before the API answers; a busy head takes seconds.
+HTTP_TIMEOUT_S = 25
 
 
 @dataclass
