@@ -68,3 +68,28 @@ def load(path: str | Path) -> dict:
 
 def loads(text: str) -> dict:
     return yaml.load(text, Loader=CfnLoader)  # noqa: S506 - SafeLoader subclass
+
+
+CHECKOV = Path(__file__).resolve().parents[1] / ".venv-checkov" / "bin" / "checkov"
+
+
+def run_checkov(template: Path) -> tuple[int, int, int, str]:
+    """(passed, failed, skipped, output) of checkov on one template; skips the calling
+    test when `make checkov` has not installed checkov's own venv."""
+    import re
+    import subprocess
+
+    import pytest
+
+    if not CHECKOV.exists():
+        pytest.skip(".venv-checkov not installed: python3.11 -m venv .venv-checkov && "
+                    ".venv-checkov/bin/pip install -r requirements/checkov.txt")
+    # --skip-download: no call to the Prisma Cloud API (offline, and nothing to fetch).
+    proc = subprocess.run([str(CHECKOV), "-f", str(template), "--framework", "cloudformation",
+                           "--quiet", "--compact", "--skip-download"],
+                          capture_output=True, text=True, cwd=template.parent, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    m = re.search(r"Passed checks: (\d+), Failed checks: (\d+), Skipped checks: (\d+)", proc.stdout)
+    assert m, proc.stdout + proc.stderr
+    passed, failed, skipped = map(int, m.groups())
+    return passed, failed, skipped, proc.stdout
