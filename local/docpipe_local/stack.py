@@ -53,6 +53,12 @@ def _alive(pid: int | None) -> bool:
         return True
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def read_state() -> dict | None:
     try:
         return json.loads(paths.state_file().read_text())
@@ -139,7 +145,12 @@ def start(moto_port: int = DEFAULT_MOTO_PORT, ray_port: int = DEFAULT_RAY_DASHBO
         [str(ray_bin), "start", "--head", "--block", f"--port={gcs_port}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={ray_port}", "--include-dashboard=true",
          "--num-cpus=2", f"--resources={json.dumps({'job_slot': job_slots})}",
-         f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+         f"--temp-dir={temp_dir}", "--disable-usage-stats",
+         # Ray's agents default to fixed ports (52365, ...): a second Ray on the machine
+         # (a test's ray.init, a benchmark) would take them and jobs would find "No
+         # available agent". Free ports keep two stacks apart.
+         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+         f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"],
         stdout=open(ray_log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
         env=ray_env(endpoint, token), cwd=str(paths.REPO))
     state = {"endpoint": endpoint, "ray_url": ray_url, "moto_pid": moto.pid, "ray_pid": ray.pid,
