@@ -154,6 +154,10 @@ def run_e2e(plan: Plan, loads: dict[str, list[Path]], work: Path, echo) -> dict:
         # First document of a fresh stack: creates the embedder actor and the LanceDB
         # table, unpacks the Lambda code. Reported as the cold start, not measured below.
         warm = e2e.run_batch(c, generate(work / "gen", 1, 1, seed=99_999), "warm-up", echo=echo)
+        if warm["failed"]:
+            # E.g. RayHeadUnavailable "No available agent": the head's dashboard agent could
+            # not bind its fixed port (52365) because another Ray runs on this machine.
+            raise SystemExit(f"the local stack cannot process a document: {warm['failed']}")
         out["cold_start_latency_s"] = warm["latency_p50_s"]
         out["cold_start_parts_s"] = warm["latency_parts_median_s"]
         for name, files in loads.items():
