@@ -71,23 +71,24 @@ def _rss_pss(pid: str) -> tuple[int, int]:
 # Generic names a process may carry before it becomes something specific: a Ray worker
 # starts as default_worker.py, idles as "ray::IDLE", then retitles itself after the
 # actor or task it runs ("ray::JobSupervisor", "ray::_extract_bytes", ...).
-GENERIC = ("Ray idle or starting workers", "other")
+GENERIC = ("Ray idle or starting workers", "Ray other actors/tasks", "other")
 
 # Display groups of the categories (the JSON keeps the fine ones).
 GROUPS = {
     "moto server (AWS APIs, Step Functions, Lambdas)": "moto server (AWS, Step Functions, Lambdas)",
     "extract driver": "stage job drivers", "embed driver": "stage job drivers",
     "job entrypoint shell": "stage job drivers",
-    "Ray job supervisor": "Ray job supervisors",
+    "Ray job supervisor": "Ray job supervisors and agents (per job)",
     "Ray extract task workers": "Ray task workers (parse tasks, idle/prestarted)",
     # Job submission and per-job runtime envs go through the agents: a per-job cost.
-    "Ray dashboard agent": "Ray agents (job submission, runtime env)",
-    "Ray runtime-env agent": "Ray agents (job submission, runtime env)",
-    # Seen in practice: agents whose ray:: title categorise() did not know yet.
-    "Ray other actors/tasks": "Ray agents (job submission, runtime env)",
+    "Ray dashboard agent": "Ray job supervisors and agents (per job)",
+    "Ray runtime-env agent": "Ray job supervisors and agents (per job)",
+    # Seen in practice: supervisors still titled after their internal actor name.
+    "Ray other actors/tasks": "Ray job supervisors and agents (per job)",
+    "vector-store actor": "warm actors (embedder, vector store)",
     "Ray idle or starting workers": "Ray task workers (parse tasks, idle/prestarted)",
     "PDF parse child": "PDF parse children",
-    "embedder actor": "embedder actor",
+    "embedder actor": "warm actors (embedder, vector store)",
 }
 
 
@@ -103,18 +104,19 @@ def categorise(cmdline: str) -> str:
         return "extract driver"
     if "-m ray_jobs.embed" in cmdline:
         return "embed driver"
-    if cmdline.startswith("ray::JobSupervisor"):
+    if cmdline.startswith(("ray::JobSupervisor", "ray::_ray_internal_job_actor_")):
         return "Ray job supervisor"
     if cmdline.startswith("ray::EmbedderService"):
         return "embedder actor"
+    if cmdline.startswith("ray::StoreService"):
+        return "vector-store actor"
     if cmdline.startswith(("ray::_extract_bytes", "ray::_range_task")):
         return "Ray extract task workers"
     if cmdline.startswith("ray::IDLE") or "default_worker.py" in cmdline or "setup_worker.py" in cmdline:
         return "Ray idle or starting workers"
     # Ray's own agents retitle themselves too; per job they set up the runtime env and
     # start the supervisor, so their CPU grows with the number of jobs.
-    for title, name in (("ray::DashboardAgent", "Ray dashboard agent"), ("ray::RuntimeEnvAgent", "Ray runtime-env agent"),
-                        ("ray::StoreService", "Ray dashboard agent")):
+    for title, name in (("ray::DashboardAgent", "Ray dashboard agent"), ("ray::RuntimeEnvAgent", "Ray runtime-env agent")):
         if cmdline.startswith(title):
             return name
     if cmdline.startswith("ray::"):
