@@ -29,7 +29,7 @@ def parse(argv=None) -> argparse.Namespace:
                     "own stages and against a LangChain ingestion, on the same files: throughput, "
                     "latency p50/p95, time per stage, orchestration overhead, peak memory, "
                     "scaling with pages and documents, and cost per document on AWS.",
-        epilog="default mode: about 10 minutes on 2 cores; --quick: about 3 minutes. "
+        epilog="default mode: 8 to 11 minutes on 2 cores; --quick: 2 to 3 minutes. "
                "Experiments: e.g. --env EMBED_BATCH_SIZE=128 --label batch128, or --job-slots 2.")
     ap.add_argument("--quick", action="store_true", help="small workloads (3 corpus files, 10/100 pages, 4/12 documents)")
     ap.add_argument("--docs", type=int, metavar="N",

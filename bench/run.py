@@ -69,7 +69,7 @@ class Plan:
             plan = cls("quick", list(CORPUS_QUICK), [10, 100], sorted({4, docs or 12}), **kw)
         else:
             # 10 -> 50 documents fits the 15-minute budget; `--docs 200` runs the issue's
-            # full 10 -> 200 range (~17 more minutes: ~5 s of machine time per document).
+            # full 10 -> 200 range (~12 more minutes: ~3-5 s of machine time per document).
             counts = [10, 50] if docs is None else sorted({10, docs} | ({50} if docs > 50 else set()))
             plan = cls("default", list(CORPUS), [10, 100, 1000], counts, **kw)
         return plan
