@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 import threading
-import time
 
 
 def main(argv=None) -> int:

@@ -59,7 +59,7 @@ class Stack:
     def arn(self, logical_id: str) -> str:
         t = self.resources[logical_id]["Type"]
         n = self.physical_name(logical_id)
-        p = f"arn:aws"
+        p = "arn:aws"
         return {
             "AWS::S3::Bucket": f"{p}:s3:::{n}",
             "AWS::DynamoDB::Table": f"{p}:dynamodb:{self.region}:{self.account}:table/{n}",
