@@ -20,6 +20,8 @@ from docpipe.errors import JobInterrupted
 
 log = logging.getLogger("docpipe.job")
 MAX_CAUSE = 32000  # SendTaskFailure's cause limit is 32,768 characters
+# The execution no longer waits for this token (timed out, retried under a new one, stopped).
+GONE_CODES = ("TaskTimedOut", "InvalidToken", "TaskDoesNotExist")
 
 
 class TaskCallback:
@@ -50,7 +52,7 @@ class TaskCallback:
             self.heartbeats += 1
         except ClientError as err:
             code = err.response["Error"]["Code"]
-            if code in ("TaskTimedOut", "InvalidToken", "TaskDoesNotExist"):
+            if code in GONE_CODES:
                 # The execution gave up on us: stop working, nobody will read the result.
                 log.error(json.dumps({"message": "task no longer waiting; abandoning job", "code": code}))
                 os._exit(3)

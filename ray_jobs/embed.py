@@ -27,8 +27,7 @@ TEXT_IN_INDEX = 2000  # characters of chunk text kept as vector metadata (for ci
 
 
 def embed_document(job: dict, callback=None) -> dict:
-    from ray_jobs.actors import embedder_handle, store_handle
-    from ray_jobs.backends import make_enricher
+    from ray_jobs import warm
     from ray_jobs.backends.base import VectorRecord
 
     reg = job["registration"]
@@ -36,7 +35,7 @@ def embed_document(job: dict, callback=None) -> dict:
     chunks = jobio.read_jsonl(job["inputs"]["chunks_uri"])
 
     t0 = time.monotonic()
-    enricher = make_enricher()
+    enricher = warm.enricher()
     enriched = []
     batch_n = batch_size()
     for start in range(0, len(chunks), 64):  # enrichment batches stay small (Comprehend: 25)
@@ -47,10 +46,11 @@ def embed_document(job: dict, callback=None) -> dict:
     t_enrich = time.monotonic() - t0
 
     t1 = time.monotonic()
-    embed, info = embedder_handle()
+    embedder = warm.embedder()
+    info = {"model": embedder.model, "dims": embedder.dims}
     vectors, tokens, cost, hits = [], 0, 0.0, 0
     for start in range(0, len(chunks), batch_n):
-        result = embed([c["text"] for c in chunks[start:start + batch_n]])
+        result = embedder.embed([c["text"] for c in chunks[start:start + batch_n]])
         vectors += result.vectors
         tokens += result.tokens
         cost += result.cost_usd
@@ -70,7 +70,7 @@ def embed_document(job: dict, callback=None) -> dict:
         "page_start": c["page_start"], "page_end": c["page_end"], "s3_key": reg["key"],
         "text": c["text"][:TEXT_IN_INDEX]}) for i, c, v in zip(ids, chunks, vectors)]
     try:
-        sync = store_handle()(records, doc, ver)
+        sync = warm.replace_document_version(records, doc, ver)
     except VectorStoreUnavailable:
         raise
     except (ConnectionError, TimeoutError, OSError) as err:

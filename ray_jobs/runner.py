@@ -54,22 +54,6 @@ def run(stage: str, work: Callable[[dict, TaskCallback], dict], argv=None) -> in
     return 0
 
 
-def ray_available() -> bool:
-    """True inside a Ray job (or a test that called ray.init)."""
-    if os.environ.get("DOCPIPE_NO_RAY") == "1":
-        return False
-    try:
-        import ray
-    except ImportError:
-        return False
-    if ray.is_initialized():
-        return True
-    if os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"):
-        ray.init(ignore_reinit_error=True, log_to_driver=False)
-        return True
-    return False
-
-
 def main_exit(code: int) -> None:
     sys.stdout.flush()
     sys.exit(code)

@@ -33,7 +33,7 @@ def aws_env(monkeypatch, tmp_path):
                  "AWS_SECURITY_TOKEN": "testing", "AWS_SESSION_TOKEN": "testing",
                  "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
                  "LANCEDB_URI": str(tmp_path / "vectors"), "DOCPIPE_NO_RAY": "1",
-                 "DOCPIPE_HEARTBEAT_INTERVAL": "1"}.items():
+                 "DOCPIPE_HEARTBEAT_INTERVAL": "1", "STAGE_SERVICE_RECEIVE_WAIT_SECONDS": "1"}.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
@@ -45,16 +45,22 @@ def aws_env(monkeypatch, tmp_path):
 
 
 class FakeRayHead:
-    """A stand-in for the Ray Jobs REST API that runs each submitted stage in a thread,
-    in-process, with the real ray_jobs entry point (no cluster needed). It checks the
-    bearer token like a token-auth head does and answers 'already exists' for a
+    """A stand-in for the Ray Jobs REST API that runs each submitted job in a thread,
+    in-process, with the real ray_jobs code (no cluster needed): a document's own job
+    through its real entry point, a stage service as the real StageService whose "Ray"
+    is a thread pool. It checks the bearer token like a token-auth head does, lists and
+    reads jobs with their status and metadata, and answers 'already exists' for a
     repeated submission id, as Ray does."""
 
     def __init__(self, token: str, run_jobs: bool = True):
         self.token = token
         self.run_jobs = run_jobs
         self.submissions: list[dict] = []
+        self.status: dict[str, str] = {}
         self.threads: list[threading.Thread] = []
+        self.services: list = []
+        self.deleted: list[str] = []
+        self.stop_services = threading.Event()
         self.fail_next = 0  # answer 503 to the next N submissions
         head = self
 
@@ -62,16 +68,44 @@ class FakeRayHead:
             def log_message(self, *args):
                 pass
 
+            def _authorized(self):
+                if self.headers.get("Authorization") != f"Bearer {head.token}":
+                    self._send(401, {"error": "Unauthenticated"})
+                    return False
+                return True
+
+            def do_GET(self):
+                if not self._authorized():
+                    return
+                jobs = [{"submission_id": b["submission_id"], "status": head.status[b["submission_id"]],
+                         "metadata": b.get("metadata", {}), "entrypoint": b["entrypoint"]} for b in head.submissions]
+                sid = self.path.removeprefix("/api/jobs/").strip("/")
+                if not sid:
+                    return self._send(200, jobs)
+                found = [j for j in jobs if j["submission_id"] == sid]
+                return self._send(200, found[0]) if found else self._send(404, {"error": "not found"})
+
+            def do_DELETE(self):
+                if not self._authorized():
+                    return
+                sid = self.path.removeprefix("/api/jobs/").strip("/")
+                if head.status.get(sid) not in ("SUCCEEDED", "FAILED", "STOPPED"):
+                    return self._send(400, {"error": f"job {sid} is not in a terminal state"})
+                head.submissions = [b for b in head.submissions if b["submission_id"] != sid]
+                head.deleted.append(sid)
+                return self._send(200, True)
+
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if self.headers.get("Authorization") != f"Bearer {head.token}":
-                    return self._send(401, {"error": "Unauthenticated"})
+                if not self._authorized():
+                    return
                 if head.fail_next:
                     head.fail_next -= 1
                     return self._send(503, {"error": "head restarting"})
                 if any(s["submission_id"] == body["submission_id"] for s in head.submissions):
                     return self._send(400, {"error": f"Job with submission_id {body['submission_id']} already exists."})
                 head.submissions.append(body)
+                head.status[body["submission_id"]] = "RUNNING" if head.run_jobs else "PENDING"
                 if head.run_jobs:
                     t = threading.Thread(target=head._run, args=(body,), daemon=True)
                     head.threads.append(t)
@@ -96,11 +130,47 @@ class FakeRayHead:
         from docpipe_local.handlers import applied_env
 
         module, _, args = body["entrypoint"].removeprefix("python -m ").partition(" ")
-        # Ray applies the job's runtime_env env_vars to its driver; so do we.
-        with applied_env(body.get("runtime_env", {}).get("env_vars", {})):
-            importlib.import_module(module).main(args.split())
+        sid = body["submission_id"]
+        try:
+            if module == "ray_jobs.service":
+                # Ray applies the job's runtime_env to the driver; the functions that
+                # submitted it have the same values in place, so it is applied once here.
+                with applied_env(body.get("runtime_env", {}).get("env_vars", {})):
+                    pass
+                self._run_service(args.split())
+            else:
+                with applied_env(body.get("runtime_env", {}).get("env_vars", {})):
+                    importlib.import_module(module).main(args.split())
+            self.status[sid] = "SUCCEEDED"
+        except BaseException:
+            self.status[sid] = "FAILED"
+            raise
+
+    def _run_service(self, argv: list[str]) -> None:
+        import argparse
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        from ray_jobs.service import StageService, run_document
+
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--stage")
+        ap.add_argument("--queue-url")
+        ap.add_argument("--idle-seconds", type=float)
+        args = ap.parse_args(argv)
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"fake-ray-{args.stage}")
+        service = StageService(
+            args.stage, args.queue_url, args.idle_seconds,
+            submit=lambda stage, job: pool.submit(run_document, stage, job),
+            wait=lambda futures, timeout: list(wait(futures, timeout, return_when=FIRST_COMPLETED).done),
+            get=lambda f: f.result(), cancel=lambda f: f.cancel(), signalled=self.stop_services)
+        self.services.append(service)
+        try:
+            service.run()
+        finally:
+            pool.shutdown(wait=True)
 
     def close(self):
+        self.stop_services.set()
         self.server.shutdown()
 
 
@@ -135,6 +205,7 @@ def local_aws_stack(parameters: dict | None = None, secrets: dict | None = None)
         try:
             yield stack, clients, head
         finally:
+            head.stop_services.set()
             for t in head.threads:
                 t.join(timeout=30)
             head.close()

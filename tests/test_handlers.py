@@ -101,14 +101,50 @@ def test_register_document_url_encoded_key_is_found(stack_with_upload):
     assert result["key"] == "input/Q3 résumé ../x.pdf" and result["decision"] == "PROCESS"
 
 
+def test_submit_ray_job_small_document_goes_to_the_stage_queue_and_its_service(stack_with_upload):
+    stack, clients, head, ev = stack_with_upload
+    head.run_jobs = False  # the service stays PENDING: nothing reads the queue
+    reg, _, _ = invoke_function(stack, "RegisterDocument", ev)
+    event = {**load_event(EVENTS / "submit_ray_job.json"), "registration": reg}
+    result, errored, _ = invoke_function(stack, "SubmitRayJob", event)
+    assert not errored, result
+    assert result["route"] == "service"
+    # One service job for the stage, generation 1, started through the Jobs API.
+    [service] = head.submissions
+    assert service["submission_id"].startswith("docpipe-service-extract-") and service["submission_id"].endswith("-g1")
+    assert service["metadata"] == {"docpipe": "stage-service", "stage": "extract", "generation": "1",
+                                   "config": service["metadata"]["config"]}
+    assert service["entrypoint"].startswith("python -m ray_jobs.service --stage extract --queue-url ")
+    assert service["entrypoint_resources"] == {"service_slot": 1} and service["entrypoint_num_cpus"] == 0
+    # The queue message names the job file only; the token stays in S3.
+    queue = stack.outputs["ExtractQueueUrl"]
+    [msg] = clients["sqs"].receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    body = json.loads(msg["Body"])
+    assert body["job_uri"] == result["job_uri"] and body["submission_id"] == result["submission_id"]
+    assert event["task_token"] not in msg["Body"] and event["task_token"] not in json.dumps(head.submissions)
+    item = control_item(clients, stack, reg["document_id"], reg["processing_version"])
+    assert item["status"] == "PROCESSING" and item["extract_route"] == "service"
+    # The next document finds the service PENDING or RUNNING: no second generation.
+    again, errored, _ = invoke_function(stack, "SubmitRayJob", {**event, "retry_count": 1})
+    assert not errored and again["route"] == "service" and len(head.submissions) == 1
+    # A finished service is followed by the next generation.
+    head.status[service["submission_id"]] = "SUCCEEDED"
+    from docpipe import rayjobs
+    rayjobs._ensured.clear()  # another Lambda container
+    invoke_function(stack, "SubmitRayJob", {**event, "retry_count": 2})
+    assert [s["submission_id"][-3:] for s in head.submissions] == ["-g1", "-g2"]
+
+
 def test_submit_ray_job_posts_with_token_and_keeps_the_token_out_of_ray(stack_with_upload):
     stack, clients, head, ev = stack_with_upload
     head.run_jobs = False
     reg, _, _ = invoke_function(stack, "RegisterDocument", ev)
     event = load_event(EVENTS / "submit_ray_job.json")
     event["registration"] = reg
-    result, errored, _ = invoke_function(stack, "SubmitRayJob", event)
+    # Threshold 0: every document gets a Ray job of its own.
+    result, errored, _ = invoke_function(stack, "SubmitRayJob", event, extra_env={"STAGE_SERVICE_MAX_BYTES": "0"})
     assert not errored, result
+    assert result["route"] == "job"
     sub = head.submissions[0]
     assert sub["submission_id"] == result["submission_id"]
     assert event["task_token"] not in json.dumps(sub), "the task token must not reach Ray's job list"
@@ -119,7 +155,7 @@ def test_submit_ray_job_posts_with_token_and_keeps_the_token_out_of_ray(stack_wi
     item = control_item(clients, stack, reg["document_id"], reg["processing_version"])
     assert item["status"] == "PROCESSING" and item["current_stage"] == "extract"
     # A re-delivered submit of the same attempt is 'already exists' at Ray: not an error.
-    again, errored, _ = invoke_function(stack, "SubmitRayJob", event)
+    again, errored, _ = invoke_function(stack, "SubmitRayJob", event, extra_env={"STAGE_SERVICE_MAX_BYTES": "0"})
     assert not errored and again["submission_id"] == result["submission_id"] and len(head.submissions) == 1
 
 
@@ -204,11 +240,28 @@ def test_record_failure_before_registration_identifies_from_the_event(stack_with
 
 
 def test_publish_backlog_counts_in_flight_documents(stack_with_upload):
-    stack, clients, _, ev = stack_with_upload
-    invoke_function(stack, "RegisterDocument", ev)  # one PENDING document
+    stack, clients, head, ev = stack_with_upload
+    head.run_jobs = False
+    reg, _, _ = invoke_function(stack, "RegisterDocument", ev)  # one PENDING document
     result, errored, logs = invoke_function(stack, "PublishBacklog", load_event(EVENTS / "publish_backlog.json"))
     assert not errored, result
-    assert result["pending_documents"] == 1 and result["pending"] == 1 and result["processing"] == 0
+    assert result["pending_documents"] == 0 and result["pending"] == 1 and result["processing"] == 0
+    # In a stage queue: pending, and a service is started for it when none runs.
+    event = {**load_event(EVENTS / "submit_ray_job.json"), "registration": reg}
+    invoke_function(stack, "SubmitRayJob", event)
+    [service] = head.submissions
+    head.status[service["submission_id"]] = "FAILED"  # it died; the message waits in the queue
+    result, errored, logs = invoke_function(stack, "PublishBacklog", load_event(EVENTS / "publish_backlog.json"))
+    assert not errored, result
+    assert result["pending_documents"] == 1 and result["queued"] == 1 and result["processing"] == 1
+    assert result["services_started"] == [service["submission_id"].replace("-g1", "-g2")]
+    # A document in its own running job counts too; finished jobs' records are deleted
+    # except the newest generation of each service.
+    invoke_function(stack, "SubmitRayJob", {**event, "stage": "embed", "inputs": {"chunks_uri": "s3://x/y"}},
+                    extra_env={"STAGE_SERVICE_MAX_BYTES": "0"})
+    result, errored, logs = invoke_function(stack, "PublishBacklog", load_event(EVENTS / "publish_backlog.json"))
+    assert result["pending_documents"] == 2 and result["jobs_running"] == 1
+    assert head.deleted == [service["submission_id"]], "g1 finished and g2 is newer: its record goes"
     emf = [json.loads(line) for line in logs.splitlines() if '"_aws"' in line]
     published = {m["Name"] for e in emf for d in e["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]}
     assert {"PendingDocuments", "DailyCostUsd"} <= published

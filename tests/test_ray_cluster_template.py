@@ -84,6 +84,42 @@ def command_text(container: dict) -> str:
     return " ".join(parts)
 
 
+def ray_resources(container: dict) -> dict:
+    """The custom resources `ray start --resources='{...}'` advertises ({} without the flag);
+    each ${Parameter} counts as 1."""
+    found = re.findall(r"--resources='(\{.*?\})'", command_text(container))
+    assert len(found) <= 1, found
+    return json.loads(re.sub(r"\$\{[^}]+\}", "1", found[0])) if found else {}
+
+
+def environment(container: dict) -> dict:
+    return {e["Name"]: e["Value"] for item in container["Environment"] for e in branches(item)}
+
+
+def alarm_breaches(operator: str, threshold: float, value: float) -> bool:
+    """What CloudWatch does with one datapoint."""
+    return {"GreaterThanThreshold": value > threshold,
+            "GreaterThanOrEqualToThreshold": value >= threshold,
+            "LessThanThreshold": value < threshold,
+            "LessThanOrEqualToThreshold": value <= threshold}[operator]
+
+
+def step_for(steps: list[dict], delta: float, above: bool) -> dict | None:
+    """The step adjustment Application Auto Scaling applies for metric - threshold = delta.
+    Above the threshold the lower bound is inclusive and the upper exclusive; at or below it
+    the reverse (API_StepAdjustment: "greater than 40 and less than or equal to 50" is
+    lower -10, upper 0 for a threshold of 50)."""
+    for s in steps:
+        lo, hi = s.get("MetricIntervalLowerBound"), s.get("MetricIntervalUpperBound")
+        if above:
+            ok = (lo is None or delta >= lo) and (hi is None or delta < hi)
+        else:
+            ok = (lo is None or delta > lo) and (hi is None or delta <= hi)
+        if ok:
+            return s
+    return None
+
+
 def ingress_rules(template: dict) -> list[tuple[str, dict]]:
     """(target group logical id, rule) for inline and standalone ingress rules."""
     rules = []
@@ -194,7 +230,8 @@ def test_created_vpc_is_private_with_endpoints(template):
         endpoints[service] = ep["Properties"]["VpcEndpointType"]
     assert endpoints["s3"] == "Gateway"
     assert endpoints["dynamodb"] == "Gateway"
-    for svc in ("ecr.api", "ecr.dkr", "logs", "secretsmanager", "states", "sts", "ssmmessages", "monitoring"):
+    for svc in ("ecr.api", "ecr.dkr", "logs", "secretsmanager", "states", "sts", "ssmmessages", "monitoring",
+                "sqs"):
         assert endpoints.get(svc) == "Interface", svc
     # Internet access exists only for the internet backends (OpenAI, Pinecone).
     for rtype in ("AWS::EC2::InternetGateway", "AWS::EC2::NatGateway"):
@@ -202,6 +239,58 @@ def test_created_vpc_is_private_with_endpoints(template):
             assert res.get("Condition") == "CreateNat", lid
     assert template["Conditions"]["CreateNat"] == {
         "Fn::And": [{"Condition": "CreateVpc"}, {"Condition": "NeedsInternet"}]}
+
+
+def test_sqs_endpoint_in_the_created_vpc(template):
+    """The stage services on the head long-poll SQS, SubmitRayJob sends to it, PublishBacklog
+    reads queue depths: an interface endpoint like the others (private DNS, both private
+    subnets, the endpoint group that admits the Ray tasks and the Lambdas)."""
+    (sqs,) = [(lid, ep) for lid, ep in resources(template, "AWS::EC2::VPCEndpoint").items()
+              if ep["Properties"]["ServiceName"] == {"Fn::Sub": "com.amazonaws.${AWS::Region}.sqs"}]
+    lid, ep = sqs
+    states = template["Resources"]["StatesEndpoint"]
+    assert ep["Condition"] == states["Condition"] == "CreateVpc", lid
+    p = ep["Properties"]
+    assert p["VpcEndpointType"] == "Interface" and p["PrivateDnsEnabled"] is True
+    for key in ("VpcId", "SubnetIds", "SecurityGroupIds"):
+        assert p[key] == states["Properties"][key], key
+    assert p["SecurityGroupIds"] == [{"Ref": "EndpointSecurityGroup"}]
+    sources = {r["SourceSecurityGroupId"]["Ref"] for g, r in ingress_rules(template)
+               if g == "EndpointSecurityGroup" and r["FromPort"] <= 443 <= r["ToPort"]}
+    assert sources == {"ClusterSecurityGroup", "SubmitterSecurityGroup"}
+
+
+def test_lambdas_in_the_vpc_reach_what_they_call(template):
+    """SubmitRayJob and PublishBacklog run in the private subnets with the submitter group:
+    Secrets Manager (Ray token), CloudWatch (metrics), SQS by interface endpoint, DynamoDB and
+    S3 by gateway endpoint on the subnets' route table, the Jobs API on the head."""
+    by_service = {ep["Properties"]["ServiceName"]["Fn::Sub"].rsplit("}.", 1)[1]: ep["Properties"]
+                  for ep in resources(template, "AWS::EC2::VPCEndpoint").values()}
+    for svc in ("secretsmanager", "monitoring", "sqs", "states"):
+        assert by_service[svc]["SubnetIds"] == [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}], svc
+    for svc in ("dynamodb", "s3"):
+        assert by_service[svc]["RouteTableIds"] == [{"Ref": "PrivateRouteTable"}], svc
+    for subnet in ("PrivateSubnetA", "PrivateSubnetB"):
+        assert any(a["Properties"] == {"SubnetId": {"Ref": subnet}, "RouteTableId": {"Ref": "PrivateRouteTable"}}
+                   for a in resources(template, "AWS::EC2::SubnetRouteTableAssociation").values()), subnet
+    # HTTPS out: anywhere (OpenEgress), or exactly the endpoints (TightEgress).
+    egress = {}
+    for r in resources(template, "AWS::EC2::SecurityGroupEgress").values():
+        rp = r["Properties"]
+        if rp["GroupId"] == {"Ref": "SubmitterSecurityGroup"}:
+            assert (rp["IpProtocol"], rp["FromPort"], rp["ToPort"]) == ("tcp", 443, 443), rp
+            dest = {k: v for k, v in rp.items() if k.startswith(("Destination", "CidrIp"))}
+            egress.setdefault(r["Condition"], []).append(json.dumps(dest, sort_keys=True))
+    assert egress["OpenEgress"] == [json.dumps({"CidrIp": "0.0.0.0/0"})]
+    assert sorted(egress["TightEgress"]) == sorted(json.dumps(d, sort_keys=True) for d in (
+        {"DestinationSecurityGroupId": {"Ref": "EndpointSecurityGroup"}},
+        {"DestinationPrefixListId": {"Ref": "S3PrefixListId"}},
+        {"DestinationPrefixListId": {"Ref": "DynamoDbPrefixListId"}}))
+    inline = props(template, "SubmitterSecurityGroup")["SecurityGroupEgress"]
+    assert [(r["FromPort"], r["DestinationSecurityGroupId"]) for r in inline] == [(8265, {"Ref": "ClusterSecurityGroup"})]
+    outputs = template["Outputs"]
+    assert outputs["SubmitterSecurityGroupId"]["Value"] == {"Ref": "SubmitterSecurityGroup"}
+    assert "PrivateSubnetIds" in outputs
 
 
 def test_head_found_through_cloud_map(template):
@@ -228,20 +317,55 @@ def test_ray_containers_use_token_auth(template):
         assert secrets == {"RAY_AUTH_TOKEN": {"Ref": "RayTokenSecretArn"}}, name
 
 
-def test_jobs_land_on_workers(template):
+def test_head_runs_only_the_service_drivers(template):
+    """The head offers no CPU (no task lands there) and service_slot, which only the stage
+    services' entrypoints ask for; no job_slot (large documents' own jobs go to workers)."""
+    head = containers(template)["ray-head"]
+    cmd = command_text(head)
+    assert "--head" in cmd and "--num-cpus=0" in cmd
+    assert "--dashboard-host=0.0.0.0" in cmd and "--dashboard-port=8265" in cmd
+    assert "--resources='{\"service_slot\": ${HeadServiceSlots}}'" in cmd
+    assert ray_resources(head) == {"service_slot": 1}
+    p = template["Parameters"]["HeadServiceSlots"]
+    assert (p["Type"], p["Default"]) == ("Number", 4) and p["MinValue"] >= 2  # extract + embed
+    assert "HeadServiceSlots" in str(template["Metadata"]["AWS::CloudFormation::Interface"])
+    assert json.loads(template["Outputs"]["RayServiceEntrypointResources"]["Value"]) == {"service_slot": 1}
+
+
+def test_jobs_and_tasks_land_on_workers(template):
     cs = containers(template)
-    head, worker = command_text(cs["ray-head"]), command_text(cs["ray-worker"])
-    assert "--head" in head and "--num-cpus=0" in head and "job_slot" not in head
-    assert "--dashboard-host=0.0.0.0" in head and "--dashboard-port=8265" in head
-    assert "\"job_slot\": ${WorkerJobSlots}" in worker
-    for cmd in (head, worker):
-        assert "--block" in cmd and "--object-store-memory=${" in cmd
+    head, worker = cs["ray-head"], cs["ray-worker"]
+    assert "--num-cpus=${Vcpus}" in command_text(worker)
+    assert "\"job_slot\": ${WorkerJobSlots}, \"worker\": 1000" in command_text(worker)
+    assert set(ray_resources(worker)) == {"job_slot", "worker"}
+    assert not set(ray_resources(head)) & set(ray_resources(worker))
+    for c in (head, worker):
+        assert "--block" in command_text(c) and "--object-store-memory=${" in command_text(c)
     assert json.loads(template["Outputs"]["RayEntrypointResources"]["Value"]) == {"job_slot": 1}
 
 
+def test_task_resources_name_a_resource_only_workers_have(template):
+    """DOCPIPE_TASK_RESOURCES (read by ray_jobs/service.py) is what every stage task asks
+    for besides CPUs; the drivers on the head and on workers both set it, so whichever
+    driver submits a task, it runs on a worker."""
+    cs = containers(template)
+    head_offers, worker_offers = ray_resources(cs["ray-head"]), ray_resources(cs["ray-worker"])
+    values = set()
+    for name in ("ray-head", "ray-worker"):
+        env = environment(cs[name])
+        assert "DOCPIPE_TASK_RESOURCES" in env, name
+        values.add(env["DOCPIPE_TASK_RESOURCES"])
+    (value,) = values
+    wanted = json.loads(value)
+    assert wanted == {"worker": 1}
+    for resource, amount in wanted.items():
+        assert resource in worker_offers and resource not in head_offers, resource
+        assert 0 < amount <= worker_offers[resource]
+    assert "worker" not in json.loads(template["Outputs"]["RayServiceEntrypointResources"]["Value"])
+
+
 def test_worker_environment_matches_the_code(template):
-    env = {e["Name"]: e["Value"] for item in containers(template)["ray-worker"]["Environment"]
-           for e in branches(item)}
+    env = environment(containers(template)["ray-worker"])
     # Names read by layers/docpipe/config.py and ray_jobs/backends.
     for name, param in {"DOCUMENT_BUCKET": "DocumentBucketName", "CONTROL_TABLE": "ControlTableName",
                         "AUDIT_TABLE": "AuditTableName", "METRICS_TABLE": "MetricsTableName",
@@ -348,6 +472,51 @@ def test_worker_role_is_least_privilege(template):
     assert metric[0]["Condition"] == {"StringEquals": {"cloudwatch:namespace": {"Ref": "MetricsNamespace"}}}
 
 
+def test_head_role_is_what_a_service_driver_needs(template):
+    """The head runs the stage services' drivers: consume the two stage queues, answer and
+    heartbeat task tokens, read, list and remove job files. Nothing else but ECS Exec."""
+    grants: dict[str, list] = {}
+    for where, s in policy_statements(template):
+        if not where.startswith("HeadTaskRole/") or where == "HeadTaskRole/ecs-exec":
+            continue
+        assert s["Effect"] == "Allow" and "NotResource" not in s, s
+        if "Condition" in s:
+            # Listing only the jobs/ prefix: a removed job file reads as 404, not 403.
+            assert as_list(s["Action"]) == ["s3:ListBucket"], s
+            assert s["Condition"] == {"StringLike": {"s3:prefix": ["jobs/*"]}}, s
+        for a in as_list(s["Action"]):
+            for r in as_list(s["Resource"]):
+                grants.setdefault(a, []).append(r.get("Fn::Sub", r) if isinstance(r, dict) and "Fn::Sub" in r else r)
+    queues = [{"Ref": "ExtractQueueArn"}, {"Ref": "EmbedQueueArn"}]
+    jobs = "arn:${AWS::Partition}:s3:::${DocumentBucketName}/jobs/*"
+    assert grants == {
+        "sqs:ReceiveMessage": queues,
+        "sqs:DeleteMessage": queues,
+        "sqs:ChangeMessageVisibility": queues,
+        "sqs:GetQueueAttributes": queues,
+        "states:SendTaskSuccess": ["*"],
+        "states:SendTaskFailure": ["*"],
+        "states:SendTaskHeartbeat": ["*"],
+        "s3:GetObject": [jobs],
+        "s3:DeleteObject": [jobs],
+        "s3:ListBucket": ["arn:${AWS::Partition}:s3:::${DocumentBucketName}"],
+    }
+    # The same token grant the workers have (no resource-level permissions for these).
+    worker_tokens = [s for where, s in policy_statements(template) if where.startswith("WorkerTaskRole/")
+                     and "states:SendTaskSuccess" in as_list(s["Action"])]
+    assert [s["Resource"] for s in worker_tokens] == ["*"]
+    ecs_exec = {a for where, s in policy_statements(template) if where == "HeadTaskRole/ecs-exec"
+                for a in as_list(s["Action"])}
+    assert {a.split(":")[0] for a in ecs_exec} == {"ssmmessages", "kms", "logs"}
+    # The parent passes exactly these names (!GetAtt ExtractQueue.Arn / EmbedQueue.Arn).
+    for name in ("ExtractQueueArn", "EmbedQueueArn"):
+        param = template["Parameters"][name]
+        assert param["Type"] == "String" and "Default" not in param, name
+        assert re.fullmatch(param["AllowedPattern"], "arn:aws:sqs:eu-west-1:123456789012:docpipe-extract"), name
+        assert not re.fullmatch(param["AllowedPattern"], "arn:aws:sqs:eu-west-1:123456789012:*"), name
+        assert not re.fullmatch(param["AllowedPattern"], ""), name
+
+
 def test_backend_grants_exist_only_with_their_backend(template):
     assert template["Resources"]["WorkerComprehendPolicy"]["Condition"] == "UseComprehend"
     assert template["Resources"]["WorkerOpenAIKeyPolicy"]["Condition"] == "HasOpenAIKey"
@@ -402,12 +571,9 @@ def test_worker_autoscaling_from_parameters(template):
     assert "${WorkerService.Name}" in tp["ResourceId"]["Fn::Sub"]
     p = template["Parameters"]
     assert (p["WorkerMinCount"]["Default"], p["WorkerMaxCount"]["Default"]) == (1, 10)
-    assert (p["ScaleOutPendingDocuments"]["Default"], p["ScaleInPendingDocuments"]["Default"]) == (10, 5)
     out, in_ = props(template, "WorkerScaleOutAlarm"), props(template, "WorkerScaleInAlarm")
     assert out["Threshold"] == {"Ref": "ScaleOutPendingDocuments"}
-    assert out["ComparisonOperator"] == "GreaterThanThreshold"
     assert in_["Threshold"] == {"Ref": "ScaleInPendingDocuments"}
-    assert in_["ComparisonOperator"] == "LessThanThreshold"
     for alarm, policy in ((out, "WorkerScaleOutPolicy"), (in_, "WorkerScaleInPolicy")):
         assert alarm["MetricName"] == "PendingDocuments"
         assert alarm["Namespace"] == {"Ref": "MetricsNamespace"}
@@ -425,6 +591,45 @@ def test_worker_autoscaling_from_parameters(template):
     p = template["Parameters"]
     assert (p["MetricsNamespace"]["Default"], p["MetricsServiceDimensionName"]["Default"],
             p["MetricsServiceName"]["Default"]) == ("Docpipe", "service", "docpipe")
+
+
+def test_scale_out_from_zero_at_the_first_pending_document(template):
+    """With WorkerMinCount=0 a single upload must start a worker: the scale-out alarm
+    breaches at PendingDocuments=1 (not at 0) and the policy then adds a worker."""
+    p = template["Parameters"]
+    out = props(template, "WorkerScaleOutAlarm")
+    threshold = p["ScaleOutPendingDocuments"]["Default"]
+    assert threshold == 0 and p["ScaleOutPendingDocuments"]["MinValue"] == 0
+    assert alarm_breaches(out["ComparisonOperator"], threshold, 1)
+    assert not alarm_breaches(out["ComparisonOperator"], threshold, 0)
+    assert out["Statistic"] == "Maximum" and out["TreatMissingData"] == "notBreaching"
+    steps = props(template, "WorkerScaleOutPolicy")["StepScalingPolicyConfiguration"]["StepAdjustments"]
+    first = step_for(steps, 1 - threshold, above=True)
+    assert first and first["ScalingAdjustment"] >= 1
+    assert p["WorkerMinCount"]["MinValue"] == 0
+
+
+def test_scale_in_only_after_a_sustained_empty_backlog(template):
+    """Workers are removed only when nothing is queued, held by a service or running in its
+    own job (PendingDocuments 0) for 10 minutes; one pending document keeps them."""
+    p = template["Parameters"]
+    in_ = props(template, "WorkerScaleInAlarm")
+    threshold = p["ScaleInPendingDocuments"]["Default"]
+    assert threshold == 0
+    assert alarm_breaches(in_["ComparisonOperator"], threshold, 0)
+    assert not alarm_breaches(in_["ComparisonOperator"], threshold, 1)
+    # The two alarms never breach together at the defaults.
+    out = props(template, "WorkerScaleOutAlarm")
+    for value in range(0, 5):
+        assert not (alarm_breaches(out["ComparisonOperator"], p["ScaleOutPendingDocuments"]["Default"], value)
+                    and alarm_breaches(in_["ComparisonOperator"], threshold, value)), value
+    assert in_["Statistic"] == "Maximum"  # a minute with one document in it is not empty
+    assert in_["Period"] * in_["EvaluationPeriods"] >= 600
+    assert in_.get("DatapointsToAlarm", in_["EvaluationPeriods"]) == in_["EvaluationPeriods"]
+    assert in_["TreatMissingData"] == "breaching"  # PublishBacklog publishes nothing = idle
+    steps = props(template, "WorkerScaleInPolicy")["StepScalingPolicyConfiguration"]["StepAdjustments"]
+    step = step_for(steps, 0 - threshold, above=False)
+    assert step and step["ScalingAdjustment"] == -1
 
 
 def test_pipeline_alarms_notify_the_topic(template):
@@ -462,7 +667,8 @@ def test_dashboard_shows_the_pipeline_and_the_cluster(template):
 def test_outputs_for_the_main_template(template):
     outputs = template["Outputs"]
     for name in ("RayDashboardUrl", "SubmitterSecurityGroupId", "PrivateSubnetIds", "VpcId",
-                 "EcrRepositoryUri", "ClusterName", "DashboardName"):
+                 "EcrRepositoryUri", "ClusterName", "DashboardName", "RayEntrypointResources",
+                 "RayServiceEntrypointResources"):
         assert name in outputs and "Condition" not in outputs[name], name
     assert outputs["SubmitterSecurityGroupId"]["Value"] == {"Ref": "SubmitterSecurityGroup"}
 
@@ -477,7 +683,7 @@ def test_no_output_shares_a_parameter_name(template):
 def test_required_parameters_have_no_default(template):
     p = template["Parameters"]
     for name in ("RayTokenSecretArn", "DocumentBucketName", "ControlTableName", "AuditTableName",
-                 "MetricsTableName", "AlertsTopicArn"):
+                 "MetricsTableName", "AlertsTopicArn", "ExtractQueueArn", "EmbedQueueArn"):
         assert "Default" not in p[name], name
     # Template rules refuse an internet backend without its key.
     assert {"OpenAINeedsKey", "PineconeNeedsKeyAndHost"} <= set(template["Rules"])

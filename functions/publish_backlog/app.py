@@ -1,4 +1,5 @@
-"""PublishBacklog (every minute): PendingDocuments and DailyCostUsd as CloudWatch metrics.
+"""PublishBacklog (every minute): PendingDocuments and DailyCostUsd as CloudWatch metrics;
+starts a stage service for a queue left without one and deletes finished Ray job records.
 
 The Ray workers' ECS service scales on PendingDocuments; the cost alarm reads DailyCostUsd.
 """

@@ -26,9 +26,19 @@ def client(service: str, region: str | None = None):
     return _client(service, region)
 
 
+_generation = 0
+
+
 def reset_clients() -> None:
     """Forget cached clients (tests switch endpoints and credentials between runs)."""
+    global _generation
     _client.cache_clear()
+    _generation += 1
+
+
+def generation() -> int:
+    """How many times clients were reset: objects that hold clients key their caches on it."""
+    return _generation
 
 
 THROTTLING_CODES = {

@@ -35,6 +35,12 @@ class Settings:
     heartbeat_seconds: int = 300
     extract_timeout_seconds: int = 3600
     embed_timeout_seconds: int = 3600
+    # Stage services (DESIGN.md "Ray execution model"): documents up to this many bytes go
+    # to the stage's SQS queue and its long-lived service; 0 = every document its own job.
+    stage_service_max_bytes: int = 0
+    stage_queue_urls: dict = field(default_factory=dict)  # stage -> SQS queue URL
+    ray_service_entrypoint_resources: dict = field(default_factory=dict)
+    stage_service_idle_seconds: int = 300
 
     def stage_limits(self) -> dict:
         """Read by the ASL's HeartbeatSecondsPath / TimeoutSecondsPath."""
@@ -61,4 +67,9 @@ class Settings:
             heartbeat_seconds=_int("STAGE_HEARTBEAT_SECONDS", 300),
             extract_timeout_seconds=_int("EXTRACT_TIMEOUT_SECONDS", 3600),
             embed_timeout_seconds=_int("EMBED_TIMEOUT_SECONDS", 3600),
+            stage_service_max_bytes=_int("STAGE_SERVICE_MAX_BYTES", 0),
+            stage_queue_urls={stage: env[name] for stage, name in
+                              (("extract", "EXTRACT_QUEUE_URL"), ("embed", "EMBED_QUEUE_URL")) if env.get(name)},
+            ray_service_entrypoint_resources=json.loads(env.get("RAY_SERVICE_ENTRYPOINT_RESOURCES") or "{}"),
+            stage_service_idle_seconds=_int("STAGE_SERVICE_IDLE_SECONDS", 300),
         )

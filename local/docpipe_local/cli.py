@@ -98,6 +98,14 @@ def stack_status():
                   f"Ray {st['ray']['url']} (pid {st['ray']['pid']})")
     for k, v in st["outputs"].items():
         console.print(f"  {k}: {v}")
+    table = Table(title="stage services (Ray jobs fed by the stage queues)", title_justify="left")
+    for col in ("stage", "queue waiting", "held by a service", "service", "status"):
+        table.add_column(col)
+    for stage, q in st.get("queues", {}).items():
+        mine = [s for s in st.get("services", []) if s["stage"] == stage]
+        newest = mine[0] if mine else {"submission_id": "-", "status": "none yet"}
+        table.add_row(stage, str(q["waiting"]), str(q["held"]), newest["submission_id"], newest["status"])
+    console.print(table)
 
 
 @stack.command("stop")

@@ -56,4 +56,5 @@ def install() -> None:
     from moto.awslambda.models import LambdaFunction
 
     LambdaFunction._invoke_lambda = _invoke_lambda
+    handlers.isolate_metrics()  # Step Functions runs tasks of many executions side by side
     _installed = True

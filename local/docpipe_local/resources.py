@@ -105,8 +105,13 @@ def create_stack(stack: Stack, session: boto3.session.Session | None = None,
         client("sns").create_topic(Name=stack.physical_name(lid), Attributes=attrs)
         created[lid] = stack.physical_name(lid)
 
-    for lid in stack.of_type("AWS::SQS::Queue"):
-        client("sqs").create_queue(QueueName=stack.physical_name(lid))
+    # Dead-letter targets first: a RedrivePolicy names an existing queue.
+    for lid in sorted(stack.of_type("AWS::SQS::Queue"), key=lambda q: "RedrivePolicy" in stack.properties(q)):
+        p = stack.properties(lid)
+        attrs = {k: json.dumps(p[k]) if isinstance(p[k], dict) else str(p[k]).lower() if isinstance(p[k], bool) else str(p[k])
+                 for k in ("VisibilityTimeout", "ReceiveMessageWaitTimeSeconds", "MessageRetentionPeriod",
+                           "SqsManagedSseEnabled", "RedrivePolicy", "DelaySeconds") if k in p}
+        client("sqs").create_queue(QueueName=stack.physical_name(lid), Attributes=attrs)
         created[lid] = stack.physical_name(lid)
 
     for lid in stack.of_type("AWS::Logs::LogGroup"):

@@ -64,10 +64,26 @@ def main(argv=None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    threading.Thread(target=_schedule, name="schedule", daemon=True,
+                     args=(session.client("lambda", endpoint_url=endpoint), created, stop)).start()
     while not stop.wait(1):
         pass
     server.stop()
     return 0
+
+
+def _schedule(lam, created: dict, stop: threading.Event) -> None:
+    """What EventBridge Scheduler does in AWS: PublishBacklog every minute (template.yaml,
+    `rate(1 minute)`), through the Lambda API like any other invocation."""
+    name = created.get("PublishBacklogFunction")
+    interval = float(os.environ.get("DOCPIPE_SCHEDULE_SECONDS", "60"))
+    while name and not stop.wait(interval):
+        try:
+            resp = lam.invoke(FunctionName=name, Payload=b"{}")
+            if resp.get("FunctionError"):
+                print(f"PublishBacklog failed: {resp['Payload'].read()[:500]!r}", flush=True)
+        except Exception as err:  # noqa: BLE001 - the next minute tries again, as in AWS
+            print(f"PublishBacklog not invoked: {err}", flush=True)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = 
     raise StackError(f"{what} did not become ready within {timeout:.0f} s (see {log})")
 
 
-def ray_env(endpoint: str, token: str) -> dict[str, str]:
+def ray_env(endpoint: str, token: str, temp_dir: Path) -> dict[str, str]:
     """Environment of the Ray head, inherited by every job it runs."""
     return {
         **os.environ,
@@ -94,6 +94,11 @@ def ray_env(endpoint: str, token: str) -> dict[str, str]:
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": token,
         "RAY_USAGE_STATS_ENABLED": "0",
+        "DOCPIPE_RAY_HEAD": str(temp_dir),  # found again by `stop` in every process Ray starts
+        # Each stage service keeps its own warm worker processes; past the default soft
+        # limit (one per CPU) Ray kills idle ones within a second, so the extract and embed
+        # services would keep killing each other's warm model and imports.
+        "RAY_num_workers_soft_limit": "8",
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -144,7 +149,9 @@ def start(moto_port: int = DEFAULT_MOTO_PORT, ray_port: int = DEFAULT_RAY_DASHBO
     ray = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", f"--port={gcs_port}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={ray_port}", "--include-dashboard=true",
-         "--num-cpus=2", f"--resources={json.dumps({'job_slot': job_slots})}",
+         # job_slot: a document's own job; service_slot: a stage service's driver (on the
+         # head in AWS too, where scale-in never stops it).
+         "--num-cpus=2", f"--resources={json.dumps({'job_slot': job_slots, 'service_slot': 4})}",
          f"--temp-dir={temp_dir}", "--disable-usage-stats",
          # Ray's agents default to fixed ports (52365, ...): a second Ray on the machine
          # (a test's ray.init, a benchmark) would take them and jobs would find "No
@@ -152,7 +159,7 @@ def start(moto_port: int = DEFAULT_MOTO_PORT, ray_port: int = DEFAULT_RAY_DASHBO
          f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
          f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"],
         stdout=open(ray_log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
-        env=ray_env(endpoint, token), cwd=str(paths.REPO))
+        env=ray_env(endpoint, token, temp_dir), cwd=str(paths.REPO))
     state = {"endpoint": endpoint, "ray_url": ray_url, "moto_pid": moto.pid, "ray_pid": ray.pid,
              "ray_temp_dir": str(temp_dir), "home": str(home), "started_at": time.time()}
     paths.state_file().write_text(json.dumps(state, indent=2))
@@ -195,15 +202,19 @@ def _kill_group(pid: int | None, grace: float = 15.0) -> None:
 
 
 def _kill_by_marker(marker: str) -> None:
-    """Ray daemons this head started carry its temp dir in their command line."""
+    """Ray daemons this head started carry its temp dir in their command line; job
+    drivers (a stage service runs for minutes) in their environment (DOCPIPE_RAY_HEAD):
+    a driver left behind would keep reading the stage queues of the next stack."""
+    env_marker = f"DOCPIPE_RAY_HEAD={marker}".encode()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            env = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if marker in cmd and int(proc.name) != os.getpid():
+        if (marker in cmd or env_marker in env) and int(proc.name) != os.getpid():
             try:
                 os.kill(int(proc.name), signal.SIGKILL)
             except ProcessLookupError:
@@ -231,12 +242,45 @@ def status() -> dict:
     state = read_state()
     if not state:
         return {"running": False}
-    return {"running": _alive(state.get("moto_pid")) and _alive(state.get("ray_pid")),
-            "aws": {"endpoint": state.get("endpoint"), "pid": state.get("moto_pid"),
-                    "alive": _alive(state.get("moto_pid"))},
-            "ray": {"url": state.get("ray_url"), "pid": state.get("ray_pid"),
-                    "alive": _alive(state.get("ray_pid"))},
-            "outputs": state.get("outputs", {})}
+    out = {"running": _alive(state.get("moto_pid")) and _alive(state.get("ray_pid")),
+           "aws": {"endpoint": state.get("endpoint"), "pid": state.get("moto_pid"),
+                   "alive": _alive(state.get("moto_pid"))},
+           "ray": {"url": state.get("ray_url"), "pid": state.get("ray_pid"),
+                   "alive": _alive(state.get("ray_pid"))},
+           "outputs": state.get("outputs", {})}
+    if out["running"]:
+        out["queues"], out["services"] = stage_status(state)
+    return out
+
+
+def ray_jobs(state: dict) -> list[dict]:
+    """The Ray Jobs API's job list, as SubmitRayJob sees it."""
+    token = (Path(state["home"]) / "ray_token").read_text()
+    r = requests.get(f"{state['ray_url']}/api/jobs/", timeout=10, headers={"Authorization": f"Bearer {token}"})
+    r.raise_for_status()
+    return r.json()
+
+
+def stage_status(state: dict) -> tuple[dict, list[dict]]:
+    """Per stage queue: messages waiting and held; the stage services with their state."""
+    sqs = client("sqs", state)
+    queues = {}
+    for stage, output in (("extract", "ExtractQueueUrl"), ("embed", "EmbedQueueUrl")):
+        url = state.get("outputs", {}).get(output)
+        if not url:
+            continue
+        a = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        queues[stage] = {"waiting": int(a["ApproximateNumberOfMessages"]),
+                         "held": int(a["ApproximateNumberOfMessagesNotVisible"])}
+    try:
+        jobs = ray_jobs(state)
+    except requests.RequestException:
+        jobs = []
+    services = [{"stage": j["metadata"].get("stage"), "submission_id": j["submission_id"],
+                 "generation": int(j["metadata"].get("generation", 0)), "status": j.get("status")}
+                for j in jobs if (j.get("metadata") or {}).get("docpipe") == "stage-service"]
+    return queues, sorted(services, key=lambda s: (s["stage"], -s["generation"]))
 
 
 def client(service: str, state: dict | None = None):

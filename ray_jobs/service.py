@@ -1,0 +1,394 @@
+"""Stage service: one long-lived Ray job per stage, fed by that stage's SQS queue.
+
+`python -m ray_jobs.service --stage extract|embed --queue-url URL [--idle-seconds N]`
+
+Submitted by SubmitRayJob / PublishBacklog (docpipe.rayjobs.ensure_service) with a
+deterministic, generation-numbered submission id. The driver:
+- long-polls the queue and holds every document it receives (nothing waits where it
+  cannot heartbeat: a document waiting in Ray's task queue is held, and so heartbeated);
+- runs each document as one Ray task (`num_cpus=1` plus DOCPIPE_TASK_RESOURCES, so none
+  lands on the head) in the job's worker processes, where the model, tokenizer, clients
+  and imports stay warm (ray_jobs.warm); Ray retries a task whose worker died;
+- heartbeats every held token, keeps the held messages invisible, answers each token
+  exactly once, then deletes the message and the job file;
+- drops a token that answers TaskTimedOut / InvalidToken (its execution moved on: the
+  state's Retry already submitted it again, or it failed);
+- exits after `--idle-seconds` with nothing held and nothing received; on SIGTERM stops
+  receiving and answers what it holds with JobInterrupted (the state retries it at once,
+  which starts the next generation) instead of leaving the tokens to time out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from botocore.exceptions import ClientError
+
+from docpipe.errors import DocpipeError, JobInterrupted, StageFailed
+from ray_jobs import jobio
+from ray_jobs.callback import GONE_CODES, MAX_CAUSE
+from ray_jobs.runner import emit
+
+MAX_HELD = 20000  # documents held at once; past it the service stops receiving for a moment
+TASK_MAX_RETRIES = 3  # worker process or node died mid-document: Ray runs it again
+
+
+def stage_work(stage: str):
+    if stage == "extract":
+        from ray_jobs.extract import extract_document
+
+        return extract_document
+    if stage == "embed":
+        from ray_jobs.embed import embed_document
+
+        return embed_document
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+def run_document(stage: str, job: dict) -> dict:
+    """The body of one document's Ray task. Errors come back as values: the driver
+    answers the token with the stable code, whatever Ray does with exceptions."""
+    t0 = time.monotonic()
+    try:
+        output = stage_work(stage)(job, None)
+        return {"ok": True, "output": output, "pid": os.getpid(), "seconds": round(time.monotonic() - t0, 3)}
+    except DocpipeError as err:
+        return {"ok": False, "error": err.code, "cause": str(err) or err.code, "pid": os.getpid()}
+    except Exception as err:  # noqa: BLE001 - any crash still answers the task token
+        return {"ok": False, "error": StageFailed.__name__, "cause": f"{type(err).__name__}: {err}"[:1000],
+                "pid": os.getpid()}
+
+
+def task_resources() -> dict:
+    """Custom resources every document task asks for (the Ray containers set
+    DOCPIPE_TASK_RESOURCES to one only workers offer); empty on a one-node cluster."""
+    return json.loads(os.environ.get("DOCPIPE_TASK_RESOURCES") or "{}")
+
+
+def beat_interval(heartbeat_seconds: float) -> float:
+    """Per token: well inside the state's HeartbeatSeconds, yet with thousands held no
+    more often than needed (SendTaskHeartbeat shares a token bucket with the answers)."""
+    floor = float(os.environ.get("DOCPIPE_HEARTBEAT_INTERVAL", "20"))
+    return max(1.0, min(max(floor, heartbeat_seconds / 4), heartbeat_seconds / 3, 60.0))
+
+
+@dataclass
+class Held:
+    sid: str
+    job: dict
+    job_uri: str
+    receipt: str
+    ref: object = None
+    received: float = field(default_factory=time.monotonic)
+    next_beat: float = 0.0
+    visible_at: float = 0.0
+
+    @property
+    def token(self) -> str:
+        return self.job["task_token"]
+
+
+class StageService:
+    def __init__(self, stage: str, queue_url: str, idle_seconds: float, *, sqs=None, sfn=None,
+                 submit=None, wait=None, get=None, cancel=None, signalled: threading.Event | None = None):
+        import boto3
+
+        self.stage, self.queue_url, self.idle_seconds = stage, queue_url, idle_seconds
+        self.sqs = sqs or boto3.client("sqs")
+        self.sfn = sfn or boto3.client("stepfunctions")
+        self._submit, self._wait, self._get, self._cancel = submit, wait, get, cancel
+        self.signalled = signalled or SIGNALLED  # SIGTERM (or the caller) asks it to stop
+        self.held: dict[str, Held] = {}
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.answered: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.last_activity = time.monotonic()
+        self.counts = collections.Counter()
+        attrs = self.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["VisibilityTimeout"])
+        self.visibility_s = int(attrs["Attributes"].get("VisibilityTimeout", "30"))
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sfn")
+        # SQS long polling: at most 20 s; shorter makes SIGTERM and idle exits quicker.
+        self.receive_wait_s = int(os.environ.get("STAGE_SERVICE_RECEIVE_WAIT_SECONDS", "10"))
+
+    # --- receiving ---------------------------------------------------------------------
+    def receive_once(self, wait_s: int) -> int:
+        resp = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10,
+                                        WaitTimeSeconds=wait_s)
+        messages = resp.get("Messages", [])
+        for msg in messages:
+            self._take(msg)
+        if messages:
+            self.last_activity = time.monotonic()
+        return len(messages)
+
+    def _take(self, msg: dict) -> None:
+        try:
+            body = json.loads(msg["Body"])
+            sid, job_uri = body["submission_id"], body["job_uri"]
+        except (ValueError, KeyError, TypeError):
+            emit(message="malformed queue message dropped", stage=self.stage, message_id=msg.get("MessageId"))
+            self._delete_message(msg["ReceiptHandle"])
+            return
+        with self.lock:
+            if sid in self.held:
+                return  # a duplicate delivery of what we already hold
+            if sid in self.answered:
+                self._delete_message(msg["ReceiptHandle"])
+                return
+        try:
+            job = jobio.read_json(job_uri)
+        except ClientError as err:
+            if err.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                # Answered and cleaned up by an earlier holder: a re-delivery.
+                self._delete_message(msg["ReceiptHandle"])
+                return
+            raise
+        now = time.monotonic()
+        limit = float(job["registration"].get("limits", {}).get("heartbeat_seconds", 300))
+        held = Held(sid, job, job_uri, msg["ReceiptHandle"], received=now,
+                    next_beat=now + beat_interval(limit), visible_at=now + self.visibility_s)
+        held.ref = self._submit(self.stage, job)
+        with self.lock:
+            self.held[sid] = held
+        self.counts["received"] += 1
+        emit(message="document received", stage=self.stage, submission_id=sid,
+             document_id=job["registration"]["document_id"], held=len(self.held))
+
+    def receive_loop(self) -> None:
+        while not self.stopping.is_set():
+            if len(self.held) >= MAX_HELD:
+                time.sleep(0.5)
+                continue
+            try:
+                self.receive_once(self.receive_wait_s)
+            except Exception as err:  # noqa: BLE001 - a queue hiccup must not end the service
+                emit(message="receive failed", stage=self.stage, error=type(err).__name__, cause=str(err)[:300])
+                time.sleep(2)
+
+    # --- heartbeats and visibility -------------------------------------------------------
+    def beat_due(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            due = [h for h in self.held.values() if h.next_beat <= now]
+            extend = [h for h in self.held.values() if h.visible_at - now < self.visibility_s / 2]
+        for held, ok in zip(due, self.pool.map(self._beat, due)):
+            if ok:
+                limit = float(held.job["registration"].get("limits", {}).get("heartbeat_seconds", 300))
+                held.next_beat = time.monotonic() + beat_interval(limit)
+        for start in range(0, len(extend), 10):
+            batch = extend[start:start + 10]
+            try:
+                self.sqs.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=[
+                    {"Id": str(i), "ReceiptHandle": h.receipt, "VisibilityTimeout": self.visibility_s}
+                    for i, h in enumerate(batch)])
+                for h in batch:
+                    h.visible_at = time.monotonic() + self.visibility_s
+            except ClientError as err:
+                emit(message="visibility not extended", stage=self.stage, code=err.response["Error"]["Code"])
+
+    def _beat(self, held: Held) -> bool:
+        try:
+            self.sfn.send_task_heartbeat(taskToken=held.token)
+            return True
+        except ClientError as err:
+            code = err.response["Error"]["Code"]
+            if code in GONE_CODES:
+                self._drop(held, code)
+            else:
+                emit(message="heartbeat failed", stage=self.stage, submission_id=held.sid, code=code)
+            return False
+
+    def beat_loop(self) -> None:
+        while not self.stopping.wait(1.0):
+            try:
+                self.beat_due()
+            except Exception as err:  # noqa: BLE001
+                emit(message="heartbeat pass failed", stage=self.stage, error=type(err).__name__, cause=str(err)[:300])
+
+    def _drop(self, held: Held, code: str) -> None:
+        """The execution no longer waits for this token: stop the work, forget it."""
+        with self.lock:
+            if self.held.pop(held.sid, None) is None:
+                return
+            self._remember(held.sid)
+        if held.ref is not None and self._cancel:
+            self._cancel(held.ref)
+        self._cleanup(held)
+        self.counts["dropped"] += 1
+        emit(message="token no longer waiting; document dropped", stage=self.stage,
+             submission_id=held.sid, code=code)
+
+    # --- answers ---------------------------------------------------------------------------
+    def answer(self, held: Held, result: dict) -> None:
+        with self.lock:
+            if self.held.pop(held.sid, None) is None:
+                return  # dropped meanwhile
+            self._remember(held.sid)
+        try:
+            if result.get("ok"):
+                self.sfn.send_task_success(taskToken=held.token, output=json.dumps(result["output"], default=str))
+            else:
+                self.sfn.send_task_failure(taskToken=held.token, error=result["error"][:256],
+                                           cause=(result.get("cause") or result["error"])[:MAX_CAUSE])
+            self.counts["succeeded" if result.get("ok") else "failed"] += 1
+        except ClientError as err:
+            code = err.response["Error"]["Code"]
+            if code not in GONE_CODES:
+                raise
+            # A late answer: the execution moved on (timed out and retried, or stopped).
+            self.counts["late"] += 1
+            emit(message="late answer dropped", stage=self.stage, submission_id=held.sid, code=code)
+        self._cleanup(held)
+        self.last_activity = time.monotonic()
+        reg = held.job["registration"]
+        emit(message="document answered", stage=self.stage, submission_id=held.sid,
+             document_id=reg["document_id"], ok=bool(result.get("ok")), error=result.get("error"),
+             seconds=round(time.monotonic() - held.received, 3), worker_pid=result.get("pid"))
+
+    def _remember(self, sid: str) -> None:
+        self.answered[sid] = None
+        while len(self.answered) > 100_000:
+            self.answered.popitem(last=False)
+
+    def _cleanup(self, held: Held) -> None:
+        self._delete_message(held.receipt)
+        try:
+            jobio.delete(held.job_uri)  # it held the task token; nothing needs it any more
+        except Exception:  # noqa: BLE001 - the bucket lifecycle removes it after a day anyway
+            pass
+
+    def _delete_message(self, receipt: str) -> None:
+        try:
+            self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=receipt)
+        except ClientError as err:
+            emit(message="message not deleted", stage=self.stage, code=err.response["Error"]["Code"])
+
+    def collect(self, timeout: float) -> int:
+        """Answer every document whose task finished; returns how many."""
+        with self.lock:
+            by_ref = {h.ref: h for h in self.held.values() if h.ref is not None}
+        if not by_ref:
+            time.sleep(min(timeout, 0.2))
+            return 0
+        done = self._wait(list(by_ref), timeout)
+        for ref in done:
+            held = by_ref[ref]
+            try:
+                result = self._get(ref)
+            except Exception as err:  # noqa: BLE001 - worker died past its retries, cancelled, ...
+                result = {"ok": False, "error": StageFailed.__name__,
+                          "cause": f"the {self.stage} task was lost: {type(err).__name__}: {err}"[:1000]}
+            self.answer(held, result)
+        return len(done)
+
+    # --- life cycle -------------------------------------------------------------------------
+    def idle(self) -> bool:
+        return not self.held and time.monotonic() - self.last_activity >= self.idle_seconds
+
+    def interrupt(self) -> None:
+        """SIGTERM: answer what we hold with JobInterrupted, so each state retries now."""
+        with self.lock:
+            held = list(self.held.values())
+        results = {"ok": False, "error": JobInterrupted.__name__,
+                   "cause": f"the {self.stage} service received SIGTERM before finishing"}
+        list(self.pool.map(lambda h: self.answer(h, results), held))
+        for h in held:
+            if h.ref is not None and self._cancel:
+                self._cancel(h.ref)
+
+    def run(self) -> int:
+        emit(message="stage service started", stage=self.stage, queue_url=self.queue_url,
+             idle_seconds=self.idle_seconds, visibility_seconds=self.visibility_s, pid=os.getpid())
+        receiver = threading.Thread(target=self.receive_loop, name="receive", daemon=True)
+        beater = threading.Thread(target=self.beat_loop, name="heartbeat", daemon=True)
+        receiver.start()
+        beater.start()
+        interrupted = False
+        while True:
+            if self.signalled.is_set():
+                interrupted = True
+                break
+            self.collect(timeout=0.5)
+            if self.idle():
+                # One last look, so a message sent while we decided to go is not stranded.
+                self.stopping.set()
+                receiver.join(timeout=self.receive_wait_s + 5)
+                if self.receive_once(1) == 0 and not self.held:
+                    break
+                self.stopping.clear()
+                receiver = threading.Thread(target=self.receive_loop, name="receive", daemon=True)
+                receiver.start()
+        self.stopping.set()
+        if interrupted:
+            self.interrupt()
+        emit(message="stage service stopped", stage=self.stage, reason="SIGTERM" if interrupted else "idle",
+             **dict(self.counts))
+        return 0
+
+
+SIGNALLED = threading.Event()  # set by the SIGTERM handler (signals reach the main thread only)
+
+
+def watch_cluster(address: str, every_s: float = 10.0, misses: int = 3) -> None:
+    """Exit when the cluster's GCS stops answering: a driver whose cluster is gone would
+    otherwise keep receiving messages it can never run (and hide them from the next one)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    missed = 0
+    while True:
+        time.sleep(every_s)
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+            missed = 0
+        except OSError:
+            missed += 1
+            if missed >= misses:
+                emit(message="Ray cluster unreachable; stage service exits", address=address)
+                os._exit(2)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ray_jobs.service",
+                                 description="docpipe stage service: a long-lived Ray job that runs the documents "
+                                             "of one stage from its SQS queue (DESIGN.md, Ray execution model).")
+    ap.add_argument("--stage", required=True, choices=("extract", "embed"))
+    ap.add_argument("--queue-url", required=True, help="the stage's SQS queue")
+    ap.add_argument("--idle-seconds", type=float, default=300,
+                    help="exit after this long with nothing held and nothing received (default 300)")
+    args = ap.parse_args(argv)
+
+    import ray
+
+    ray.init(ignore_reinit_error=True, log_to_driver=True)
+    gcs = ray.get_runtime_context().gcs_address
+    threading.Thread(target=watch_cluster, args=(gcs,), name="watch-cluster", daemon=True).start()
+    remote = ray.remote(run_document).options(num_cpus=1, resources=task_resources() or None,
+                                              max_retries=TASK_MAX_RETRIES)
+
+    def wait(refs, timeout):
+        # Back as soon as one is done, then take every other one that is done too.
+        done, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+        if done:
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        return done
+
+    service = StageService(args.stage, args.queue_url, args.idle_seconds,
+                           submit=lambda stage, job: remote.remote(stage, job), wait=wait, get=ray.get,
+                           cancel=lambda ref: ray.cancel(ref, force=False))
+    signal.signal(signal.SIGTERM, lambda *_: SIGNALLED.set())
+    return service.run()
+
+
+if __name__ == "__main__":
+    from ray_jobs.runner import main_exit
+
+    main_exit(main())
