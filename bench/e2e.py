@@ -27,7 +27,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.procs import Sampler, own_cpu_s
+from bench.procs import Sampler, head_memory_mb, own_cpu_s
 
 STAGES = ("extract", "embed")
 COMPUTE_KEYS = {"extract": ("extract_s", "chunk_s"), "embed": ("enrich_s", "embed_s", "load_s")}
@@ -201,6 +201,7 @@ def run_batch(c: Clients, files: list[Path], label: str, timeout: float = 1800.0
 
     docs = ingest.plan(list(files), c.bucket, prefix)
     by_prefix = {d.document_id[:24]: d for d in docs}
+    head_before = head_memory_mb(c.state["ray_temp_dir"])
     sampler = Sampler([c.state["moto_pid"], c.state["ray_pid"]], markers=(c.state["ray_temp_dir"],)).start()
     bench_cpu0 = own_cpu_s()
     uploaded_at: dict[str, float] = {}
@@ -224,6 +225,9 @@ def run_batch(c: Clients, files: list[Path], label: str, timeout: float = 1800.0
             echo(f"  {label}: {len(ends)}/{len(docs)} done")
             reported = len(ends)
     procs = sampler.stop()
+    # The head must not grow with the number of documents (one job per document did:
+    # a supervisor and a record each). PublishBacklog reaps finished records each minute.
+    procs["ray_head_rss_mb"] = {"before": head_before, "after": head_memory_mb(c.state["ray_temp_dir"])}
     procs["bench_cpu_s"] = round(own_cpu_s() - bench_cpu0, 2)
     procs["foreign_cpu_s"] = round(max(0.0, procs["machine_busy_s"] - procs["cpu_s"] - procs["bench_cpu_s"]), 2)
     timed_out = len(ends) < len(docs)

@@ -88,6 +88,8 @@ GROUPS = {
     "vector-store actor": "warm actors (embedder, vector store)",
     "Ray idle or starting workers": "Ray task workers (parse tasks, idle/prestarted)",
     "PDF parse child": "PDF parse children",
+    "stage service driver": "stage service drivers",
+    "Ray stage task workers": "Ray task workers (stage services' documents)",
     "embedder actor": "warm actors (embedder, vector store)",
 }
 
@@ -100,6 +102,10 @@ def categorise(cmdline: str) -> str:
         return "PDF parse child"
     if cmdline.startswith(("/bin/sh -c python -m ray_jobs", "sh -c python -m ray_jobs")):
         return "job entrypoint shell"
+    if "-m ray_jobs.service" in cmdline:
+        return "stage service driver"
+    if cmdline.startswith("ray::run_document"):
+        return "Ray stage task workers"
     if "-m ray_jobs.extract" in cmdline:
         return "extract driver"
     if "-m ray_jobs.embed" in cmdline:
@@ -293,3 +299,28 @@ def grouped(by_category: dict[str, float]) -> dict[str, float]:
 def own_cpu_s() -> float:
     t = os.times()
     return t.user + t.system
+
+
+# What a Ray head keeps per job it has seen: records in the GCS, supervisors, agent state.
+HEAD_CATEGORIES = ("Ray GCS", "Ray raylet", "Ray dashboard", "Ray dashboard agent",
+                   "Ray runtime-env agent", "Ray job supervisor", "Ray log monitor")
+
+
+def head_memory_mb(marker: str) -> dict[str, float]:
+    """RSS (MB) of the Ray head's own processes (those carrying `marker`, its temp dir,
+    and their descendants' categories above), by category, plus the total."""
+    out: dict[str, float] = defaultdict(float)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        raw = _read(f"/proc/{entry.name}/cmdline")
+        if not raw:
+            continue
+        cmd = raw.replace("\0", " ").strip()
+        cat = categorise(cmd)
+        if cat in HEAD_CATEGORIES and (marker in cmd or cat in ("Ray job supervisor", "Ray dashboard agent",
+                                                                "Ray runtime-env agent", "Ray dashboard")):
+            out[cat] += _rss(entry.name) / 2**20
+    result = {k: round(v, 1) for k, v in sorted(out.items())}
+    result["total"] = round(sum(out.values()), 1)
+    return result

@@ -117,6 +117,19 @@ def tables(r: dict) -> list[Table]:
                                     for w in e2e.values()])
         out.append(t)
 
+        if any("ray_head_rss_mb" in w["procs"] for w in e2e.values()):
+            t = Table(title="Ray head memory (RSS MB of GCS, raylet, dashboard, agents, job supervisors) "
+                            "before and after each workload")
+            for c in ("workload", "documents", "before MB", "after MB", "growth MB", "growth per document MB"):
+                t.add_column(c, justify="left" if c == "workload" else "right")
+            for name, w in e2e.items():
+                head = w["procs"].get("ray_head_rss_mb")
+                if head:
+                    grow = head["after"]["total"] - head["before"]["total"]
+                    t.add_row(name, _f(w["documents"]), _f(head["before"]["total"], 0), _f(head["after"]["total"], 0),
+                              _f(grow, 0), _f(grow / max(1, w["documents"]), 2))
+            out.append(t)
+
     sc = r.get("scaling", {})
     if sc.get("pages"):
         t = Table(title="Scaling with pages per document (one generated document)")

@@ -1,0 +1,128 @@
+"""The stage service's side of the task-token protocol, on moto's Step Functions engine
+executing the real ASL: the real StageService and run_document, its "Ray" a thread pool.
+
+One named test per path a held document can take besides success: the execution moved on
+before the answer, the execution moved on while the document was held, and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+import pytest
+
+from conftest import corpus_file, executions_for, history, wait_for_execution
+from ray_jobs.service import StageService, run_document
+
+GOOD = "py-pdf-sample-files/004-pdflatex-4-pages/pdflatex-4-pages.pdf"
+
+
+@pytest.fixture
+def waiting_document(local_aws):
+    """One upload whose Extract state waits for its token: its message is in the
+    extract queue and no service runs (the fake head starts none)."""
+    stack, clients, head = local_aws
+    head.run_jobs = False
+    clients["s3"].put_object(Bucket=stack.outputs["DocumentBucketName"], Key="input/held.pdf",
+                             Body=corpus_file(GOOD).read_bytes())
+    [execution] = executions_for(clients["stepfunctions"], stack.outputs["IngestDocumentStateMachineArn"], 1)
+    queue = stack.outputs["ExtractQueueUrl"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        attrs = clients["sqs"].get_queue_attributes(QueueUrl=queue, AttributeNames=["ApproximateNumberOfMessages"])
+        if int(attrs["Attributes"]["ApproximateNumberOfMessages"]):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the document never reached the extract queue")
+    return stack, clients, execution["executionArn"], queue
+
+
+def service_on(queue: str, submit, signalled=None) -> StageService:
+    pool = ThreadPoolExecutor(2)
+    return StageService("extract", queue, idle_seconds=1, signalled=signalled,
+                        submit=submit or (lambda stage, job: pool.submit(run_document, stage, job)),
+                        wait=lambda fs, timeout: list(wait(fs, timeout, return_when=FIRST_COMPLETED).done),
+                        get=lambda f: f.result(), cancel=lambda f: f.cancel())
+
+
+def queue_is_empty(clients, queue: str) -> bool:
+    a = clients["sqs"].get_queue_attributes(QueueUrl=queue, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    return a["ApproximateNumberOfMessages"] == "0" and a["ApproximateNumberOfMessagesNotVisible"] == "0"
+
+
+def move_on(clients, stack, arn: str) -> None:
+    """The execution moves on without this holder: its task is answered elsewhere (a
+    timed-out holder's retry answered first, an operator...). moto keeps accepting
+    answers for a stopped execution's token, so the token is answered instead."""
+    [key] = job_files(clients, stack)
+    job = json.loads(clients["s3"].get_object(Bucket=stack.outputs["DocumentBucketName"], Key=key)["Body"].read())
+    clients["stepfunctions"].send_task_failure(taskToken=job["task_token"], error="StageFailed",
+                                               cause="answered elsewhere by the test")
+    wait_for_execution(clients["stepfunctions"], arn, timeout=30)
+
+
+def job_files(clients, stack) -> list[str]:
+    listing = clients["s3"].list_objects_v2(Bucket=stack.outputs["DocumentBucketName"], Prefix="jobs/")
+    return [o["Key"] for o in listing.get("Contents", [])]
+
+
+def test_late_answer_for_a_token_whose_execution_moved_on_is_dropped(waiting_document):
+    stack, clients, arn, queue = waiting_document
+    gate = threading.Event()
+    pool = ThreadPoolExecutor(1)
+    service = service_on(queue, lambda stage, job: pool.submit(lambda: (gate.wait(30), run_document(stage, job))[1]))
+    assert service.receive_once(1) == 1
+    move_on(clients, stack, arn)
+    gate.set()  # the document finishes after its execution moved on
+    deadline = time.monotonic() + 60
+    while service.held and time.monotonic() < deadline:
+        service.collect(timeout=1)  # would raise if the refused answer were an error
+    assert service.counts == {"received": 1, "late": 1}
+    assert queue_is_empty(clients, queue), "the message is deleted all the same"
+    assert job_files(clients, stack) == [], "and the job file with the dead token"
+    assert clients["stepfunctions"].describe_execution(executionArn=arn)["status"] == "FAILED"
+
+
+def test_held_token_whose_execution_moved_on_is_dropped_at_its_heartbeat(waiting_document):
+    stack, clients, arn, queue = waiting_document
+    never = Future()  # a document still queued in Ray
+    service = service_on(queue, lambda stage, job: never)
+    assert service.receive_once(1) == 1
+    [held] = service.held.values()
+    move_on(clients, stack, arn)
+    held.next_beat = 0
+    service.beat_due()
+    assert service.held == {} and service.counts["dropped"] == 1
+    assert never.cancelled(), "its work is cancelled"
+    assert queue_is_empty(clients, queue) and job_files(clients, stack) == []
+
+
+def test_sigterm_answers_held_documents_with_job_interrupted_and_the_state_retries(waiting_document):
+    stack, clients, arn, queue = waiting_document
+    signalled = threading.Event()
+    never = Future()
+    service = service_on(queue, lambda stage, job: never, signalled=signalled)
+    assert service.receive_once(1) == 1
+    signalled.set()  # what the SIGTERM handler of a real service sets
+    service.run()
+    assert service.counts["failed"] == 1 and never.cancelled()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        events = history(clients["stepfunctions"], arn)
+        failures = [e for e in events if e["type"] == "TaskFailed"]
+        scheduled = [e for e in events if e["type"] == "TaskScheduled"]
+        if failures and len(scheduled) >= 2:
+            break
+        time.sleep(0.2)
+    assert failures[0]["taskFailedEventDetails"]["error"] == "JobInterrupted"
+    assert len(scheduled) == 2, "the Extract state's Retry submitted the document again"
+    # The retry went to the queue under a new submission id, for the next generation.
+    [msg] = clients["sqs"].receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=5)["Messages"]
+    assert json.loads(msg["Body"])["submission_id"].endswith("-r1")
+    clients["stepfunctions"].stop_execution(executionArn=arn)
+    wait_for_execution(clients["stepfunctions"], arn, timeout=30)

@@ -1,0 +1,254 @@
+"""Stage services on the real local stack: moto server + a Ray head, documents handed to
+a long-lived Ray job per stage through its SQS queue (DESIGN.md "Ray execution model").
+
+The session stack runs with StageHeartbeatSeconds=60, as the issue's burst was measured.
+Every test looks where a user looks: executions and their history, control items, S3
+artifacts, the vector index, Ray's job list, the processes on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import REPO, corpus_file, history, wait_for_execution
+from docpipe import identity
+from test_local_stack import clients, control_items
+
+sys.path.insert(0, str(REPO))
+from bench.gen import document_bytes  # noqa: E402 - the benchmark's generated reports
+
+pytestmark = [pytest.mark.ray, pytest.mark.e2e]
+TERMINAL = ("SUCCEEDED", "FAILED", "ABORTED", "TIMED_OUT")
+
+
+def upload_all(state, docs: dict[str, bytes]) -> None:
+    c = clients(state)
+    bucket = state["outputs"]["DocumentBucketName"]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda kv: c["s3"].put_object(Bucket=bucket, Key=kv[0], Body=kv[1]), docs.items()))
+
+
+def executions_by_key(state, keys, timeout: float) -> dict[str, dict]:
+    """key -> the newest execution of that key, once every one is terminal."""
+    c = clients(state)
+    bucket = state["outputs"]["DocumentBucketName"]
+    prefixes = {identity.document_id(bucket, k)[:24]: k for k in keys}
+    deadline = time.monotonic() + timeout
+    while True:
+        found: dict[str, dict] = {}
+        token = None
+        while True:
+            kw = {"stateMachineArn": state["outputs"]["IngestDocumentStateMachineArn"], "maxResults": 1000}
+            if token:
+                kw["nextToken"] = token
+            page = c["stepfunctions"].list_executions(**kw)
+            for e in page["executions"]:
+                key = prefixes.get(e["name"][:24])
+                if key and (key not in found or e["startDate"] > found[key]["startDate"]):
+                    found[key] = e
+            token = page.get("nextToken")
+            if not token:
+                break
+        if len(found) == len(prefixes) and all(e["status"] in TERMINAL for e in found.values()):
+            return found
+        if time.monotonic() > deadline:
+            counts = Counter(e["status"] for e in found.values())
+            raise AssertionError(f"after {timeout:.0f} s: {len(found)}/{len(prefixes)} executions, {dict(counts)}")
+        time.sleep(2)
+
+
+def ray_jobs(state) -> list[dict]:
+    token = (Path(state["home"]) / "ray_token").read_text()
+    r = requests.get(f"{state['ray_url']}/api/jobs/", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    r.raise_for_status()
+    return r.json()
+
+
+def processes(match) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if match(argv):
+                found.append(int(proc.name))
+    return found
+
+
+def set_function_env(state, name_part: str, **values):
+    """A template parameter changed and deployed (what `sam deploy` does to a function's
+    environment); returns a callable that puts the old environment back."""
+    c = clients(state)
+    fn = [f for f in c["lambda"].list_functions()["Functions"] if name_part in f["FunctionName"]][0]
+    env = fn["Environment"]["Variables"]
+    c["lambda"].update_function_configuration(FunctionName=fn["FunctionName"],
+                                              Environment={"Variables": {**env, **values}})
+    return lambda: c["lambda"].update_function_configuration(FunctionName=fn["FunctionName"],
+                                                             Environment={"Variables": env})
+
+
+def vectors_of(state, document_id: str) -> list[str]:
+    os.environ["LANCEDB_URI"] = str(Path(state["home"]) / "vectors")
+    from ray_jobs.backends.lancedb_store import LanceDBStore
+
+    return LanceDBStore.from_env().list_ids(identity.vector_id_prefix(document_id))
+
+
+def generated(prefix: str, n: int, pages: int = 2, seed: int = 0) -> dict[str, bytes]:
+    return {f"input/{prefix}/doc-{i:04d}.pdf": document_bytes(seed + i, pages) for i in range(n)}
+
+
+def test_burst_of_200_small_uploads_all_complete(local_stack):
+    """The issue's burst: 200 uploads at once with HeartbeatSeconds=60 (on the landed
+    pipeline 20% ended StageTimeout, waiting for a Ray job slot without a heartbeat)."""
+    docs = generated("burst", 200, seed=1000)
+    upload_all(local_stack, docs)
+    found = executions_by_key(local_stack, docs, timeout=600)
+    assert Counter(e["status"] for e in found.values()) == {"SUCCEEDED": 200}
+    items = [control_items(local_stack, k)[0] for k in docs]
+    assert Counter(i["status"] for i in items) == {"COMPLETED": 200}
+    assert {(i["extract_route"], i["embed_route"]) for i in items} == {("service", "service")}
+    # One long-lived job per stage did all of it: no job per document in Ray's list.
+    jobs = ray_jobs(local_stack)
+    assert not [j for j in jobs if (j.get("metadata") or {}).get("docpipe") == "stage-job"
+                and "burst" in j["metadata"].get("document_id", "")]
+    services = [j for j in jobs if (j.get("metadata") or {}).get("docpipe") == "stage-service"]
+    assert {j["metadata"]["stage"] for j in services if j["status"] == "RUNNING"} == {"extract", "embed"}
+
+
+def test_killed_service_driver_loses_nothing(local_stack):
+    """SIGKILL of the extract service's driver during a 50-document burst: its tokens go
+    silent, each Extract state retries (States.HeartbeatTimeout; moto says States.Timeout),
+    the next submission starts the next generation of the service, and every document
+    completes with as many vectors as chunks (nothing indexed twice)."""
+    restore = set_function_env(local_stack, "RegisterDocument", STAGE_HEARTBEAT_SECONDS="15")
+    try:
+        docs = generated("killed-service", 50, seed=2000)
+        upload_all(local_stack, docs)
+        deadline = time.monotonic() + 60
+        drivers = []
+        while not drivers and time.monotonic() < deadline:
+            drivers = processes(lambda a: "python" in Path(a[0]).name and a[1:3] == ["-m", "ray_jobs.service"]
+                                and "extract" in a)
+            time.sleep(0.2)
+        assert drivers, "no extract service driver running"
+        time.sleep(3)  # let it receive and hold part of the burst
+        for pid in drivers:
+            os.kill(pid, signal.SIGKILL)
+        found = executions_by_key(local_stack, docs, timeout=600)
+    finally:
+        restore()
+    assert Counter(e["status"] for e in found.values()) == {"SUCCEEDED": 50}
+    c = clients(local_stack)
+    retried = 0
+    for key, e in found.items():
+        events = history(c["stepfunctions"], e["executionArn"])
+        scheduled = [ev for ev in events if ev["type"] == "TaskScheduled"
+                     and '"stage": "extract"' in ev["taskScheduledEventDetails"]["parameters"]]
+        timed_out = [ev for ev in events if ev["type"] == "TaskTimedOut"]
+        if len(scheduled) > 1:
+            retried += 1
+            assert timed_out, f"{key}: retried without a timeout in its history"
+        [item] = control_items(local_stack, key)
+        assert item["status"] == "COMPLETED"
+        assert len(vectors_of(local_stack, item["document_id"])) == int(item["chunks"]) == int(item["vectors"])
+    assert retried >= 1, "the kill hit no document: nothing was held"
+    generations = [j for j in ray_jobs(local_stack) if (j.get("metadata") or {}).get("docpipe") == "stage-service"
+                   and j["metadata"]["stage"] == "extract"]
+    assert max(int(j["metadata"]["generation"]) for j in generations) >= 2
+
+
+def test_killed_worker_process_is_retried_by_ray(local_stack):
+    """SIGKILL of the Ray worker process running a document: Ray runs the task again
+    on another worker process; the document completes."""
+    key = "input/killed-worker/long.pdf"
+    upload_all(local_stack, {key: document_bytes(3000, 150)})
+    deadline = time.monotonic() + 60
+    victims = []
+    while not victims and time.monotonic() < deadline:
+        # A Ray worker titles itself ray::<task> while it runs one, ray::IDLE otherwise.
+        victims = processes(lambda a: a[0].startswith("ray::run_document"))
+        time.sleep(0.05)
+    assert victims, "no worker ever ran the document"
+    os.kill(victims[0], signal.SIGKILL)
+    found = executions_by_key(local_stack, [key], timeout=300)
+    assert found[key]["status"] == "SUCCEEDED"
+    [item] = control_items(local_stack, key)
+    assert item["status"] == "COMPLETED" and int(item["pages"]) == 150
+    events = history(clients(local_stack)["stepfunctions"], found[key]["executionArn"])
+    assert not [e for e in events if e["type"] in ("TaskTimedOut", "TaskFailed")], "Ray retried it, not the state"
+
+
+HOSTILE = {
+    "pdf.js/test/pdfs/bomb_giant.pdf": ("COMPLETED", None),  # JBIG2 decompression bomb: text layer only
+    "pdf.js/test/pdfs/Pages-tree-refs.pdf": ("PARTIAL", None),  # page-tree loop: its 2nd page has no text
+    "pdf.js/test/pdfs/poppler-937-0-fuzzed.pdf": ("FAILED", "PdfMalformed"),
+    "pdfplumber/tests/pdfs/password-example.pdf": ("FAILED", "PdfEncrypted"),
+}
+
+
+def test_hostile_files_fail_alone_among_good_ones(local_stack):
+    """Hostile corpus files share the warm workers with good documents: each ends with
+    its own outcome and the good ones complete."""
+    docs = generated("mixed", 8, seed=4000)
+    for rel in HOSTILE:
+        docs[f"input/mixed/{Path(rel).name}"] = corpus_file(rel).read_bytes()
+    upload_all(local_stack, docs)
+    found = executions_by_key(local_stack, docs, timeout=300)
+    for key in docs:
+        [item] = control_items(local_stack, key)
+        expected = next((v for rel, v in HOSTILE.items() if key.endswith(Path(rel).name)), ("COMPLETED", None))
+        assert (item["status"], item.get("error_code")) == expected, (key, item)
+        assert item["extract_route"] == "service"
+        assert found[key]["status"] == ("FAILED" if expected[0] == "FAILED" else "SUCCEEDED")
+
+
+def test_large_document_gets_its_own_job_with_the_same_outputs(local_stack):
+    """Over StageServiceMaxBytes a document runs as a Ray job of its own (in Ray's job
+    list); under it through the service. Both routes write the same bytes."""
+    body = corpus_file("pdf.js/test/pdfs/tracemonkey.pdf").read_bytes()
+    small, large = "input/routes/service.pdf", "input/routes/own-job.pdf"
+    upload_all(local_stack, {small: body})
+    executions_by_key(local_stack, [small], timeout=180)
+    restore = set_function_env(local_stack, "SubmitRayJob", STAGE_SERVICE_MAX_BYTES=str(len(body) - 1))
+    try:
+        upload_all(local_stack, {large: body})
+        executions_by_key(local_stack, [large], timeout=180)
+    finally:
+        restore()
+    [a], [b] = control_items(local_stack, small), control_items(local_stack, large)
+    assert (a["status"], a["extract_route"], a["embed_route"]) == ("COMPLETED", "service", "service")
+    assert (b["status"], b["extract_route"], b["embed_route"]) == ("COMPLETED", "job", "job")
+    own = {j["metadata"]["stage"] for j in ray_jobs(local_stack)
+           if (j.get("metadata") or {}).get("document_id") == b["document_id"]}
+    assert own == {"extract", "embed"}
+    assert a["processing_version"] == b["processing_version"]
+    c = clients(local_stack)
+    bucket = local_stack["outputs"]["DocumentBucketName"]
+    for prefix, name in (("extracted", "pages.jsonl"), ("chunks", "chunks.jsonl"), ("enriched", "chunks.jsonl")):
+        got = [c["s3"].get_object(Bucket=bucket, Key=identity.artifact_key(prefix, i["document_id"],
+                                                                           i["processing_version"], name))["Body"].read()
+               for i in (a, b)]
+        # Identical but for the document id each route was given.
+        assert got[0].replace(a["document_id"].encode(), b"DOC") == got[1].replace(b["document_id"].encode(), b"DOC"), prefix
+    assert len(vectors_of(local_stack, a["document_id"])) == len(vectors_of(local_stack, b["document_id"])) == int(a["chunks"])
+
+
+def test_stack_status_shows_services_and_queues(local_stack):
+    from test_local_stack import run_cli
+
+    out = run_cli("stack", "status")
+    assert out.returncode == 0
+    assert "stage services" in out.stdout and "extract" in out.stdout and "embed" in out.stdout
+    assert "docpipe-service-" in out.stdout
