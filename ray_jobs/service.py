@@ -100,10 +100,14 @@ class StageService:
     def __init__(self, stage: str, queue_url: str, idle_seconds: float, *, sqs=None, sfn=None,
                  submit=None, wait=None, get=None, cancel=None, signalled: threading.Event | None = None):
         import boto3
+        from botocore.config import Config
 
+        # Answers and heartbeats share one token bucket per account and region: a burst
+        # is throttled, not refused, so retry with backoff rather than lose an answer.
+        retries = Config(retries={"max_attempts": 10, "mode": "standard"}, max_pool_connections=16)
         self.stage, self.queue_url, self.idle_seconds = stage, queue_url, idle_seconds
-        self.sqs = sqs or boto3.client("sqs")
-        self.sfn = sfn or boto3.client("stepfunctions")
+        self.sqs = sqs or boto3.client("sqs", config=retries)
+        self.sfn = sfn or boto3.client("stepfunctions", config=retries)
         self._submit, self._wait, self._get, self._cancel = submit, wait, get, cancel
         self.signalled = signalled or SIGNALLED  # SIGTERM (or the caller) asks it to stop
         self.held: dict[str, Held] = {}
@@ -241,11 +245,16 @@ class StageService:
             self.counts["succeeded" if result.get("ok") else "failed"] += 1
         except ClientError as err:
             code = err.response["Error"]["Code"]
-            if code not in GONE_CODES:
-                raise
-            # A late answer: the execution moved on (timed out and retried, or stopped).
-            self.counts["late"] += 1
-            emit(message="late answer dropped", stage=self.stage, submission_id=held.sid, code=code)
+            if code in GONE_CODES:
+                # A late answer: the execution moved on (timed out and retried, or stopped).
+                self.counts["late"] += 1
+                emit(message="late answer dropped", stage=self.stage, submission_id=held.sid, code=code)
+            else:
+                # Not answered even after the client's retries: the token goes silent and
+                # the state retries the stage; the service goes on with the others.
+                self.counts["unanswered"] += 1
+                emit(message="answer failed; the state will retry", stage=self.stage, submission_id=held.sid,
+                     code=code, cause=str(err)[:300])
         self._cleanup(held)
         self.last_activity = time.monotonic()
         reg = held.job["registration"]
