@@ -85,9 +85,15 @@ def _on_s3_event(account_id, bucket, event_name, key) -> None:
 
 
 def _deliver_forever() -> None:
+    from docpipe import aws
+
+    sfn, made_at = None, -1
     while True:
         arn, event = _deliveries.get()
-        sfn = boto3.client("stepfunctions", **_client_kwargs)
+        # One client for the deliveries (creating one costs more CPU than the call), made
+        # again when the process resets its clients (tests switch mocked AWS worlds).
+        if sfn is None or made_at != aws.generation():
+            sfn, made_at = boto3.client("stepfunctions", **_client_kwargs), aws.generation()
         detail = event["detail"]
         doc_id = identity.document_id(detail["bucket"]["name"], detail["object"]["key"])
         name = identity.execution_name(doc_id, detail["object"]["sequencer"])
