@@ -71,7 +71,3 @@ def replace_document_version(records, document_id: str, version: str) -> dict:
 
     return sync(vector_store(), records, document_id, version)
 
-
-def loaded() -> list[str]:
-    """What this process holds warm (for logs and tests)."""
-    return sorted({key[0] for key in _cache})

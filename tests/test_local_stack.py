@@ -19,7 +19,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from conftest import REPO, corpus_file, entered_states, history, wait_for_execution
+from conftest import REPO, corpus_file, history, wait_for_execution
 from docpipe import identity
 
 pytestmark = [pytest.mark.ray, pytest.mark.e2e]
@@ -152,21 +152,26 @@ def test_execution_graph_shows_states_and_colours(local_stack, ingested, tmp_pat
     assert next(tmp_path.glob("*.html")).read_text().count("<tr") > 5
 
 
+def set_function_env(state, name_part: str, **values):
+    """A template parameter changed and deployed (what `sam deploy` does to a function's
+    environment); returns a callable that puts the old environment back."""
+    c = clients(state)
+    fn = [f for f in c["lambda"].list_functions()["Functions"] if name_part in f["FunctionName"]][0]
+    env = fn["Environment"]["Variables"]
+    c["lambda"].update_function_configuration(FunctionName=fn["FunctionName"],
+                                              Environment={"Variables": {**env, **values}})
+    return lambda: c["lambda"].update_function_configuration(FunctionName=fn["FunctionName"],
+                                                             Environment={"Variables": env})
+
+
 def test_killed_job_is_retried_after_its_heartbeat_timeout(local_stack):
     """SIGKILL of a document's own Ray job sends nothing back: the state's heartbeat
     catches it, its Retry submits the stage again (a new submission id, a new job) and
     the document completes."""
     c = clients(local_stack)
 
-    def set_env(part, **values):
-        fn = [f for f in c["lambda"].list_functions()["Functions"] if part in f["FunctionName"]][0]
-        env = fn["Environment"]["Variables"]
-        c["lambda"].update_function_configuration(FunctionName=fn["FunctionName"], Environment={
-            "Variables": {**env, **values}})
-        return fn["FunctionName"], env
-
-    saved = [set_env("RegisterDocument", STAGE_HEARTBEAT_SECONDS="10"),
-             set_env("SubmitRayJob", STAGE_SERVICE_MAX_BYTES="0")]  # every document its own job
+    restore = [set_function_env(local_stack, "RegisterDocument", STAGE_HEARTBEAT_SECONDS="10"),
+               set_function_env(local_stack, "SubmitRayJob", STAGE_SERVICE_MAX_BYTES="0")]  # every document its own job
     try:
         body = corpus_file("py-pdf-sample-files/009-pdflatex-geotopo/GeoTopo-komprimiert.pdf").read_bytes()
         c["s3"].put_object(Bucket=local_stack["outputs"]["DocumentBucketName"], Key="input/killed.pdf", Body=body)
@@ -175,8 +180,8 @@ def test_killed_job_is_retried_after_its_heartbeat_timeout(local_stack):
         arn = _execution_for(c, local_stack, "input/killed.pdf")
         desc = wait_for_execution(c["stepfunctions"], arn, timeout=240)
     finally:
-        for name, env in saved:
-            c["lambda"].update_function_configuration(FunctionName=name, Environment={"Variables": env})
+        for undo in restore:
+            undo()
     assert desc["status"] == "SUCCEEDED"
     events = history(c["stepfunctions"], arn)
     assert any(e["type"] == "TaskTimedOut" for e in events)

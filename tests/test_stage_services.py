@@ -17,11 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import requests
 
-from conftest import REPO, corpus_file, history, wait_for_execution
-from docpipe import identity
-from test_local_stack import clients, control_items
+from conftest import REPO, corpus_file, history
+from docpipe import identity, rayjobs
+from docpipe_local.stack import ray_jobs
+from test_local_stack import clients, control_items, set_function_env
 
 sys.path.insert(0, str(REPO))
 from bench.gen import document_bytes  # noqa: E402 - the benchmark's generated reports
@@ -66,13 +66,6 @@ def executions_by_key(state, keys, timeout: float) -> dict[str, dict]:
         time.sleep(2)
 
 
-def ray_jobs(state) -> list[dict]:
-    token = (Path(state["home"]) / "ray_token").read_text()
-    r = requests.get(f"{state['ray_url']}/api/jobs/", headers={"Authorization": f"Bearer {token}"}, timeout=10)
-    r.raise_for_status()
-    return r.json()
-
-
 def processes(match) -> list[int]:
     found = []
     for proc in Path("/proc").iterdir():
@@ -84,18 +77,6 @@ def processes(match) -> list[int]:
             if match(argv):
                 found.append(int(proc.name))
     return found
-
-
-def set_function_env(state, name_part: str, **values):
-    """A template parameter changed and deployed (what `sam deploy` does to a function's
-    environment); returns a callable that puts the old environment back."""
-    c = clients(state)
-    fn = [f for f in c["lambda"].list_functions()["Functions"] if name_part in f["FunctionName"]][0]
-    env = fn["Environment"]["Variables"]
-    c["lambda"].update_function_configuration(FunctionName=fn["FunctionName"],
-                                              Environment={"Variables": {**env, **values}})
-    return lambda: c["lambda"].update_function_configuration(FunctionName=fn["FunctionName"],
-                                                             Environment={"Variables": env})
 
 
 def vectors_of(state, document_id: str) -> list[str]:
@@ -121,9 +102,9 @@ def test_burst_of_200_small_uploads_all_complete(local_stack):
     assert {(i["extract_route"], i["embed_route"]) for i in items} == {("service", "service")}
     # One long-lived job per stage did all of it: no job per document in Ray's list.
     jobs = ray_jobs(local_stack)
-    assert not [j for j in jobs if (j.get("metadata") or {}).get("docpipe") == "stage-job"
+    assert not [j for j in jobs if (j.get("metadata") or {}).get("docpipe") == rayjobs.KIND_DOCUMENT
                 and "burst" in j["metadata"].get("document_id", "")]
-    services = [j for j in jobs if (j.get("metadata") or {}).get("docpipe") == "stage-service"]
+    services = [j for j in jobs if (j.get("metadata") or {}).get("docpipe") == rayjobs.KIND_SERVICE]
     assert {j["metadata"]["stage"] for j in services if j["status"] == "RUNNING"} == {"extract", "embed"}
 
 
@@ -164,7 +145,7 @@ def test_killed_service_driver_loses_nothing(local_stack):
         assert item["status"] == "COMPLETED"
         assert len(vectors_of(local_stack, item["document_id"])) == int(item["chunks"]) == int(item["vectors"])
     assert retried >= 1, "the kill hit no document: nothing was held"
-    generations = [j for j in ray_jobs(local_stack) if (j.get("metadata") or {}).get("docpipe") == "stage-service"
+    generations = [j for j in ray_jobs(local_stack) if (j.get("metadata") or {}).get("docpipe") == rayjobs.KIND_SERVICE
                    and j["metadata"]["stage"] == "extract"]
     assert max(int(j["metadata"]["generation"]) for j in generations) >= 2
 

@@ -3,7 +3,7 @@
 Two routes (DESIGN.md "Ray execution model"):
 - a document up to `STAGE_SERVICE_MAX_BYTES` goes to the stage's SQS queue, read by the
   stage service: one long-lived Ray job per stage with warm workers. We make sure it is
-  RUNNING (GET the job list, else POST the next generation);
+  RUNNING (GET it, else the job list, else POST the next generation);
 - a larger one (or every one, with the threshold 0) gets a Ray job of its own.
 
 Either way the task token and the stage input go to `s3://<bucket>/jobs/<submission_id>.json`
@@ -84,15 +84,20 @@ def post_job(settings: Settings, body: dict, token: str) -> tuple[int, str]:
     return ray_request(settings, "POST", "/api/jobs/", token, body)
 
 
+def _refused(status: int, text: str) -> Exception:
+    """The error for an answer that is neither success nor a case the caller handles."""
+    if status >= 500 or status == 429:
+        return RayHeadUnavailable(f"Ray Jobs API answered {status}: {text[:300]}")
+    return RayJobRejected(f"Ray Jobs API answered {status}: {text[:300]}")
+
+
 def _accepted(status: int, text: str) -> bool:
     """True when created now, False when the submission id existed; raises otherwise."""
     if 200 <= status < 300:
         return True
     if "already exists" in text:
         return False  # a re-delivered submit of the same attempt: the job is running or ran
-    if status >= 500 or status == 429:
-        raise RayHeadUnavailable(f"Ray Jobs API answered {status}: {text[:300]}")
-    raise RayJobRejected(f"Ray Jobs API answered {status}: {text[:300]}")
+    raise _refused(status, text)
 
 
 def forwarded_env() -> dict[str, str]:
@@ -145,7 +150,8 @@ def dispatch_stage(sub: Submission, event: dict, settings: Settings) -> Submissi
         except Exception:
             # The state retries under a new submission id; without its job file the
             # message just sent is dropped by whichever service receives it.
-            aws.client("s3").delete_object(Bucket=settings.bucket, Key=f"{identity.PREFIXES['jobs']}/{sub.submission_id}.json")
+            bucket, key = identity.parse_s3_uri(sub.job_uri)
+            aws.client("s3").delete_object(Bucket=bucket, Key=key)
             raise
         return sub
     body = {
@@ -164,10 +170,6 @@ def dispatch_stage(sub: Submission, event: dict, settings: Settings) -> Submissi
     return sub
 
 
-def submit_stage(event: dict, settings: Settings) -> Submission:
-    return dispatch_stage(prepare_stage(event, settings), event, settings)
-
-
 # --- stage services -----------------------------------------------------------------------
 def service_config(settings: Settings, stage: str) -> tuple[str, dict]:
     """(digest, env): a service serves one configuration; another gets its own service."""
@@ -184,9 +186,7 @@ def service_submission_id(stage: str, digest: str, generation: int) -> str:
 def list_jobs(settings: Settings, token: str) -> list[dict]:
     status, text = ray_request(settings, "GET", "/api/jobs/", token)
     if status != 200:
-        if status >= 500 or status == 429:
-            raise RayHeadUnavailable(f"Ray Jobs API answered {status}: {text[:300]}")
-        raise RayJobRejected(f"Ray Jobs API answered {status}: {text[:300]}")
+        raise _refused(status, text)
     return json.loads(text)
 
 
@@ -244,9 +244,7 @@ def job_status(settings: Settings, submission_id: str, token: str) -> str | None
     if status == 404:
         return None
     if status != 200:
-        if status >= 500 or status == 429:
-            raise RayHeadUnavailable(f"Ray Jobs API answered {status}: {text[:300]}")
-        raise RayJobRejected(f"Ray Jobs API answered {status}: {text[:300]}")
+        raise _refused(status, text)
     return json.loads(text).get("status")
 
 
@@ -270,13 +268,14 @@ def reap_finished_jobs(settings: Settings, token: str, jobs: list[dict]) -> int:
     return deleted
 
 
+def queue_depth(sqs, url: str) -> dict[str, int]:
+    """Messages waiting in a stage queue (visible) and held by a service (in flight)."""
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    return {"visible": int(attrs.get("ApproximateNumberOfMessages", 0)),
+            "held": int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0))}
+
+
 def queue_depths(settings: Settings) -> dict[str, dict[str, int]]:
-    """Per stage: messages waiting (visible) and held by a service (in flight)."""
-    out = {}
-    for stage, url in settings.stage_queue_urls.items():
-        attrs = aws.client("sqs").get_queue_attributes(
-            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
-                                          "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
-        out[stage] = {"visible": int(attrs.get("ApproximateNumberOfMessages", 0)),
-                      "held": int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0))}
-    return out
+    """Per stage: queue_depth of its queue."""
+    return {stage: queue_depth(aws.client("sqs"), url) for stage, url in settings.stage_queue_urls.items()}

@@ -104,7 +104,7 @@ def stack_status():
     for stage, q in st.get("queues", {}).items():
         mine = [s for s in st.get("services", []) if s["stage"] == stage]
         newest = mine[0] if mine else {"submission_id": "-", "status": "none yet"}
-        table.add_row(stage, str(q["waiting"]), str(q["held"]), newest["submission_id"], newest["status"])
+        table.add_row(stage, str(q["visible"]), str(q["held"]), newest["submission_id"], newest["status"])
     console.print(table)
 
 

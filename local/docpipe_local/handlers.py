@@ -24,6 +24,8 @@ from pathlib import Path
 
 _modules: dict[tuple, object] = {}
 _load_lock = threading.Lock()  # two first calls at once still import a handler once
+
+
 @dataclass
 class LambdaContext:
     function_name: str

@@ -263,23 +263,19 @@ def ray_jobs(state: dict) -> list[dict]:
 
 def stage_status(state: dict) -> tuple[dict, list[dict]]:
     """Per stage queue: messages waiting and held; the stage services with their state."""
+    from docpipe import rayjobs
+
     sqs = client("sqs", state)
-    queues = {}
-    for stage, output in (("extract", "ExtractQueueUrl"), ("embed", "EmbedQueueUrl")):
-        url = state.get("outputs", {}).get(output)
-        if not url:
-            continue
-        a = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
-            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
-        queues[stage] = {"waiting": int(a["ApproximateNumberOfMessages"]),
-                         "held": int(a["ApproximateNumberOfMessagesNotVisible"])}
+    queues = {stage: rayjobs.queue_depth(sqs, state["outputs"][output])
+              for stage, output in (("extract", "ExtractQueueUrl"), ("embed", "EmbedQueueUrl"))
+              if state.get("outputs", {}).get(output)}
     try:
         jobs = ray_jobs(state)
     except requests.RequestException:
         jobs = []
-    services = [{"stage": j["metadata"].get("stage"), "submission_id": j["submission_id"],
+    services = [{"stage": j["metadata"]["stage"], "submission_id": j["submission_id"],
                  "generation": int(j["metadata"].get("generation", 0)), "status": j.get("status")}
-                for j in jobs if (j.get("metadata") or {}).get("docpipe") == "stage-service"]
+                for j in rayjobs.services(jobs)]
     return queues, sorted(services, key=lambda s: (s["stage"], -s["generation"]))
 
 
