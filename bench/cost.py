@@ -19,13 +19,9 @@ from __future__ import annotations
 
 import math
 
-PRICES_AS_OF = "2026-11 (list prices, us-east-1, as given in the benchmark issue)"
-SFN_PER_TRANSITION = 0.025 / 1000  # Step Functions Standard, per state transition
-LAMBDA_PER_GB_S = 0.0000166667  # x86
-LAMBDA_PER_REQUEST = 0.20 / 1_000_000
-LAMBDA_MEMORY_GB = 512 / 1024  # template.yaml Globals: MemorySize 512
-FARGATE_PER_VCPU_H = 0.04048  # Linux/x86
-FARGATE_PER_GB_H = 0.004445
+# The pipeline's own prices (DailyCostUsd) and the bench's are one list: docpipe.costs.
+from docpipe.costs import (FARGATE_PER_GB_H, FARGATE_PER_VCPU_H, LAMBDA_MEMORY_GB, LAMBDA_PER_GB_S,  # noqa: E402
+                           LAMBDA_PER_REQUEST, PRICES_AS_OF, SFN_PER_TRANSITION, WORKER_GB, WORKER_VCPU)
 OPENAI_PER_TOKEN = 0.02 / 1_000_000  # text-embedding-3-small
 PINECONE_PER_WU = 4.00 / 1_000_000  # Standard plan, AWS us-east-1
 PINECONE_PER_RU = 16.00 / 1_000_000
@@ -36,8 +32,7 @@ S3_PER_GB_MONTH = 0.023
 DDB_PER_WRU = 0.625 / 1_000_000  # on-demand, since 2024-11
 DDB_PER_RRU = 0.125 / 1_000_000
 
-# infra/ray-cluster.yaml defaults: workers 4 vCPU / 16 GB with 4 job slots, a 2 vCPU / 8 GB head.
-WORKER_VCPU, WORKER_GB = 4, 16
+# infra/ray-cluster.yaml defaults: a 2 vCPU / 8 GB head (workers: docpipe.costs).
 HEAD_VCPU, HEAD_GB = 2, 8
 HOURS_PER_MONTH = 730
 BENCH_CORES = 2  # the machine the throughput was measured on

@@ -196,6 +196,10 @@ def test_backfill_ingests_what_is_already_in_the_bucket_once(local_aws):
 
     desc = backfill("first")
     assert desc["status"] == "SUCCEEDED", desc
+    # Children's results go to S3 (ResultWriter), never into the state: 256 KiB at most.
+    results = json.loads(desc["output"])["results"]
+    assert results["Bucket"] == bucket and results["Key"].startswith("backfill-results/")
+    assert clients["s3"].head_object(Bucket=bucket, Key=results["Key"])["ContentLength"] > 0
     statuses = {k: [i["status"] for i in control(local_aws, k)] for k in ("input/old/a.pdf", "input/old/b.pdf", "input/old/readme.txt")}
     assert statuses == {"input/old/a.pdf": ["COMPLETED"], "input/old/b.pdf": ["FAILED"], "input/old/readme.txt": ["SKIPPED"]}
     runs = documents_run(head)

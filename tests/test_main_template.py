@@ -66,22 +66,28 @@ def test_lifecycle_rules_per_prefix(cfn):
         return [(t["StorageClass"], t["TransitionInDays"]) for t in r.get("Transitions", [])], r.get("ExpirationInDays")
 
     assert shape("input/") == ([("INTELLIGENT_TIERING", 30), ("GLACIER", 90)], 365)
-    for prefix in ("extracted/", "chunks/", "enriched/"):
-        assert shape(prefix) == ([("STANDARD_IA", 7), ("GLACIER", 30)], 90)
+    for prefix in ("extracted/", "chunks/", "enriched/"):  # S3 refuses STANDARD_IA before day 30
+        assert shape(prefix) == ([("STANDARD_IA", 30)], 90)
     assert shape("embeddings/") == ([("INTELLIGENT_TIERING", 7)], None)
-    assert shape("errors/") == ([("STANDARD_IA", 1), ("GLACIER", 7)], 180)
+    assert shape("errors/") == ([], 180)
+    assert shape("backfill-results/") == ([], 30)
+    # Job files hold task tokens: their old versions go after a day, not 30.
+    assert rules["jobs/"]["NoncurrentVersionExpiration"] == {"NoncurrentDays": 1}
 
 
 def test_tables_keys_indexes_ttl_and_recovery(cfn):
-    tables = {v["Properties"]["TableName"]["Fn::Sub"].split("-", 1)[1]: v["Properties"]
-              for v in of_type(cfn, "AWS::DynamoDB::Table").values()}
+    raw = of_type(cfn, "AWS::DynamoDB::Table")
+    tables = {k: v["Properties"] for k, v in raw.items()}
     keys = {n: [(k["AttributeName"], k["KeyType"]) for k in p["KeySchema"]] for n, p in tables.items()}
     assert keys == {
-        "document_processing_control": [("document_id", "HASH"), ("processing_version", "RANGE")],
-        "document_processing_audit": [("document_id", "HASH"), ("timestamp", "RANGE")],
-        "pipeline_metrics_daily": [("date", "HASH"), ("metric_type", "RANGE")],
+        "ControlTable": [("document_id", "HASH"), ("processing_version", "RANGE")],
+        "AuditTable": [("document_id", "HASH"), ("timestamp", "RANGE")],
+        "MetricsTable": [("date", "HASH"), ("metric_type", "RANGE")],
     }
-    control = tables["document_processing_control"]
+    for table in raw.values():  # kept after `sam delete`, so named by CloudFormation: a
+        assert table["DeletionPolicy"] == "Retain"  # fixed name would block the next deploy
+        assert "TableName" not in table["Properties"]
+    control = tables["ControlTable"]
     assert {g["IndexName"]: [k["AttributeName"] for k in g["KeySchema"]] for g in control["GlobalSecondaryIndexes"]} == {
         "status-index": ["status", "created_at"], "stage-status-index": ["current_stage", "updated_at"]}
     assert control["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
@@ -143,3 +149,14 @@ def test_secrets_are_referenced_not_inlined(cfn):
         env = fn["Properties"].get("Environment", {}).get("Variables", {})
         for key, value in env.items():
             assert not key.endswith(("_API_KEY", "_TOKEN", "_PASSWORD")), f"{name}: {key} holds a secret"
+
+
+def test_conventions_users_bring_from_the_console_setup():
+    """$100 a day is where the usual console setup of this pipeline alarms; a secret ARN
+    the nested stack would reject is refused by the parent, before anything is created."""
+    params = yaml_parse(TEMPLATE.read_text())["Parameters"]
+    assert params["DailyCostAlarmUsd"]["Default"] == 100
+    import re
+    pattern = re.compile(params["RayTokenSecretArn"]["AllowedPattern"])
+    assert pattern.match("arn:aws:secretsmanager:us-east-1:123456789012:secret:docpipe/ray-token-AbC123")
+    assert not pattern.match("arn:aws:secretsmanager:us-east-1:123456789012:secret:docpipe/ray-token")

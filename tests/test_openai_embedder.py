@@ -231,6 +231,16 @@ def test_from_env_reads_the_key_from_secrets_manager(server, aws_env, monkeypatc
     assert isinstance(embedder.budget, UnlimitedBudget)
 
 
+def test_from_env_reads_the_console_setups_secret_with_both_keys(server, aws_env):
+    """The usual console setup stores {"OPENAI_API_KEY": ..., "PINECONE_API_KEY": ...}."""
+    with mock_aws():
+        arn = _secret(json.dumps({"PINECONE_API_KEY": "pc-not-this-one", "OPENAI_API_KEY": API_KEY}))
+        embedder = OpenAIEmbedder.from_env({"OPENAI_API_KEY_SECRET_ARN": arn, "OPENAI_BASE_URL": server.base_url,
+                                            "OPENAI_EMBEDDING_DIMS": "16"})
+        assert len(embedder.embed(["hello"]).vectors[0]) == 16
+    assert server.ok_requests  # the server accepts API_KEY only
+
+
 def test_wrong_key_refreshes_the_secret_once_then_fails(server, aws_env):
     with mock_aws():
         arn = _secret("sk-wrong")

@@ -208,6 +208,11 @@ def test_from_env_reads_the_key_from_secrets_manager(server, monkeypatch):
         assert store.namespace == "docpipe"
         store.upsert(records(DOC, "v1-a", 2))
         assert store.count() == 2
+        # The usual console setup's secret: both keys under their env-var names.
+        both = sm.create_secret(Name="pc-console", SecretString=json.dumps(
+            {"OPENAI_API_KEY": "sk-not-this-one", "PINECONE_API_KEY": API_KEY}))["ARN"]
+        console = PineconeStore.from_env({"PINECONE_API_KEY_SECRET_ARN": both, "PINECONE_INDEX_HOST": server.url})
+        assert console.count() == 2
 
         wrong = PineconeStore.from_env({"PINECONE_API_KEY_SECRET_ARN": bad, "PINECONE_INDEX_HOST": server.url,
                                         "PINECONE_NAMESPACE": "other"})

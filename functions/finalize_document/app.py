@@ -5,9 +5,7 @@ Event: {"state": {"registration", "extract", "embed"}, "execution_arn": str}
 
 from docpipe.config import Settings
 from docpipe.finalize import finalize
-from aws_lambda_powertools.metrics import single_metric
-
-from docpipe.observability import MetricUnit, lambda_entry, logger, metrics
+from docpipe.observability import MetricUnit, breakdown, lambda_entry, logger, metrics
 from docpipe.records import Records
 
 settings = Settings.from_env()
@@ -20,9 +18,9 @@ def lambda_handler(event, context):
     logger.info("finalized", extra=result)
     metrics.add_metric(name=f"Documents{result['status'].title()}", unit=MetricUnit.Count, value=1)
     metrics.add_metric(name="VectorsWritten", unit=MetricUnit.Count, value=result["vectors"])
-    # One metric per stage step (extract, chunk, enrich, embed, load) for the dashboard.
+    # One metric per stage step (extract, chunk, enrich, embed, load): the dashboard
+    # reads {service, Stage}.
     for step, seconds in (event["state"].get("extract", {}).get("durations", {}) |
                           event["state"].get("embed", {}).get("durations", {})).items():
-        with single_metric(name="StageDurationSeconds", unit=MetricUnit.Seconds, value=float(seconds)) as m:
-            m.add_dimension(name="Stage", value=step.removesuffix("_s"))
+        breakdown("StageDurationSeconds", MetricUnit.Seconds, float(seconds), Stage=step.removesuffix("_s"))
     return result

@@ -6,7 +6,7 @@ Returns the failure summary that NotifyFailure publishes to SNS.
 
 from docpipe.config import Settings
 from docpipe.failures import alert_message, record_failure
-from docpipe.observability import MetricUnit, lambda_entry, logger, metrics
+from docpipe.observability import count_by, lambda_entry, logger
 from docpipe.records import Records
 
 settings = Settings.from_env()
@@ -18,6 +18,5 @@ def lambda_handler(event, context):
                              event.get("execution_arn", ""))
     logger.warning("document failed", extra={"document_id": failure.document_id,
                                              "error_code": failure.error_code, "stage": failure.stage})
-    metrics.add_dimension(name="ErrorCode", value=failure.error_code)
-    metrics.add_metric(name="DocumentsFailed", unit=MetricUnit.Count, value=1)
+    count_by("DocumentsFailed", "ErrorCode", failure.error_code)
     return alert_message(failure)

@@ -62,7 +62,7 @@ def _registration(state: dict, settings: Settings) -> Registration:
         return Registration(**reg)
     try:  # the failure happened in RegisterDocument itself: identify from the event
         return identify(state, settings)
-    except DocpipeError:
+    except (DocpipeError, ClientError):  # gone, unreadable or denied: the event says enough
         bucket, key, obj = _event_object(state)
         return Registration(identity.document_id(bucket, key),
                             identity.unread_version(obj.get("etag", ""), settings.pipeline_version),

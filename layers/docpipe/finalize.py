@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from botocore.exceptions import ClientError
 
+from docpipe import costs
 from docpipe.config import Settings
 from docpipe.records import DONE_STATUSES, Records
 
@@ -55,7 +56,9 @@ def finalize(state: dict, settings: Settings, records: Records, execution_arn: s
         "pages": {"count": fields["pages"], "without_text": fields["pages_without_text"]},
         "chunks": {"count": fields["chunks"], "vectors": fields["vectors"]},
         "tokens": {"embedding": fields["tokens"]},
-        "costs": {"embedding_usd": fields["cost_usd"]},
+        # Every spend of the document, so DailyCostUsd is not $0 with the local model.
+        "costs": {"embedding_usd": fields["cost_usd"],
+                  **costs.document_costs(sum(float(s) for s in durations.values()))},
     })
     return _result(doc, ver, fields, superseded)
 

@@ -9,13 +9,30 @@ from __future__ import annotations
 import functools
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
 
-__all__ = ["logger", "tracer", "metrics", "MetricUnit", "lambda_entry"]
+__all__ = ["logger", "tracer", "metrics", "MetricUnit", "lambda_entry", "count_by", "breakdown"]
+
+
+def breakdown(name: str, unit: MetricUnit, value: float, **dimensions: str) -> None:
+    """One metric under {service, *dimensions}, in an EMF record of its own:
+    `metrics.add_dimension` would apply to every metric of the batch (and a metric the
+    alarms read under {service} would then never match them)."""
+    with single_metric(name=name, unit=unit, value=value, namespace=metrics.namespace,
+                       default_dimensions={"service": metrics.service}) as metric:
+        for dim, dim_value in dimensions.items():
+            metric.add_dimension(name=dim, value=dim_value)
+
+
+def count_by(name: str, dimension: str, value: str) -> None:
+    """Count `name` once under {service} (what alarms and the dashboard read) and once
+    under {service, dimension} (the breakdown)."""
+    metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+    breakdown(name, MetricUnit.Count, 1, **{dimension: value})
 
 
 def lambda_entry(fn):

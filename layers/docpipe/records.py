@@ -1,9 +1,9 @@
 """Control, audit and daily-metrics items: the only code that writes the three tables.
 
-- control (`document_processing_control`): PK document_id, SK processing_version.
-- audit (`document_processing_audit`): PK document_id, SK timestamp (ISO + '#' + seq);
+- control (ControlTable; its name: CONTROL_TABLE): PK document_id, SK processing_version.
+- audit (AuditTable, AUDIT_TABLE): PK document_id, SK timestamp (ISO + '#' + seq);
   one item per transition: actor, action, from_status, to_status, detail.
-- metrics (`pipeline_metrics_daily`): PK date, SK metric_type; atomic ADD counters.
+- metrics (MetricsTable, METRICS_TABLE): PK date, SK metric_type; atomic ADD counters.
 """
 
 from __future__ import annotations

@@ -384,7 +384,7 @@ class OpenAIEmbedder:
             client = openai.OpenAI(
                 # A callable is asked before every request: rotation is picked up once the
                 # secret cache expires, without rebuilding the client.
-                api_key=lambda: secrets.get_secret(arn),
+                api_key=lambda: secrets.get_secret(arn, field="OPENAI_API_KEY"),
                 base_url=env.get("OPENAI_BASE_URL", "").strip() or None,
                 max_retries=0,  # retries are ours (see the module docstring)
                 timeout=float(env.get("OPENAI_TIMEOUT_SECONDS", "") or 120.0),

@@ -141,7 +141,7 @@ class PineconeStore:
         def factory() -> Any:
             from pinecone import Pinecone
 
-            return Pinecone(api_key=secrets.get_secret(arn)).Index(host=host)
+            return Pinecone(api_key=secrets.get_secret(arn, field="PINECONE_API_KEY")).Index(host=host)
 
         kwargs.setdefault("max_attempts", int(env.get("PINECONE_MAX_ATTEMPTS", "").strip() or 5))
         return cls(

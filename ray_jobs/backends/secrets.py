@@ -17,11 +17,13 @@ import time
 from typing import Any, Callable
 
 DEFAULT_TTL_SECONDS = 300.0
-# Field names looked up, in order, when the SecretString is a JSON object.
+# Field names looked up, in order, when the SecretString is a JSON object, after the
+# caller's own (``OPENAI_API_KEY``, ``PINECONE_API_KEY``: the names the usual console
+# setup stores, often both in one secret).
 JSON_KEY_FIELDS = ("api_key", "token")
 
 _lock = threading.Lock()
-_cache: dict[str, tuple[float, str]] = {}
+_cache: dict[tuple[str, str | None], tuple[float, str]] = {}
 
 
 def _default_client():
@@ -30,7 +32,7 @@ def _default_client():
     return boto3.client("secretsmanager")
 
 
-def _parse(secret_string: str, arn_or_name: str) -> str:
+def _parse(secret_string: str, arn_or_name: str, field: str | None = None) -> str:
     text = secret_string.strip()
     if text.startswith("{"):
         try:
@@ -38,13 +40,14 @@ def _parse(secret_string: str, arn_or_name: str) -> str:
         except json.JSONDecodeError:
             return text  # a key that happens to start with "{": use it as is
         if isinstance(doc, dict):
-            for name in JSON_KEY_FIELDS:
+            names = ((field,) if field else ()) + JSON_KEY_FIELDS
+            for name in names:
                 value = doc.get(name)
                 if isinstance(value, str) and value:
                     return value
             raise ValueError(
                 f"secret {arn_or_name!r} is a JSON object without a non-empty "
-                f"{' or '.join(JSON_KEY_FIELDS)!s} field"
+                f"{' or '.join(names)!s} field"
             )
     if not text:
         raise ValueError(f"secret {arn_or_name!r} is empty")
@@ -54,17 +57,19 @@ def _parse(secret_string: str, arn_or_name: str) -> str:
 def get_secret(
     arn_or_name: str,
     *,
+    field: str | None = None,
     ttl_seconds: float = DEFAULT_TTL_SECONDS,
     client: Any = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> str:
-    """The secret's value: its SecretString, or the ``api_key`` / ``token`` field of a
-    JSON SecretString. Cached per ARN for ``ttl_seconds``."""
+    """The secret's value: its SecretString, or of a JSON SecretString the ``field``
+    given (e.g. ``OPENAI_API_KEY``), else its ``api_key`` / ``token`` field. Cached per
+    ARN and field for ``ttl_seconds``."""
     if not arn_or_name:
         raise ValueError("no secret ARN given (the env var holding it is empty)")
     now = clock()
     with _lock:
-        hit = _cache.get(arn_or_name)
+        hit = _cache.get((arn_or_name, field))
         if hit is not None and hit[0] > now:
             return hit[1]
     # Read outside the lock: a slow Secrets Manager call must not serialise every thread.
@@ -74,9 +79,9 @@ def get_secret(
     if raw is None:
         binary = response.get("SecretBinary") or b""
         raw = binary.decode("utf-8") if isinstance(binary, (bytes, bytearray)) else str(binary)
-    value = _parse(raw, arn_or_name)
+    value = _parse(raw, arn_or_name, field)
     with _lock:
-        _cache[arn_or_name] = (now + ttl_seconds, value)
+        _cache[(arn_or_name, field)] = (now + ttl_seconds, value)
     return value
 
 
@@ -86,7 +91,8 @@ def invalidate(arn_or_name: str | None = None) -> None:
         if arn_or_name is None:
             _cache.clear()
         else:
-            _cache.pop(arn_or_name, None)
+            for key in [k for k in _cache if k[0] == arn_or_name]:
+                del _cache[key]
 
 
 def clear_cache() -> None:
