@@ -111,6 +111,14 @@ class LanceDBStore:
     @property
     def table(self):
         """The LanceDB table, opened or created on first use."""
+        if self._existing_table() is None:
+            with self._write_lock():  # see the module docstring: creations race
+                self._table = self._checked(self._open() or self._create())
+        return self._table
+
+    def _existing_table(self):
+        """The table if it exists, else None; never creates it, so a reader on a read-only
+        mount (the Query function) can search before the first document is indexed."""
         if self._table is None:
             import lancedb  # lazy: importing lancedb takes 1-5 s
 
@@ -119,17 +127,18 @@ class LanceDBStore:
                 # processes (Ray workers), at the cost of one manifest lookup.
                 self._db = lancedb.connect(self.uri, read_consistency_interval=timedelta(0))
             table = self._open()
-            if table is None:
-                with self._write_lock():  # see the module docstring: creations race
-                    table = self._open() or self._create()
-            size = table.schema.field("vector").type.list_size
-            if size != self.dims:
-                raise ValueError(
-                    f"{self.uri}/{self.table_name} holds {size}-dim vectors, not {self.dims}"
-                    " (EMBEDDING_DIMS must match the embedding model)"
-                )
-            self._table = table
+            if table is not None:
+                self._table = self._checked(table)
         return self._table
+
+    def _checked(self, table):
+        size = table.schema.field("vector").type.list_size
+        if size != self.dims:
+            raise ValueError(
+                f"{self.uri}/{self.table_name} holds {size}-dim vectors, not {self.dims}"
+                " (EMBEDDING_DIMS must match the embedding model)"
+            )
+        return table
 
     def _open(self):
         try:
@@ -195,10 +204,11 @@ class LanceDBStore:
     def query(self, vector: list[float], top_k: int = 5, filter: dict | None = None) -> list[Match]:
         if len(vector) != self.dims:
             raise ValueError(f"query vector has {len(vector)} dims, expected {self.dims}")
-        if top_k <= 0:
+        table = self._existing_table()
+        if top_k <= 0 or table is None:
             return []
         q = (
-            self.table.search(vector, vector_column_name="vector")
+            table.search(vector, vector_column_name="vector")
             .distance_type("cosine")
             # _distance named explicitly: lance warns (per query, on stderr) when it is
             # only auto-projected.

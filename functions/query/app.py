@@ -1,0 +1,54 @@
+"""Query (Function URL, AWS_IAM auth): the chunks nearest to a text in the deployed index.
+
+Request:  POST {"text": str, "top_k": int (default 5, at most 100),
+                "filter": {field: value or [values]} (optional; ray_jobs/search.py)}
+Response: 200 {"hits": [{"id", "score", "document_id", "s3_key", "page_start", "page_end",
+                         "text", ...}]}, best first; 400 {"error"} for a request it cannot
+          answer; 405 for a method other than POST; 500 {"error"} otherwise.
+
+Runs from the Ray image (lancedb, pyarrow and the model exceed a zip's 250 MB), inside the
+cluster's VPC with the vector store's EFS access point mounted read-only
+(infra/ray-cluster.yaml, QueryFunction).
+"""
+
+import base64
+import json
+
+from aws_lambda_powertools import Logger
+
+from ray_jobs.search import DEFAULT_TOP_K, BadQuery, search
+
+logger = Logger()
+
+
+def lambda_handler(event, context):
+    method = event.get("requestContext", {}).get("http", {}).get("method", "POST")
+    if method != "POST":
+        return _response(405, {"error": 'POST a JSON body {"text": ..., "top_k": ..., "filter": ...}'})
+    try:
+        request = _json_body(event)
+        hits = search(request.get("text"), request.get("top_k", DEFAULT_TOP_K), request.get("filter"))
+    except BadQuery as e:
+        return _response(400, {"error": str(e)})
+    except Exception:  # noqa: BLE001 - the caller gets a short answer, the log the trace
+        logger.exception("query failed")
+        return _response(500, {"error": "the query failed; see the Query function's log"})
+    # Never the text: queries can be as confidential as the documents.
+    logger.info("query", extra={"top_k": request.get("top_k", DEFAULT_TOP_K), "hits": len(hits)})
+    return _response(200, {"hits": hits})
+
+
+def _json_body(event) -> dict:
+    raw = event.get("body") or ""
+    try:
+        body = json.loads(base64.b64decode(raw).decode("utf-8") if event.get("isBase64Encoded") else raw)
+    except ValueError as e:  # binascii.Error and UnicodeDecodeError included
+        raise BadQuery(f"the body is not JSON: {e}") from e
+    if not isinstance(body, dict):
+        raise BadQuery('the body must be a JSON object {"text": ...}')
+    return body
+
+
+def _response(status: int, payload: dict) -> dict:
+    return {"statusCode": status, "headers": {"Content-Type": "application/json"},
+            "body": json.dumps(payload, default=str)}
