@@ -26,8 +26,7 @@ def corpus_file(rel: str) -> Path:
     return path
 
 
-@pytest.fixture
-def aws_env(monkeypatch, tmp_path):
+def set_aws_env(monkeypatch, tmp_path: Path) -> None:
     """Fake credentials and a private LanceDB dir; no real endpoint is ever reached."""
     for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                  "AWS_SECURITY_TOKEN": "testing", "AWS_SESSION_TOKEN": "testing",
@@ -40,7 +39,14 @@ def aws_env(monkeypatch, tmp_path):
     from docpipe import aws
 
     aws.reset_clients()
+
+
+@pytest.fixture
+def aws_env(monkeypatch, tmp_path):
+    set_aws_env(monkeypatch, tmp_path)  # also used by module-scoped fixtures
     yield
+    from docpipe import aws
+
     aws.reset_clients()
 
 

@@ -273,7 +273,13 @@ def test_ctrl_c_stops_ingest_cleanly_and_a_rerun_resumes(local_stack, tmp_path):
     c = clients(local_stack)
     arn = local_stack["outputs"]["IngestDocumentStateMachineArn"]
     before = len(c["stepfunctions"].list_executions(stateMachineArn=arn)["executions"])
-    files = [REPO / "samples" / n for n in ("annual-report-2025.pdf", "pipeline-runbook.pdf")]
+    # Enough documents that following outlasts the Ctrl-C under any load (warm stage
+    # services finish two small files in about a second).
+    files = []
+    for i in range(16):
+        src = REPO / "samples" / ("annual-report-2025.pdf", "pipeline-runbook.pdf")[i % 2]
+        files.append(tmp_path / f"ctrlc-{i:02d}.pdf")
+        files[-1].write_bytes(src.read_bytes())
     proc = subprocess.Popen([*DOCPIPE, "ingest", *map(str, files), "--prefix", "input/ctrlc/"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     bucket = local_stack["outputs"]["DocumentBucketName"]

@@ -4,9 +4,10 @@
     docpipe ingest PATH...               upload PDFs, follow them, print a summary
     docpipe backfill [--prefix P]        re-ingest what is already in the bucket
     docpipe status [DOCUMENT]            control item and audit trail
-    docpipe query "TEXT"                 top chunks with document, pages and score
+    docpipe query "TEXT" [--stack NAME]  top chunks with document, pages and score
     docpipe graph EXECUTION              execution graph as SVG + HTML
     docpipe invoke FUNCTION -e EVENT     one function in-process (like `sam local invoke`)
+    docpipe events                       events/*.json filled in for the running stack
     docpipe demo                         start the stack, ingest the samples, query them
 
 Exit codes: 0 success, 1 some document failed / nothing found, 2 usage or stack
@@ -81,6 +82,7 @@ def _print_outputs(state):
     t.add_row("Ray dashboard", state["ray_url"])
     for k, v in state.get("outputs", {}).items():
         t.add_row(k, str(v))
+    t.add_row("env-vars file", state.get("env_vars", ""))
     console.print(t)
     console.print(f"use it with: export AWS_ENDPOINT_URL={state['endpoint']} "
                   "AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1")
@@ -98,6 +100,8 @@ def stack_status():
                   f"Ray {st['ray']['url']} (pid {st['ray']['pid']})")
     for k, v in st["outputs"].items():
         console.print(f"  {k}: {v}")
+    console.print(f"  env-vars file (sam local invoke / docpipe invoke --env-vars): {st.get('env_vars')}",
+                  soft_wrap=True)  # a wrapped path cannot be copied
     table = Table(title="stage services (Ray jobs fed by the stage queues)", title_justify="left")
     for col in ("stage", "queue waiting", "held by a service", "service", "status"):
         table.add_column(col)
@@ -315,43 +319,95 @@ def status(document, as_json):
 
 
 # ------------------------------------------------------------------------- query
-def _matches_table(matches, title: str) -> Table:
+def _hits_table(hits, title: str) -> Table:
     t = Table(title=title)
     for c in ("score", "document", "pages", "chunk"):
         t.add_column(c)
-    for m in matches:
-        md = m.metadata
-        pages = str(md.get("page_start"))
-        if md.get("page_end") != md.get("page_start"):
-            pages += f"–{md.get('page_end')}"
-        t.add_row(f"{m.score:.3f}", str(md.get("s3_key", "")), pages,
-                  str(md.get("text", ""))[:160].replace("\n", " "))
+    for h in hits:
+        pages = str(h.get("page_start"))
+        if h.get("page_end") != h.get("page_start"):
+            pages += f"–{h.get('page_end')}"
+        t.add_row(f"{h['score']:.3f}", str(h.get("s3_key", "")), pages,
+                  str(h.get("text", ""))[:160].replace("\n", " "))
     return t
 
 
-def search(text: str, top_k: int = 5) -> list:
+def search(text: str, top_k: int = 5, filter: dict | None = None) -> list[dict]:
+    """Hits from the local index: the search the deployed Query function runs too."""
     os.environ.setdefault("LANCEDB_URI", str(paths.vectors_dir()))
-    from ray_jobs.backends import make_embedder, make_vector_store
+    from ray_jobs.search import search as search_index
 
-    vector = make_embedder().embed([text]).vectors[0]
-    return make_vector_store().query(list(map(float, vector)), top_k=top_k)
+    return search_index(text, top_k, filter)
+
+
+def _filters(pairs) -> dict:
+    from ray_jobs.search import INTEGER_FIELDS
+
+    out: dict = {}
+    for pair in pairs:
+        field, sep, value = pair.partition("=")
+        if not sep:
+            _fail(f"--filter wants FIELD=VALUE, got {pair!r}")
+        if field in INTEGER_FIELDS:
+            if not value.lstrip("-").isdigit():
+                _fail(f"--filter {field} takes an integer, got {value!r}")
+            value = int(value)
+        if field not in out:
+            out[field] = value
+        else:  # the same field again: either value
+            out[field] = (out[field] if isinstance(out[field], list) else [out[field]]) + [value]
+    return out
 
 
 @main.command()
 @click.argument("text")
 @click.option("-k", "--top-k", default=5, show_default=True, help="how many chunks")
+@click.option("--filter", "filter_pairs", multiple=True, metavar="FIELD=VALUE",
+              help="only chunks whose FIELD is VALUE (repeatable; the same FIELD twice = either "
+                   "value): s3_key, document_id, processing_version, chunk_index, page_start, page_end")
+@click.option("--stack", "stack_name", metavar="NAME",
+              help="query the index of this deployed CloudFormation stack (its QueryFunctionUrl "
+                   "output, signed with your AWS credentials) instead of the local one")
+@click.option("--region", help="region of --stack (default: your AWS configuration's)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
-def query(text, top_k, as_json):
-    """Find the chunks nearest to TEXT in the local vector index, with their document,
-    page span and score (cosine similarity)."""
-    if not paths.vectors_dir().exists():
+def query(text, top_k, filter_pairs, stack_name, region, as_json):
+    """Find the chunks nearest to TEXT in the vector index, with their document, page
+    span and score (cosine similarity): the local index, or with --stack the index of a
+    deployed stack (needs lambda:InvokeFunctionUrl and lambda:InvokeFunction on its
+    Query function).
+
+    Exit codes: 0 hits found, 1 none, 2 a usage, stack or permission problem."""
+    from ray_jobs.search import BadQuery, check
+
+    if region and not stack_name:
+        _fail("--region goes with --stack (the local index has no region)")
+    filters = _filters(filter_pairs)
+    try:
+        check(text, top_k, filters)  # the function's own rules, before any call
+    except BadQuery as e:
+        _fail(str(e))
+    if stack_name:
+        import boto3
+
+        from docpipe_local import remote_query
+
+        session = boto3.Session(region_name=region)
+        try:
+            hits = remote_query.query(session, remote_query.function_url(session, stack_name),
+                                      text, top_k, filters)
+        except remote_query.QueryError as e:
+            _fail(str(e), e.exit_code)
+        source = f"stack {stack_name}"
+    elif not paths.vectors_dir().exists():
         _fail("no vector index yet: ingest documents first (`docpipe ingest PATH`)", 1)
-    matches = search(text, top_k)
-    if as_json:
-        console.print_json(json.dumps([{"id": m.id, "score": m.score, **m.metadata} for m in matches], default=str))
     else:
-        console.print(_matches_table(matches, f"top {top_k} for: {text}"))
-    sys.exit(0 if matches else 1)
+        hits = search(text, top_k, filters)
+        source = "local index"
+    if as_json:
+        console.print_json(json.dumps(hits, default=str))
+    else:
+        console.print(_hits_table(hits, f"top {top_k} for: {text} ({source})"))
+    sys.exit(0 if hits else 1)
 
 
 # ------------------------------------------------------------------------- graph
@@ -395,10 +451,15 @@ def _execution_arn(execution: str, state, sfn) -> str:
 @main.command()
 @click.argument("function")
 @click.option("-e", "--event", "event_path", required=True, type=click.Path(exists=True), help="event JSON file (events/*.json)")
-@click.option("-n", "--env-vars", "env_vars", type=click.Path(exists=True), help="env-vars JSON file, SAM's format")
-def invoke(function, event_path, env_vars):
+@click.option("-n", "--env-vars", "env_vars", type=click.Path(exists=True),
+              help="env-vars JSON file, SAM's format (`docpipe stack start` writes one for the stack)")
+@click.option("--as-is", is_flag=True, help="send the event file unchanged (default: fill in the "
+              "upload's version id and the execution that processed it, as `docpipe events` does)")
+def invoke(function, event_path, env_vars, as_is):
     """Invoke one function in-process with an event file, like
-    `sam local invoke -e EVENT FUNCTION`, against the running local stack."""
+    `sam local invoke FUNCTION -e EVENT --env-vars FILE`, against the running local stack.
+    FUNCTION is a logical id (RegisterDocumentFunction) or short name (RegisterDocument).
+    After `make demo` each events/*.json gives the result events/README.md documents."""
     from docpipe_local import invoke as inv
     from docpipe_local import template
 
@@ -409,16 +470,43 @@ def invoke(function, event_path, env_vars):
     os.environ.update({"AWS_ENDPOINT_URL": state["endpoint"], "AWS_ACCESS_KEY_ID": "testing",
                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
     stk = template.load("docpipe", state.get("parameters") or {})
+    event = inv.load_event(event_path)
+    if not as_is:
+        event = inv.fill_event(event, state["outputs"], stackmod.client("s3", state),
+                               stackmod.client("dynamodb", state))
     try:
         result, errored, logs = inv.invoke_function(
-            stk, function, inv.load_event(event_path),
-            json.loads(Path(env_vars).read_text()) if env_vars else None)
+            stk, function, event, json.loads(Path(env_vars).read_text()) if env_vars else None)
     except KeyError as e:
         _fail(str(e.args[0]))
     if logs:
         err.print(logs.rstrip())
     console.print_json(json.dumps(result, default=str))
     sys.exit(1 if errored else 0)
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="folder to write to (default $DOCPIPE_HOME/events)")
+def events(out_dir):
+    """Write events/*.json filled in for the running stack (each upload's version id,
+    the execution that processed a document), for
+    `sam local invoke FUNCTION -e $DOCPIPE_HOME/events/x.json --env-vars $DOCPIPE_HOME/env.json`.
+    Run it again after ingesting: the values change with every run."""
+    try:
+        state = stackmod.running_state()
+    except stackmod.StackError as e:
+        _fail(str(e))
+    _write_events(state, Path(out_dir) if out_dir else None)
+
+
+def _write_events(state, out_dir=None) -> None:
+    from docpipe_local import invoke as inv
+
+    written = inv.write_events(state["outputs"], stackmod.client("s3", state),
+                               stackmod.client("dynamodb", state), target=out_dir)
+    console.print(f"sample events for this stack: {written[0].parent}/ ({len(written)} files)\n"
+                  f"env-vars file: {state.get('env_vars') or paths.env_vars_file()}")
 
 
 # ------------------------------------------------------------------------- demo
@@ -439,13 +527,17 @@ def demo(keep, paths_in):
         docs = run_ingest(paths_in or [str(SAMPLES)])
         question = "What was the revenue growth?"
         console.print(f"\n[bold]docpipe query[/bold] {question!r}")
-        matches = search(question, 3)
-        console.print(_matches_table(matches, f"top 3 for: {question}"))
+        hits = search(question, 3)
+        console.print(_hits_table(hits, f"top 3 for: {question}"))
+        if keep:
+            console.print("\n[bold]try one function[/bold] (README, \"Try one function\"): "
+                          "docpipe invoke FinalizeDocument -e events/finalize_document.json")
+            _write_events(stackmod.running_state())
     finally:
         if started_here and not keep:
             stackmod.stop(echo=console.print)
     failed_unexpectedly = [d for d in docs if d.status == "FAILED" and "broken" not in d.key]
-    sys.exit(1 if failed_unexpectedly or not matches else 0)
+    sys.exit(1 if failed_unexpectedly or not hits else 0)
 
 
 if __name__ == "__main__":

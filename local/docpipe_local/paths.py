@@ -22,3 +22,13 @@ def logs_dir() -> Path:
 
 def vectors_dir() -> Path:
     return home() / "vectors"
+
+
+def env_vars_file() -> Path:
+    """`sam local invoke --env-vars` / `docpipe invoke --env-vars` for the running stack."""
+    return home() / "env.json"
+
+
+def events_dir() -> Path:
+    """events/*.json filled in for the running stack (`docpipe events`)."""
+    return home() / "events"

@@ -55,7 +55,8 @@ def main(argv=None) -> int:
     secret_arn = session.client("secretsmanager", endpoint_url=endpoint).create_secret(
         Name=f"{args.stack_name}/ray-token", SecretString=token)["ARN"]
     # The local Ray head stands in for the ECS cluster: an "existing cluster".
-    params = {"RayTokenSecretArn": secret_arn, "UseExistingRayCluster": "true", **json.loads(args.parameters)}
+    params = {"RayTokenSecretArn": secret_arn, "UseExistingRayCluster": "true", **json.loads(args.parameters),
+              "AwsEndpointUrl": endpoint}  # the functions call this server, whatever else changes
     stack = template.load(args.stack_name, params)
     created = resources.create_stack(stack, session, endpoint)
     with open(args.ready_file + ".tmp", "w") as f:

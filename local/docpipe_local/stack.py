@@ -180,6 +180,9 @@ def start(moto_port: int = DEFAULT_MOTO_PORT, ray_port: int = DEFAULT_RAY_DASHBO
         raise
     state.update(json.loads(ready.read_text()))
     state["moto_pid"] = moto.pid
+    from docpipe_local import invoke  # loads the template: only once the stack is up
+
+    state["env_vars"] = str(invoke.write_env_vars(state))
     paths.state_file().write_text(json.dumps(state, indent=2, default=str))
     echo(f"local stack ready: bucket {state['outputs']['DocumentBucketName']}")
     return state
@@ -247,7 +250,7 @@ def status() -> dict:
                    "alive": _alive(state.get("moto_pid"))},
            "ray": {"url": state.get("ray_url"), "pid": state.get("ray_pid"),
                    "alive": _alive(state.get("ray_pid"))},
-           "outputs": state.get("outputs", {})}
+           "outputs": state.get("outputs", {}), "env_vars": state.get("env_vars")}
     if out["running"]:
         out["queues"], out["services"] = stage_status(state)
     return out
