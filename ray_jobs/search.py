@@ -1,5 +1,5 @@
 """The chunks nearest to a text: the one search behind `docpipe query` (the local index)
-and the Query function (the deployed index, functions/query/app.py).
+and the Query function (the deployed index, ray_jobs/query_function.py).
 
 The text is embedded by the configured embedder and looked up in the configured vector
 store (EMBEDDING_BACKEND, VECTOR_STORE_BACKEND and their settings, ray_jobs/backends), so a

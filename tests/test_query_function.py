@@ -1,4 +1,4 @@
-"""Query once deployed: the Query function (functions/query/app.py) on a real LanceDB index
+"""Query once deployed: the Query function (ray_jobs/query_function.py) on a real LanceDB index
 and on Pinecone's wire fake, `docpipe query --stack` against moto CloudFormation and a
 stand-in Function URL that checks SigV4, and the function's place in infra/ray-cluster.yaml.
 
@@ -66,11 +66,12 @@ def build_index(monkeypatch, backend_env: dict[str, str]) -> None:
 
 @pytest.fixture(scope="module")
 def query_handler():
-    """The handler as the image runs it: `app.lambda_handler` from the template's
-    ImageConfig WorkingDirectory, which the Dockerfile fills from functions/query."""
+    """The handler as the image runs it: the template's ImageConfig Command, a module on
+    the image's PYTHONPATH (the folder the Dockerfile copies ray_jobs/ into)."""
     config = load(CLUSTER)["Resources"]["QueryFunction"]["Properties"]["ImageConfig"]
     (module, func) = config["Command"][0].rsplit(".", 1)
-    source = REPO / _copied_from(config["WorkingDirectory"]) / f"{module}.py"
+    top = module.split(".")[0]
+    source = REPO / _copied_from(f"{config['WorkingDirectory']}/{top}") / (module.split(".", 1)[1] + ".py")
     spec = importlib.util.spec_from_file_location("query_function_app", source)
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
@@ -393,7 +394,11 @@ def test_function_runs_the_ray_image_through_the_runtime_client(cluster):
     assert p["ImageConfig"]["EntryPoint"] == ["python", "-m", "awslambdaric"]
     pins = (REPO / "ray_jobs" / "requirements.txt").read_text().split()
     assert any(re.fullmatch(r"awslambdaric==[\d.]+", pin) for pin in pins)
-    assert _copied_from(p["ImageConfig"]["WorkingDirectory"]) == "functions/query"
+    module = p["ImageConfig"]["Command"][0].rsplit(".", 1)[0]  # ray_jobs.query_function
+    assert _copied_from(f'{p["ImageConfig"]["WorkingDirectory"]}/{module.split(".")[0]}') == "ray_jobs"
+    assert (REPO / (module.replace(".", "/") + ".py")).is_file()
+    dockerfile = (REPO / "ray_jobs" / "Dockerfile").read_text()
+    assert re.search(rf"^ENV PYTHONPATH={re.escape(p['ImageConfig']['WorkingDirectory'])}$", dockerfile, re.M)
     assert p["Architectures"] == ["x86_64"]  # the image is built for linux/amd64 (docs/deploy.md)
 
 

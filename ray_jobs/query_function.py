@@ -8,7 +8,8 @@ Response: 200 {"hits": [{"id", "score", "document_id", "s3_key", "page_start", "
 
 Runs from the Ray image (lancedb, pyarrow and the model exceed a zip's 250 MB), inside the
 cluster's VPC with the vector store's EFS access point mounted read-only
-(infra/ray-cluster.yaml, QueryFunction).
+(infra/ray-cluster.yaml, QueryFunction). Its code is the image's, so it lives here, not in
+functions/ (the zip packages `sam build` makes, which cannot carry the Ray side).
 """
 
 import base64
