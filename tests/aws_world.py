@@ -257,6 +257,16 @@ def _direct(world: World) -> None:
     _, errored, _ = invoke_function(stack, "SubmitRayJob", {**event, "retry_count": 5})
     assert errored
 
+    # A document's own job whose upload is gone: read (404), then SendTaskFailure from the
+    # worker (moto refuses the sample token; the call is made all the same).
+    from ray_jobs import extract
+
+    job = {"task_token": event["task_token"], "submission_id": "world-gone", "inputs": {},
+           "registration": {**reg, "key": "input/world/gone-before-extract.pdf"}}
+    clients["s3"].put_object(Bucket=bucket, Key="jobs/world-gone.json", Body=json.dumps(job).encode())
+    with as_component(WORKER):
+        assert extract.main(["--job", f"s3://{bucket}/jobs/world-gone.json"]) == 1
+
     # PublishBacklog with a queue that is not empty: it starts a service and cleans up.
     _, errored, _ = invoke_function(stack, "PublishBacklog", {})
     assert not errored
@@ -338,7 +348,9 @@ def _build_world():
     mp.setattr(template, "load", _load_from(TREE))
     aws.reset_clients()
     try:
-        with local_aws_stack() as (stack, clients, head):
+        # The S3 embedding cache on (as EmbeddingBackend=openai turns it on): the workers'
+        # grant on embedding-cache/ is then proven by the calls the stages make.
+        with local_aws_stack(parameters={"EmbeddingCache": "s3"}) as (stack, clients, head):
             w = World(stack, clients, head)
             ids = {stack.physical_name(lid): lid.removesuffix("Function")
                    for lid in stack.of_type("AWS::Lambda::Function")}

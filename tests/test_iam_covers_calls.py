@@ -61,7 +61,9 @@ EXPECTED = {
            ("stepfunctions", "SendTaskHeartbeat", "InvalidToken"), ("stepfunctions", "SendTaskSuccess", "ok"),
            ("s3", "GetObject", "NoSuchKey"), ("s3", "DeleteObject", "ok")},
     WORKER: {("s3", "GetObject", "ok"), ("s3", "PutObject", "ok"), ("s3", "DeleteObject", "ok"),
-             ("stepfunctions", "SendTaskHeartbeat", "ok"), ("stepfunctions", "SendTaskSuccess", "ok")},
+             ("s3", "GetObject", "NoSuchKey"), ("s3", "HeadObject", "404"),
+             ("stepfunctions", "SendTaskHeartbeat", "ok"), ("stepfunctions", "SendTaskSuccess", "ok"),
+             ("stepfunctions", "SendTaskFailure", "InvalidToken")},
 }
 
 # Granted but used by no recorded call, with the reason each stays (fnmatch patterns over
@@ -87,11 +89,7 @@ UNUSED_OK = {
            "sqs:GetQueueAttributes on EmbedQueue": EMBED_TWIN},
     WORKER: {"elasticfilesystem:Client* on *VectorFileSystem": "the LanceDB volume, mounted by ECS",
              "ecs:UpdateTaskProtection on *": "ray_jobs/node_guard.py (scale-in protection through the ECS "
-                                              "agent endpoint): not run on moto",
-             "states:SendTaskFailure on *": "a document's own job answering a failure (the scenarios' own "
-                                            "job succeeds; service-route failures are answered by the head)",
-             "s3:ListBucket on DocumentBucket": "404, not 403, for a missing key (embedding-cache miss, a job "
-                                                "file or upload already gone); no worker reads a missing key here"},
+                                              "agent endpoint): not run on moto"},
     "IngestDocumentStateMachine": {"logs:* on *": LOG_DELIVERY},
     "BackfillStateMachine": {
         "logs:* on *": LOG_DELIVERY,
@@ -345,6 +343,14 @@ def required_by(world, name: str):
 def test_component_made_the_calls_this_file_vouches_for(world, name):
     made = {(c.service, c.operation, c.outcome) for c in world.of(name)}
     assert EXPECTED[name] <= made, sorted(EXPECTED[name] - made)
+
+
+def test_workers_use_the_embedding_cache_and_answer_failures(world):
+    """The calls the worker role was cut to (the DynamoDB and CloudWatch grants were never
+    called): the S3 embedding cache both ways, a failure answered, job files removed."""
+    made = {(c.service, c.operation, c.params.get("Key", "").split("/")[0]) for c in world.of(WORKER)}
+    assert {("s3", "GetObject", "embedding-cache"), ("s3", "PutObject", "embedding-cache"),
+            ("stepfunctions", "SendTaskFailure", ""), ("s3", "DeleteObject", "jobs")} <= made, sorted(made)
 
 
 @pytest.mark.parametrize("name", LAMBDAS + [HEAD, WORKER] + STATE_MACHINES)

@@ -470,7 +470,7 @@ def worker_grants(template) -> dict[str, list]:
 
 
 def test_worker_role_is_least_privilege(template):
-    """Exactly the calls of ray_jobs/ (tests/test_worker_iam.py records them): read the
+    """Exactly the calls of ray_jobs/ (tests/test_iam_covers_calls.py records them): read the
     upload, the job file and the chunks; write the four stage outputs; remove the job file;
     the embedding cache; answer task tokens; protect its own task; the backends' secrets,
     Comprehend's three calls and the EFS mount. No DynamoDB, no CloudWatch, no errors/:
