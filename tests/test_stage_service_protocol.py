@@ -122,6 +122,11 @@ def test_sigterm_answers_held_documents_with_job_interrupted_and_the_state_retri
     assert failures[0]["taskFailedEventDetails"]["error"] == "JobInterrupted"
     assert len(scheduled) == 2, "the Extract state's Retry submitted the document again"
     # The retry went to the queue under a new submission id, for the next generation.
-    [msg] = clients["sqs"].receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=5)["Messages"]
+    # The retry's SubmitRayJob runs after its TaskScheduled event: on a loaded machine its
+    # message can land later than one 5-second receive.
+    deadline, msgs = time.monotonic() + 30, []
+    while not msgs and time.monotonic() < deadline:
+        msgs = clients["sqs"].receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+    [msg] = msgs
     assert json.loads(msg["Body"])["submission_id"].endswith("-r1")
     move_on(clients, stack, arn)  # end it: answer the retry's token
