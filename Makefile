@@ -36,7 +36,9 @@ test: setup ## run the whole test suite
 test-fast: setup ## tests without the Ray and end-to-end ones
 	$(BIN)/pytest -q -m "not ray and not e2e"
 
-lint: setup ## cfn-lint, sam validate --lint and asl-validator
+lint: setup ## ruff, mypy (strict on layers/docpipe and ray_jobs), cfn-lint, sam validate --lint, asl-validator, hadolint
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	# lint/cfn_rules: AWS service rules cfn-lint lacks (issue #13); the option goes last, it takes several paths.
 	$(BIN)/cfn-lint template.yaml infra/*.yaml --append-rules lint/cfn_rules
 	$(BIN)/sam validate --lint --region us-east-1
