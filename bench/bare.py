@@ -49,9 +49,9 @@ def _init(threads: int, lancedb_uri: str) -> None:
     _W["enricher"].enrich(["Warm up: Northwind grew 5% in 2025."])
     _W["store"] = LanceDBStore.from_env()
     _W["store"].count()  # imports lancedb and opens (or creates) the table
-    import ray_jobs.embed  # noqa: F401 - process() imports it; boto3 comes with it
+    import ray_jobs.backends.version_sync
+    import ray_jobs.embed
     import ray_jobs.pdf  # noqa: F401
-    import ray_jobs.backends.version_sync  # noqa: F401
     _W["warmup_s"] = time.monotonic() - t0
 
 
@@ -97,7 +97,7 @@ def process(path: str) -> dict:
         records = [VectorRecord(identity.vector_id(doc, ver, c["chunk_index"]), list(map(float, v)), {
             "document_id": doc, "processing_version": ver, "chunk_index": c["chunk_index"],
             "page_start": c["page_start"], "page_end": c["page_end"], "s3_key": f"input/{Path(path).name}",
-            "text": c["text"][:TEXT_IN_INDEX]}) for c, v in zip(chunks, vectors)]
+            "text": c["text"][:TEXT_IN_INDEX]}) for c, v in zip(chunks, vectors, strict=True)]
         replace_document_version(_W["store"], records, doc, ver)
         t.append(time.monotonic())
     except errors.DocpipeError as err:
@@ -106,7 +106,7 @@ def process(path: str) -> dict:
     row.update(status="COMPLETED", pages=result.page_count, chunks=len(chunks),
                chunk_tokens=sum(c["token_count"] for c in chunks), seconds=t[-1] - t[0],
                durations={k: round(b - a, 4) for k, a, b in
-                          zip(("extract", "chunk", "enrich", "embed", "load"), t, t[1:])})
+                          zip(("extract", "chunk", "enrich", "embed", "load"), t, t[1:], strict=True)})
     return row
 
 

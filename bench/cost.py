@@ -20,8 +20,17 @@ from __future__ import annotations
 import math
 
 # The pipeline's own prices (DailyCostUsd) and the bench's are one list: docpipe.costs.
-from docpipe.costs import (FARGATE_PER_GB_H, FARGATE_PER_VCPU_H, LAMBDA_MEMORY_GB, LAMBDA_PER_GB_S,  # noqa: E402
-                           LAMBDA_PER_REQUEST, PRICES_AS_OF, SFN_PER_TRANSITION, WORKER_GB, WORKER_VCPU)
+from docpipe.costs import (
+    FARGATE_PER_GB_H,
+    FARGATE_PER_VCPU_H,
+    LAMBDA_MEMORY_GB,
+    LAMBDA_PER_GB_S,
+    LAMBDA_PER_REQUEST,
+    SFN_PER_TRANSITION,
+    WORKER_GB,
+    WORKER_VCPU,
+)
+
 OPENAI_PER_TOKEN = 0.02 / 1_000_000  # text-embedding-3-small
 PINECONE_PER_WU = 4.00 / 1_000_000  # Standard plan, AWS us-east-1
 PINECONE_PER_RU = 16.00 / 1_000_000

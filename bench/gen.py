@@ -77,7 +77,8 @@ def _sentence(r: random.Random) -> str:
         f"Since {_date(r)}, {subj} has {verb} {obj}; the effect on margins was {_pct(r)}.",
         f"Management attributes the change in {obj} to {cause} rather than to one-off items.",
         f"Capital expenditure for {subj} was {_money(r)}, or {_pct(r)} of segment revenue.",
-        f"{subj[0].upper() + subj[1:]} {verb} {obj} and now publishes the results every {r.choice(['week', 'month', 'quarter'])}.",
+        f"{subj[0].upper() + subj[1:]} {verb} {obj} and now publishes the results every "
+        f"{r.choice(['week', 'month', 'quarter'])}.",
     ]
     return r.choice(forms)
 
@@ -90,7 +91,7 @@ def _page_lines(r: random.Random, number: int, title: str) -> list[str]:
             lines += [f"{r.randint(1, 12)}.{r.randint(1, 9)} {r.choice(_HEADINGS)}", ""]
         heading_at -= 1
         paragraph = " ".join(_sentence(r) for _ in range(r.randint(3, 6)))
-        lines += textwrap.wrap(paragraph, LINE_CHARS) + [""]
+        lines += [*textwrap.wrap(paragraph, LINE_CHARS), ""]
     return lines[:LINES_PER_PAGE]
 
 

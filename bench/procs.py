@@ -234,7 +234,7 @@ class Sampler:
             self.peak_by_group[g] = max(self.peak_by_group[g], v)
 
     # ---- thread -------------------------------------------------------------------
-    def start(self) -> "Sampler":
+    def start(self) -> Sampler:
         self._t_start = time.monotonic()
         self._busy_start = machine_busy_s()
         self.sample()
@@ -248,7 +248,7 @@ class Sampler:
         while not self._stop.wait(self.interval):
             try:
                 self.sample()
-            except Exception:  # noqa: BLE001 - a vanished process mid-walk; next sample
+            except Exception:
                 pass
 
     def stop(self) -> dict:
@@ -269,7 +269,8 @@ class Sampler:
             "peak_pss_mb": round(self.peak_pss / 2**20, 1),
             "peak_pss_mb_by_category": {k: round(v / 2**20, 1) for k, v in sorted(self.peak_by_category.items())},
             # Peak of each group's sum (groups peak at different moments: no total).
-            "peak_pss_mb_by_group": {k: round(v / 2**20, 1) for k, v in sorted(self.peak_by_group.items(), key=lambda kv: -kv[1])},
+            "peak_pss_mb_by_group": {k: round(v / 2**20, 1)
+                                     for k, v in sorted(self.peak_by_group.items(), key=lambda kv: -kv[1])},
             "cpu_s": round(cpu_total, 2),
             "cpu_s_by_category": {k: round(v, 2) for k, v in sorted(cpu_by_cat.items(), key=lambda kv: -kv[1])},
             "cpu_s_by_group": grouped(cpu_by_cat),

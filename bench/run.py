@@ -3,6 +3,7 @@ ratios, scaling, cost -> one JSON document (rendered by bench.report)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -14,7 +15,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import cost
@@ -64,7 +65,7 @@ class Plan:
     only: list = field(default_factory=list)  # workload kinds (corpus, pages, docs); empty = all
 
     @classmethod
-    def make(cls, quick: bool, docs: int | None = None, **kw) -> "Plan":
+    def make(cls, quick: bool, docs: int | None = None, **kw) -> Plan:
         if quick:
             plan = cls("quick", list(CORPUS_QUICK), [10, 100], sorted({4, docs or 12}), **kw)
         else:
@@ -205,7 +206,7 @@ def scaling(e2e: dict, bare: dict | None, peer: dict | None) -> dict:
     pages.sort(key=lambda x: x["pages"])
     docs.sort(key=lambda x: x["documents"])
     for series, key, wall in ((pages, "pages", "docpipe_latency_s"), (docs, "documents", "docpipe_wall_s")):
-        for a, b in zip(series, series[1:]):
+        for a, b in itertools.pairwise(series):
             # Growth of time per growth of size: 1.0 = linear, < 1 = fixed costs amortised.
             if a[wall] and b[wall]:
                 b["docpipe_time_growth_per_size_growth"] = round((b[wall] / a[wall]) / (b[key] / a[key]), 3)
@@ -261,8 +262,8 @@ def machine() -> dict:
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
-    mem = next((int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines()
-                if l.startswith("MemTotal")), 0)
+    mem = next((int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
+                if ln.startswith("MemTotal")), 0)
     versions = {}
     from importlib.metadata import PackageNotFoundError, version
 
@@ -276,7 +277,7 @@ def machine() -> dict:
     def git(*args):
         try:
             return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
-        except Exception:  # noqa: BLE001
+        except Exception:
             return ""
 
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(mem / 2**20, 1),
@@ -288,7 +289,7 @@ def machine() -> dict:
 
 def run(plan: Plan, out_dir: Path, echo=print) -> tuple[dict, Path]:
     t0 = time.monotonic()
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     work = Path(tempfile.mkdtemp(prefix="docpipe-bench-"))
     result: dict = {"meta": {"started": started.isoformat(timespec="seconds"), "plan": asdict(plan),
                              "machine": machine()}}

@@ -63,11 +63,11 @@ for _name in _FN_TAGS:
 
 def load(path: str | Path) -> dict:
     with open(path, encoding="utf-8") as fh:
-        return yaml.load(fh, Loader=CfnLoader)  # noqa: S506 - SafeLoader subclass
+        return yaml.load(fh, Loader=CfnLoader)
 
 
 def loads(text: str) -> dict:
-    return yaml.load(text, Loader=CfnLoader)  # noqa: S506 - SafeLoader subclass
+    return yaml.load(text, Loader=CfnLoader)
 
 
 CHECKOV = Path(__file__).resolve().parents[1] / ".venv-checkov" / "bin" / "checkov"

@@ -147,7 +147,7 @@ def test_submitter_joins_the_ray_cluster_vpc_only_when_the_stack_creates_it(cfn)
 def test_secrets_are_referenced_not_inlined(cfn):
     for name, fn in of_type(cfn, "AWS::Lambda::Function").items():
         env = fn["Properties"].get("Environment", {}).get("Variables", {})
-        for key, value in env.items():
+        for key in env:
             assert not key.endswith(("_API_KEY", "_TOKEN", "_PASSWORD")), f"{name}: {key} holds a secret"
 
 

@@ -14,8 +14,8 @@ import json
 import time
 
 import pytest
-
 from conftest import EVENTS, REPO, entered_states, history, local_aws_stack, set_aws_env, wait_for_execution
+
 from docpipe import identity, rayjobs
 from docpipe.records import plain
 from docpipe_local import ingest

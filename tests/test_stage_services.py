@@ -18,14 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, corpus_file, history
-from docpipe import identity, rayjobs
-from docpipe_local.stack import ray_jobs
 from test_local_stack import clients, control_items, set_function_env
 
+from docpipe import identity, rayjobs
+from docpipe_local.stack import ray_jobs
+
 sys.path.insert(0, str(REPO))
-from bench.gen import document_bytes  # noqa: E402 - the benchmark's generated reports
+from bench.gen import document_bytes
 
 pytestmark = [pytest.mark.ray, pytest.mark.e2e]
 TERMINAL = ("SUCCEEDED", "FAILED", "ABORTED", "TIMED_OUT")

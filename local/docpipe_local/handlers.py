@@ -216,7 +216,7 @@ def invoke(code_dir: str, handler: str, event: dict, env: dict[str, str],
             # The handler's return value must be JSON, as it is on Lambda.
             result = json.loads(json.dumps(fn(event, context)))
             return result, False, logs.getvalue()
-        except Exception as exc:  # noqa: BLE001 - reported to the caller as Lambda does
+        except Exception as exc:
             return ({"errorMessage": str(exc), "errorType": type(exc).__name__,
                      "stackTrace": traceback.format_tb(exc.__traceback__)},
                     True, logs.getvalue())

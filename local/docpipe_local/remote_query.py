@@ -68,7 +68,7 @@ def query(session, url: str, text: str, top_k: int, filter: dict | None = None,
     SigV4Auth(credentials.get_frozen_credentials(), "lambda", region).add_auth(signed)
     request = urllib.request.Request(url, data=body, headers=dict(signed.headers.items()), method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - https URL from the stack
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())["hits"]
     except urllib.error.HTTPError as e:
         detail = _detail(e)

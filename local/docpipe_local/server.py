@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 
 def main(argv=None) -> int:
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
                   json={"stepfunctions": {"execute_state_machine": True}}, timeout=10).raise_for_status()
 
     session = boto3.session.Session(region_name="us-east-1")
-    token = open(args.ray_token).read().strip()
+    token = Path(args.ray_token).read_text().strip()
     secret_arn = session.client("secretsmanager", endpoint_url=endpoint).create_secret(
         Name=f"{args.stack_name}/ray-token", SecretString=token)["ARN"]
     # The local Ray head stands in for the ECS cluster: an "existing cluster".
@@ -87,7 +88,7 @@ def _schedule(lam, created: dict, stop: threading.Event) -> None:
             resp = lam.invoke(FunctionName=name, Payload=b"{}")
             if resp.get("FunctionError"):
                 print(f"PublishBacklog failed: {resp['Payload'].read()[:500]!r}", flush=True)
-        except Exception as err:  # noqa: BLE001 - the next minute tries again, as in AWS
+        except Exception as err:
             print(f"PublishBacklog not invoked: {err}", flush=True)
 
 

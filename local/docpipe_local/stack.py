@@ -140,7 +140,7 @@ def start(moto_port: int = DEFAULT_MOTO_PORT, ray_port: int = DEFAULT_RAY_DASHBO
     moto = subprocess.Popen(
         [sys.executable, "-m", "docpipe_local.server", "--port", str(moto_port),
          "--parameters", json.dumps(params), "--ray-token", str(token_file), "--ready-file", str(ready)],
-        stdout=open(moto_log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=open(moto_log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115 - the child owns it
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     ray_log = paths.logs_dir() / "ray.log"
     ray_bin = Path(sys.executable).with_name("ray")
@@ -158,7 +158,7 @@ def start(moto_port: int = DEFAULT_MOTO_PORT, ray_port: int = DEFAULT_RAY_DASHBO
          # available agent". Free ports keep two stacks apart.
          f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
          f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"],
-        stdout=open(ray_log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=open(ray_log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115 - the child owns it
         env=ray_env(endpoint, token, temp_dir), cwd=str(paths.REPO))
     state = {"endpoint": endpoint, "ray_url": ray_url, "moto_pid": moto.pid, "ray_pid": ray.pid,
              "ray_temp_dir": str(temp_dir), "home": str(home), "started_at": time.time()}

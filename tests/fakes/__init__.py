@@ -23,7 +23,7 @@ class FakeHTTPServer:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
-    def start(self) -> "FakeHTTPServer":
+    def start(self) -> FakeHTTPServer:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -50,13 +50,13 @@ class FakeHTTPServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 self._serve("GET")
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 self._serve("POST")
 
-            def do_DELETE(self) -> None:  # noqa: N802
+            def do_DELETE(self) -> None:
                 self._serve("DELETE")
 
             def log_message(self, *args: Any) -> None:  # keep pytest output clean

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ray_jobs import tokens as tok
+
 from . import FakeHTTPServer
 
 MODELS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
@@ -47,7 +48,8 @@ class Fault:
     code: str | None = None
 
 
-def _error(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None, param: str | None = None, headers: dict | None = None):
+def _error(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
+           param: str | None = None, headers: dict | None = None):
     return status, headers or {}, {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 

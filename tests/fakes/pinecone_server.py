@@ -52,7 +52,7 @@ def _err(status: int, message: str, headers: dict | None = None):
 
 
 def _cosine(a: list[float], b: list[float]) -> float:
-    dot = sum(x * y for x, y in zip(a, b))
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
     na = math.sqrt(sum(x * x for x in a))
     nb = math.sqrt(sum(y * y for y in b))
     return dot / (na * nb) if na and nb else 0.0
@@ -158,7 +158,8 @@ class FakePineconeServer(FakeHTTPServer):
                     return _err(status, "Service unavailable", dict(hdrs))
                 self._upserts_left -= 1
             if len(body) > self.max_request_bytes:
-                return _err(413, f"Request size {len(body)} bytes exceeds the maximum supported size of {self.max_request_bytes} bytes")
+                return _err(413, f"Request size {len(body)} bytes exceeds the maximum supported size of "
+                                 f"{self.max_request_bytes} bytes")
             return self._upsert(json.loads(body), record)
         if route == ("POST", "/query"):
             return self._query(json.loads(body or b"{}"))
@@ -180,7 +181,8 @@ class FakePineconeServer(FakeHTTPServer):
         vectors = req.get("vectors") or []
         record["count"] = len(vectors)
         if len(vectors) > MAX_UPSERT_VECTORS:
-            return _err(400, f"Batch size exceeds {MAX_UPSERT_VECTORS}. The batch size for upsert requests is limited to {MAX_UPSERT_VECTORS} vectors")
+            return _err(400, f"Batch size exceeds {MAX_UPSERT_VECTORS}. The batch size for upsert requests is "
+                             f"limited to {MAX_UPSERT_VECTORS} vectors")
         checked = []
         for v in vectors:
             vid, values, meta = v.get("id"), v.get("values"), v.get("metadata")
@@ -194,7 +196,8 @@ class FakePineconeServer(FakeHTTPServer):
             if meta is not None:
                 size = len(json.dumps(meta, separators=(",", ":")).encode())
                 if size > MAX_METADATA_BYTES:
-                    return _err(400, f"Metadata size is {size} bytes, which exceeds the limit of {MAX_METADATA_BYTES} bytes per vector")
+                    return _err(400, f"Metadata size is {size} bytes, which exceeds the limit of "
+                                     f"{MAX_METADATA_BYTES} bytes per vector")
                 for key, value in meta.items():
                     if value is None or isinstance(value, dict):
                         return _err(400, f"Metadata value for field {key!r} must be a string, number, boolean or list of strings")
