@@ -20,8 +20,8 @@ workers finish together.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -29,6 +29,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
+
+from bench import read_workloads, workload_parser
 
 _W: dict = {}
 
@@ -105,8 +107,8 @@ def process(path: str) -> dict:
         return row
     row.update(status="COMPLETED", pages=result.page_count, chunks=len(chunks),
                chunk_tokens=sum(c["token_count"] for c in chunks), seconds=t[-1] - t[0],
-               durations={k: round(b - a, 4) for k, a, b in
-                          zip(("extract", "chunk", "enrich", "embed", "load"), t, t[1:], strict=True)})
+               durations={k: round(b - a, 4) for k, (a, b) in
+                          zip(("extract", "chunk", "enrich", "embed", "load"), itertools.pairwise(t), strict=True)})
     return row
 
 
@@ -149,15 +151,10 @@ def run(workloads: dict[str, list[str]], lancedb_uri: str, procs: int = 2) -> di
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.bare", description=__doc__.split("\n\n")[0])
-    ap.add_argument("files", nargs="*", help="one workload of these files (or use --spec)")
-    ap.add_argument("--spec", type=Path, help='JSON {"workload name": [files...], ...}')
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--lancedb", required=True, help="LanceDB directory (a private one)")
+    ap = workload_parser("python -m bench.bare", __doc__)
     ap.add_argument("--procs", type=int, default=2)
     args = ap.parse_args(argv)
-    workloads = json.loads(args.spec.read_text()) if args.spec else {"files": args.files}
-    result = run(workloads, args.lancedb, args.procs)
+    result = run(read_workloads(args), args.lancedb, args.procs)
     args.out.write_text(json.dumps(result, indent=1))
     return 0
 

@@ -24,7 +24,6 @@ vector), no per-page offsets or token counts, no idempotency or failure handling
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -32,6 +31,8 @@ import sys
 import time
 import warnings
 from pathlib import Path
+
+from bench import read_workloads, workload_parser
 
 CHUNK_SIZE = 1600
 CHUNK_OVERLAP = 200
@@ -129,14 +130,8 @@ def _workload(files, loader, store, splitter, embeddings) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.peer", description=__doc__.split("\n\n")[0])
-    ap.add_argument("files", nargs="*", help="one workload of these files (or use --spec)")
-    ap.add_argument("--spec", type=Path, help='JSON {"workload name": [files...], ...}')
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--lancedb", required=True, help="LanceDB directory (a private one)")
-    args = ap.parse_args(argv)
-    workloads = json.loads(args.spec.read_text()) if args.spec else {"files": args.files}
-    args.out.write_text(json.dumps(run(workloads, args.lancedb), indent=1))
+    args = workload_parser("python -m bench.peer", __doc__).parse_args(argv)
+    args.out.write_text(json.dumps(run(read_workloads(args), args.lancedb), indent=1))
     return 0
 
 
