@@ -98,7 +98,7 @@ def categorise(cmdline: str) -> str:
     """A short, stable name for what a process is (the CPU and memory tables group by it)."""
     if "docpipe_local.server" in cmdline:
         return "moto server (AWS APIs, Step Functions, Lambdas)"
-    if "ray_jobs.pdf import _child_main" in cmdline:
+    if "ray_jobs.pdf_sandbox import child_main" in cmdline:
         return "PDF parse child"
     if cmdline.startswith(("/bin/sh -c python -m ray_jobs", "sh -c python -m ray_jobs")):
         return "job entrypoint shell"

@@ -44,6 +44,8 @@ from __future__ import annotations
 import bisect
 import hashlib
 import re
+from typing import Any
+
 from ray_jobs import tokens
 
 PAGE_SEPARATOR = "\n\n"
@@ -63,12 +65,12 @@ _TOKENIZE_MAX_BYTES = 200_000  # bpe-openai refuses inputs over 200k tokens (or 
 _WINDOW_SLICE_CHARS = 40_000  # token windows are cut from slices this long
 
 
-def document_text(pages: list[dict]) -> str:
+def document_text(pages: list[dict[str, Any]]) -> str:
     """The document text that chunk offsets refer to (see the module docstring)."""
     return PAGE_SEPARATOR.join((p.get("text") or "") for p in _ordered(pages))
 
 
-def _ordered(pages: list[dict]) -> list[dict]:
+def _ordered(pages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(pages, key=lambda p: p["page_number"])
 
 
@@ -130,7 +132,7 @@ class _Chunker:
         self.ranks.append(self._rank_of_cut(end))
 
     @staticmethod
-    def _cuts(pattern: re.Pattern, text: str, start: int, end: int) -> list[tuple[int, int]]:
+    def _cuts(pattern: re.Pattern[str], text: str, start: int, end: int) -> list[tuple[int, int]]:
         spans, pos = [], start
         for m in pattern.finditer(text, start, end):
             if start < m.end() < end:
@@ -265,8 +267,8 @@ def _validate(max_tokens: int, overlap_tokens: int) -> None:
         raise ValueError(f"overlap_tokens ({overlap_tokens}) must be < max_tokens ({max_tokens})")
 
 
-def chunk_pages(pages: list[dict], *, document_id: str, processing_version: str,
-                max_tokens: int = 400, overlap_tokens: int = 50) -> list[dict]:
+def chunk_pages(pages: list[dict[str, Any]], *, document_id: str, processing_version: str,
+                max_tokens: int = 400, overlap_tokens: int = 50) -> list[dict[str, Any]]:
     """Chunk a document's pages (pages.jsonl rows; only `page_number` and `text` are
     read) into chunks.jsonl rows. See the module docstring for offsets and splitting."""
     _validate(max_tokens, overlap_tokens)
@@ -288,7 +290,7 @@ def chunk_pages(pages: list[dict], *, document_id: str, processing_version: str,
 
     chunker = _Chunker(doc, max_tokens)
     chunker.split(0, len(doc))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for s, e, count in chunker.merge(overlap_tokens):
         text = doc[s:e]
         rows.append({

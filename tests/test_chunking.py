@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -130,7 +131,7 @@ def test_same_input_gives_identical_chunks(three_pages):
 def test_consecutive_chunks_overlap_by_about_overlap_tokens(three_pages):
     chunks = chunks_of(three_pages, max_tokens=120, overlap_tokens=30)
     doc = document_text(three_pages)
-    for prev, nxt in zip(chunks, chunks[1:]):
+    for prev, nxt in pairwise(chunks):
         assert nxt["char_start"] < prev["char_end"]  # they share text
         shared = doc[nxt["char_start"]:prev["char_end"]].strip()
         assert 0 < count_tokens(shared) <= 30 + 2  # whole sentences within the budget
@@ -139,7 +140,7 @@ def test_consecutive_chunks_overlap_by_about_overlap_tokens(three_pages):
 
 def test_zero_overlap_gives_disjoint_chunks(three_pages):
     chunks = chunks_of(three_pages, max_tokens=120, overlap_tokens=0)
-    assert all(nxt["char_start"] >= prev["char_end"] for prev, nxt in zip(chunks, chunks[1:]))
+    assert all(nxt["char_start"] >= prev["char_end"] for prev, nxt in pairwise(chunks))
 
 
 def test_chunks_prefer_to_end_at_sentence_ends(three_pages):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import time
 import xml.etree.ElementTree as ET
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import boto3
 import pytest
@@ -319,15 +320,15 @@ def test_write_graph_writes_both_files(runs, tmp_path):
     definition, history, name = runs["failure"]
     paths = write_graph(definition, history, tmp_path / "graphs", name)
     assert paths["svg"].endswith("fail-1.svg") and paths["html"].endswith("fail-1.html")
-    svg = open(paths["svg"], encoding="utf-8").read()
+    svg = Path(paths["svg"]).read_text(encoding="utf-8")
     ET.fromstring(svg)
     assert "fail-1" in svg
-    assert open(paths["html"], encoding="utf-8").read().count("<svg") == 1
+    assert Path(paths["html"]).read_text(encoding="utf-8").count("<svg") == 1
 
 
 # ------------------------------------------------------------------ hand-built histories
 
-T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def _ev(i: int, typ: str, ms: int, **details) -> dict:

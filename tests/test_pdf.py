@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from docpipe import errors
-from ray_jobs import pdf
-from ray_jobs.pdf import ExtractResult, extract_pdf, has_text, normalise_text
+from ray_jobs import pdf_parse, pdf_sandbox
+from ray_jobs.pdf import ExtractResult, extract_pdf, has_text, normalise_text, page_ranges
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 needs_corpus = pytest.mark.skipif(not (CORPUS / "MANIFEST.tsv").is_file(),
@@ -131,15 +131,15 @@ FOUR_PAGES = "py-pdf-sample-files/004-pdflatex-4-pages/pdflatex-4-pages.pdf"
 
 @needs_corpus
 def test_page_that_pdfium_fails_is_retried_with_pypdf(monkeypatch):
-    real = pdf._pdfium_page_text
+    real = pdf_parse._pdfium_page_text
 
     def flaky(doc, index):
         if index == 1:
             raise RuntimeError("simulated pdfium page failure")
         return real(doc, index)
 
-    monkeypatch.setattr(pdf, "_pdfium_page_text", flaky)
-    out = pdf._extract_pages(corpus_file(FOUR_PAGES), "auto")
+    monkeypatch.setattr(pdf_parse, "_pdfium_page_text", flaky)
+    out = pdf_parse.extract_pages(corpus_file(FOUR_PAGES), "auto")
     extractors = [p["extractor"] for p in out["pages"]]
     assert extractors == ["pdfium", "pypdf", "pdfium", "pdfium"]
     assert out["pages"][1]["error"] is None and has_text(out["pages"][1]["text"])
@@ -147,9 +147,9 @@ def test_page_that_pdfium_fails_is_retried_with_pypdf(monkeypatch):
 
 @needs_corpus
 def test_page_without_text_in_pdfium_is_retried_with_pypdf(monkeypatch):
-    real = pdf._pdfium_page_text
-    monkeypatch.setattr(pdf, "_pdfium_page_text", lambda doc, i: "" if i == 2 else real(doc, i))
-    out = pdf._extract_pages(corpus_file(FOUR_PAGES), "auto")
+    real = pdf_parse._pdfium_page_text
+    monkeypatch.setattr(pdf_parse, "_pdfium_page_text", lambda doc, i: "" if i == 2 else real(doc, i))
+    out = pdf_parse.extract_pages(corpus_file(FOUR_PAGES), "auto")
     assert out["pages"][2]["extractor"] == "pypdf" and has_text(out["pages"][2]["text"])
 
 
@@ -161,10 +161,10 @@ def test_page_failing_in_both_libraries_gets_an_error_and_others_stand(monkeypat
     def broken_pypdf(reader, index):
         raise ValueError("simulated pypdf failure")
 
-    real = pdf._pdfium_page_text
-    monkeypatch.setattr(pdf, "_pdfium_page_text", lambda d, i: broken(d, i) if i == 0 else real(d, i))
-    monkeypatch.setattr(pdf, "_pypdf_page_text", broken_pypdf)
-    out = pdf._extract_pages(corpus_file(FOUR_PAGES), "auto")
+    real = pdf_parse._pdfium_page_text
+    monkeypatch.setattr(pdf_parse, "_pdfium_page_text", lambda d, i: broken(d, i) if i == 0 else real(d, i))
+    monkeypatch.setattr(pdf_parse, "_pypdf_page_text", broken_pypdf)
+    out = pdf_parse.extract_pages(corpus_file(FOUR_PAGES), "auto")
     first = out["pages"][0]
     assert first["text"] == "" and "simulated pdfium failure" in first["error"]
     assert "simulated pypdf failure" in first["error"]
@@ -173,9 +173,9 @@ def test_page_failing_in_both_libraries_gets_an_error_and_others_stand(monkeypat
 
 @needs_corpus
 def test_empty_pdfium_page_keeps_pdfium_result_when_pypdf_also_finds_nothing(monkeypatch):
-    monkeypatch.setattr(pdf, "_pdfium_page_text", lambda doc, i: "")
-    monkeypatch.setattr(pdf, "_pypdf_page_text", lambda reader, i: "  ")
-    out = pdf._extract_pages(corpus_file(FOUR_PAGES), "auto")
+    monkeypatch.setattr(pdf_parse, "_pdfium_page_text", lambda doc, i: "")
+    monkeypatch.setattr(pdf_parse, "_pypdf_page_text", lambda reader, i: "  ")
+    out = pdf_parse.extract_pages(corpus_file(FOUR_PAGES), "auto")
     assert [(p["extractor"], p["text"], p["error"]) for p in out["pages"]] == [("pdfium", "", None)] * 4
 
 
@@ -186,28 +186,28 @@ REQUEST = {"path": "unused.pdf", "backend": "auto", "password": "", "first": 0, 
 
 
 def test_child_that_hangs_is_killed_and_raises_pdf_timeout(monkeypatch):
-    monkeypatch.setattr(pdf, "_CHILD_CODE", "import time; time.sleep(600)")
+    monkeypatch.setattr(pdf_sandbox, "CHILD_CODE", "import time; time.sleep(600)")
     with pytest.raises(errors.PdfTimeout):
-        pdf._run_child(REQUEST, timeout_s=1)
+        pdf_sandbox.run_child(REQUEST, timeout_s=1)
 
 
 def test_child_that_segfaults_is_reported_as_a_crash(monkeypatch):
-    monkeypatch.setattr(pdf, "_CHILD_CODE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
-    with pytest.raises(pdf._ChildCrashed):
-        pdf._run_child(REQUEST, timeout_s=30)
+    monkeypatch.setattr(pdf_sandbox, "CHILD_CODE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    with pytest.raises(pdf_sandbox.ChildCrashed):
+        pdf_sandbox.run_child(REQUEST, timeout_s=30)
 
 
 def test_child_that_aborts_silently_counts_as_out_of_memory(monkeypatch):
     # pdfium's reaction to a failed allocation under RLIMIT_AS is a bare abort().
-    monkeypatch.setattr(pdf, "_CHILD_CODE", "import os; os.abort()")
+    monkeypatch.setattr(pdf_sandbox, "CHILD_CODE", "import os; os.abort()")
     with pytest.raises(errors.TooLarge):
-        pdf._run_child(REQUEST, timeout_s=30)
+        pdf_sandbox.run_child(REQUEST, timeout_s=30)
 
 
 def test_child_dying_with_memory_error_raises_too_large(monkeypatch):
-    monkeypatch.setattr(pdf, "_CHILD_CODE", "raise MemoryError")
+    monkeypatch.setattr(pdf_sandbox, "CHILD_CODE", "raise MemoryError")
     with pytest.raises(errors.TooLarge):
-        pdf._run_child(REQUEST, timeout_s=30)
+        pdf_sandbox.run_child(REQUEST, timeout_s=30)
 
 
 def test_crashed_pdfium_child_is_retried_with_pypdf(monkeypatch):
@@ -216,28 +216,28 @@ def test_crashed_pdfium_child_is_retried_with_pypdf(monkeypatch):
     def fake_run_child(request, timeout_s):
         calls.append(request["backend"])
         if request["backend"] == "auto":
-            raise pdf._ChildCrashed("parser exited with -11")
+            raise pdf_sandbox.ChildCrashed("parser exited with -11")
         return {"ok": True, "page_count": 1, "backend": "pypdf",
                 "pages": [{"page_number": 1, "text": "rescued", "extractor": "pypdf", "error": None}]}
 
-    monkeypatch.setattr(pdf, "_run_child", fake_run_child)
-    out = pdf._extract_in_child("x.pdf", "auto", "", 0, None, None, 30, 256)
+    monkeypatch.setattr(pdf_sandbox, "run_child", fake_run_child)
+    out = pdf_sandbox.extract_in_child("x.pdf", "auto", "", 0, None, None, 30, 256)
     assert calls == ["auto", "pypdf"] and out["pages"][0]["text"] == "rescued"
 
 
 def test_crash_in_both_libraries_raises_pdf_malformed(monkeypatch):
     def crash(request, timeout_s):
-        raise pdf._ChildCrashed("parser exited with -11")
+        raise pdf_sandbox.ChildCrashed("parser exited with -11")
 
-    monkeypatch.setattr(pdf, "_run_child", crash)
+    monkeypatch.setattr(pdf_sandbox, "run_child", crash)
     with pytest.raises(errors.PdfMalformed):
-        pdf._extract_in_child("x.pdf", "auto", "", 0, None, None, 30, 256)
+        pdf_sandbox.extract_in_child("x.pdf", "auto", "", 0, None, None, 30, 256)
 
 
 def test_page_ranges_cover_every_page_once_in_order():
-    assert pdf.page_ranges(10, 3) == [(0, 4), (4, 7), (7, 10)]
-    assert pdf.page_ranges(619, 4)[-1][1] == 619
-    assert pdf.page_ranges(2, 8) == [(0, 1), (1, 2)]
+    assert page_ranges(10, 3) == [(0, 4), (4, 7), (7, 10)]
+    assert page_ranges(619, 4)[-1][1] == 619
+    assert page_ranges(2, 8) == [(0, 1), (1, 2)]
 
 
 # --- real corpus files --------------------------------------------------------------------
