@@ -245,16 +245,9 @@ def executions_for(sfn, state_machine_arn: str, count: int, timeout: float = 30)
 
 
 def history(sfn, arn: str) -> list[dict]:
-    events, token = [], None
-    while True:
-        kw = {"executionArn": arn, "maxResults": 1000, "includeExecutionData": True}
-        if token:
-            kw["nextToken"] = token
-        page = sfn.get_execution_history(**kw)
-        events += page["events"]
-        token = page.get("nextToken")
-        if not token:
-            return events
+    from docpipe_local.executions import execution_history
+
+    return execution_history(sfn, arn)
 
 
 def entered_states(events: list[dict]) -> list[str]:
