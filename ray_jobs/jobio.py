@@ -3,29 +3,30 @@
 from __future__ import annotations
 
 import json
-from typing import Iterable
+from collections.abc import Iterable
+from typing import Any, cast
 
 import boto3
 
 from docpipe.identity import parse_s3_uri, s3_uri
 
 
-def s3():
+def s3() -> Any:  # Any: boto3's stubs type a client per literal service name
     return boto3.client("s3")
 
 
-def read_json(uri: str) -> dict:
+def read_json(uri: str) -> dict[str, Any]:
     bucket, key = parse_s3_uri(uri)
-    return json.loads(s3().get_object(Bucket=bucket, Key=key)["Body"].read())
+    return cast(dict[str, Any], json.loads(s3().get_object(Bucket=bucket, Key=key)["Body"].read()))
 
 
-def read_jsonl(uri: str) -> list[dict]:
+def read_jsonl(uri: str) -> list[dict[str, Any]]:
     bucket, key = parse_s3_uri(uri)
     body = s3().get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
     return [json.loads(line) for line in body.splitlines() if line.strip()]
 
 
-def write_jsonl(bucket: str, key: str, rows: Iterable[dict]) -> str:
+def write_jsonl(bucket: str, key: str, rows: Iterable[dict[str, Any]]) -> str:
     # sort_keys + fixed separators: a re-run writes byte-identical objects.
     body = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n"
                    for r in rows)
@@ -34,8 +35,9 @@ def write_jsonl(bucket: str, key: str, rows: Iterable[dict]) -> str:
     return s3_uri(bucket, key)
 
 
-def download(bucket: str, key: str, path: str) -> None:
-    s3().download_file(bucket, key, path)
+def download(bucket: str, key: str, path: str, version_id: str = "") -> None:
+    """The object at `path`; with `version_id`, that version whatever the key holds now."""
+    s3().download_file(bucket, key, path, ExtraArgs={"VersionId": version_id} if version_id else None)
 
 
 def delete(uri: str) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-import boto3
 import pytest
-
 from conftest import EVENTS
+
 from docpipe import identity
+from docpipe.timeutil import today
 from docpipe_local.invoke import invoke_function, load_event
 
 PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
@@ -31,7 +31,7 @@ def stack_with_upload(local_aws):
 def control_item(clients, stack, doc, ver):
     item = clients["dynamodb"].get_item(TableName=stack.outputs["ControlTableName"], Key={
         "document_id": {"S": doc}, "processing_version": {"S": ver}}).get("Item")
-    return {k: list(v.values())[0] for k, v in (item or {}).items()}
+    return {k: next(iter(v.values())) for k, v in (item or {}).items()}
 
 
 def test_register_document_records_pending_version(stack_with_upload):
@@ -49,7 +49,7 @@ def test_register_document_records_pending_version(stack_with_upload):
 
 
 def test_register_document_twice_is_a_duplicate(stack_with_upload):
-    stack, clients, _, ev = stack_with_upload
+    stack, _, _, ev = stack_with_upload
     first, _, _ = invoke_function(stack, "RegisterDocument", ev)
     # Same bytes, another execution (re-delivered event or a re-upload): no second run.
     second, errored, _ = invoke_function(stack, "RegisterDocument", {**ev, "execution_arn": ev["execution_arn"] + "-2"})
@@ -86,7 +86,7 @@ def test_register_document_zero_bytes_raises_empty_document(stack_with_upload):
 
 
 def test_register_document_over_the_limit_raises_too_large(stack_with_upload):
-    stack, clients, _, ev = stack_with_upload
+    stack, _, _, ev = stack_with_upload
     result, errored, _ = invoke_function(stack, "RegisterDocument", ev, extra_env={"MAX_DOCUMENT_BYTES": "10"})
     assert errored and result["errorType"] == "TooLarge"
 
@@ -160,7 +160,7 @@ def test_submit_ray_job_posts_with_token_and_keeps_the_token_out_of_ray(stack_wi
 
 
 def test_submit_ray_job_unreachable_head_raises_retryable_error(stack_with_upload):
-    stack, clients, head, ev = stack_with_upload
+    stack, _, head, ev = stack_with_upload
     reg, _, _ = invoke_function(stack, "RegisterDocument", ev)
     event = {**load_event(EVENTS / "submit_ray_job.json"), "registration": reg}
     head.fail_next = 1
@@ -172,10 +172,11 @@ def test_submit_ray_job_unreachable_head_raises_retryable_error(stack_with_uploa
 
 
 def test_submit_ray_job_wrong_token_is_rejected_not_retried(stack_with_upload):
-    stack, clients, head, ev = stack_with_upload
+    stack, _, head, ev = stack_with_upload
     reg, _, _ = invoke_function(stack, "RegisterDocument", ev)
     head.token = "another-token"
-    result, errored, _ = invoke_function(stack, "SubmitRayJob", {**load_event(EVENTS / "submit_ray_job.json"), "registration": reg})
+    event = {**load_event(EVENTS / "submit_ray_job.json"), "registration": reg}
+    result, errored, _ = invoke_function(stack, "SubmitRayJob", event)
     assert errored and result["errorType"] == "RayJobRejected" and "401" in result["errorMessage"]
 
 
@@ -192,7 +193,7 @@ def test_finalize_document_completes_and_counts(stack_with_upload):
     assert item["status"] == "COMPLETED" and item["chunks"] == str(chunks)
     metrics = clients["dynamodb"].query(TableName=stack.outputs["MetricsTableName"],
                                         KeyConditionExpression="#d = :d", ExpressionAttributeNames={"#d": "date"},
-                                        ExpressionAttributeValues={":d": {"S": __import__("docpipe.timeutil").timeutil.today()}})["Items"]
+                                        ExpressionAttributeValues={":d": {"S": today()}})["Items"]
     by_type = {m["metric_type"]["S"]: m for m in metrics}
     assert by_type["documents"]["completed"]["N"] == "1" and by_type["chunks"]["count"]["N"] == str(chunks)
     # DailyCostUsd adds these up: with the local model the document still costs its Ray
@@ -213,7 +214,7 @@ def test_finalize_document_retried_after_commit_changes_nothing(stack_with_uploa
     again, errored, _ = invoke_function(stack, "FinalizeDocument", event)
     assert not errored and again["status"] == first["status"] == "COMPLETED"
     metrics = clients["dynamodb"].get_item(TableName=stack.outputs["MetricsTableName"], Key={
-        "date": {"S": __import__("docpipe.timeutil").timeutil.today()}, "metric_type": {"S": "documents"}})["Item"]
+        "date": {"S": today()}, "metric_type": {"S": "documents"}})["Item"]
     assert metrics["completed"]["N"] == "1", "counted once"
 
 
@@ -229,9 +230,10 @@ def test_record_failure_writes_report_copy_and_status(stack_with_upload):
     item = control_item(clients, stack, reg["document_id"], reg["processing_version"])
     assert item["status"] == "FAILED" and item["error_code"] == code
     bucket = reg["bucket"]
-    report = json.loads(clients["s3"].get_object(Bucket=bucket, Key=f"errors/{reg['document_id']}/{reg['processing_version']}/error.json")["Body"].read())
+    base = f"errors/{reg['document_id']}/{reg['processing_version']}/"
+    report = json.loads(clients["s3"].get_object(Bucket=bucket, Key=base + "error.json")["Body"].read())
     assert report["error_code"] == code and report["s3_key"] == reg["key"]
-    copy = clients["s3"].get_object(Bucket=bucket, Key=f"errors/{reg['document_id']}/{reg['processing_version']}/input.pdf")["Body"].read()
+    copy = clients["s3"].get_object(Bucket=bucket, Key=base + "input.pdf")["Body"].read()
     assert copy == PDF
     assert clients["s3"].get_object(Bucket=bucket, Key=reg["key"])["Body"].read() == PDF, "the upload survives"
 
@@ -240,7 +242,8 @@ def test_record_failure_before_registration_identifies_from_the_event(stack_with
     stack, clients, _, ev = stack_with_upload
     s3_event = load_event(EVENTS / "s3_object_created.json")
     clients["s3"].put_object(Bucket=ev["detail"]["bucket"]["name"], Key=ev["detail"]["object"]["key"], Body=b"")
-    state = {**s3_event, "error": {"Error": "EmptyDocument", "Cause": json.dumps({"errorMessage": "zero bytes", "errorType": "EmptyDocument"})}}
+    cause = json.dumps({"errorMessage": "zero bytes", "errorType": "EmptyDocument"})
+    state = {**s3_event, "error": {"Error": "EmptyDocument", "Cause": cause}}
     result, errored, _ = invoke_function(stack, "RecordFailure", {"state": state, "execution_arn": ev["execution_arn"]})
     assert not errored, result
     assert result["error_code"] == "EmptyDocument" and result["error_message"] == "zero bytes"
@@ -258,7 +261,7 @@ def test_record_failure_when_s3_denies_reading_the_upload_still_records_it(stack
     original = botocore.client.BaseClient._make_api_call
 
     def deny_reads(client, operation, params):
-        if operation in ("HeadObject", "GetObject", "CopyObject") and params.get("Key", "").startswith("input/") \
+        if (operation in ("HeadObject", "GetObject", "CopyObject") and params.get("Key", "").startswith("input/")) \
                 or operation == "CopyObject":
             raise ClientError({"Error": {"Code": "403", "Message": "Forbidden"},
                                "ResponseMetadata": {"HTTPStatusCode": 403}}, operation)
@@ -279,7 +282,7 @@ def test_record_failure_when_s3_denies_reading_the_upload_still_records_it(stack
 
 
 def test_publish_backlog_counts_in_flight_documents(stack_with_upload):
-    stack, clients, head, ev = stack_with_upload
+    stack, _, head, ev = stack_with_upload
     head.run_jobs = False
     reg, _, _ = invoke_function(stack, "RegisterDocument", ev)  # one PENDING document
     result, errored, logs = invoke_function(stack, "PublishBacklog", load_event(EVENTS / "publish_backlog.json"))

@@ -31,7 +31,6 @@ import fnmatch
 import json
 
 import pytest
-
 from aws_world import HEAD, TREE, WORKER, world  # noqa: F401 - the shared session fixture
 from cfn_yaml import load as load_cfn
 
@@ -89,7 +88,9 @@ UNUSED_OK = {
            "sqs:GetQueueAttributes on EmbedQueue": EMBED_TWIN},
     WORKER: {"elasticfilesystem:Client* on *VectorFileSystem": "the LanceDB volume, mounted by ECS",
              "ecs:UpdateTaskProtection on *": "ray_jobs/node_guard.py (scale-in protection through the ECS "
-                                              "agent endpoint): not run on moto"},
+                                              "agent endpoint): not run on moto",
+             "s3:GetObject on DocumentBucket/input/*": "extract reads by key only a registration without an S3 "
+                                                       "version id (made before versions were recorded)"},
     "IngestDocumentStateMachine": {"logs:* on *": LOG_DELIVERY},
     "BackfillStateMachine": {
         "logs:* on *": LOG_DELIVERY,
@@ -118,23 +119,29 @@ def role_statements(stack, role_id: str) -> list[dict]:
     return _statements(docs)
 
 
-def nested_stack(stack):
-    """infra/ray-cluster.yaml as the parent deploys it: the parameters it passes (resolved
-    against this local stack), the nested defaults for the rest, its conditions."""
+def nested_stack(stack, logical_id: str = "RayCluster"):
+    """A nested stack of `stack` as it is deployed: infra/ray-cluster.yaml (RayCluster of
+    template.yaml), or one that ray-cluster.yaml nests in turn (its TemplateURL beside it),
+    with the parameters its parent passes (resolved against that parent), the nested
+    defaults for the rest, its conditions."""
     from docpipe_local.template import Stack
 
     class Nested(Stack):
         def get_att(self, name, attr):  # attributes of resources the checks never read
             try:
                 return super().get_att(name, attr)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 return f"{name}.{attr}"
 
-    cfn = load_cfn(TREE / "infra" / "ray-cluster.yaml")
-    passed = stack.properties("RayCluster")["Parameters"]
+    props = stack.resources[logical_id]["Properties"]
+    # Relative to the parent's file (the SAM transform turns Location into TemplateURL).
+    path = getattr(stack, "template_dir", TREE) / (props.get("Location") or props["TemplateURL"])
+    cfn = load_cfn(path)
+    passed = stack.properties(logical_id)["Parameters"]
     params = {k: str(v["Default"]) for k, v in cfn["Parameters"].items() if "Default" in v}
     params.update({k: str(v) for k, v in passed.items()})
-    nested = Nested("docpipe-RayCluster", stack.region, stack.account, params, cfn["Resources"], {}, {})
+    nested = Nested(f"{stack.name}-{logical_id}", stack.region, stack.account, params, cfn["Resources"], {}, {})
+    nested.template_dir = path.parent
     for name, expr in cfn.get("Conditions", {}).items():
         nested.conditions[name] = bool(nested.resolve(expr))
     return nested
@@ -193,12 +200,15 @@ def needs(stack, call) -> list[tuple[str, str, dict]]:
         bucket = f"arn:aws:s3:::{p['Bucket']}"
         if op == "CopyObject":
             src = p["CopySource"]
-            out = [("s3:GetObject", f"arn:aws:s3:::{src['Bucket']}/{src['Key']}", {}),
+            read = "s3:GetObjectVersion" if src.get("VersionId") else "s3:GetObject"  # a version by its id
+            out = [(read, f"arn:aws:s3:::{src['Bucket']}/{src['Key']}", {}),
                    ("s3:PutObject", f"{bucket}/{p['Key']}", {})]
             if call.outcome in MISSING:
                 out.append(("s3:ListBucket", f"arn:aws:s3:::{src['Bucket']}", {}))
             return out
         if "Key" in p:
+            if op in ("GetObject", "HeadObject") and p.get("VersionId"):
+                act = "s3:GetObjectVersion"  # reading a version by its id (S3 API, GetObject "Permissions")
             out = [(act, f"{bucket}/{p['Key']}", {})]
             if op in ("GetObject", "HeadObject") and call.outcome in MISSING:
                 out.append(("s3:ListBucket", bucket, {}))  # else AWS answers 403
@@ -206,6 +216,9 @@ def needs(stack, call) -> list[tuple[str, str, dict]]:
         return [(act, bucket, {"s3:prefix": p["Prefix"]} if "Prefix" in p else {})]
     if svc == "sqs":
         return [(act, f"arn:aws:sqs:{region}:{account}:{p['QueueUrl'].rsplit('/', 1)[-1]}", {})]
+    if svc == "dynamodb" and op == "TransactWriteItems":  # authorized per item: PutItem, UpdateItem, ...
+        return [(f"dynamodb:{kind}Item", f"arn:aws:dynamodb:{region}:{account}:table/{item[kind]['TableName']}", {})
+                for item in p["TransactItems"] for kind in item]
     if svc == "dynamodb":
         table = f"arn:aws:dynamodb:{region}:{account}:table/{p['TableName']}"
         return [(act, f"{table}/index/{p['IndexName']}" if p.get("IndexName") else table, {})]
@@ -221,7 +234,6 @@ def integration_needs(world, sm: str) -> list[tuple[str, str, dict]]:
     scheduled (TaskScheduled / LambdaFunctionScheduled events), mapped per the Step
     Functions developer guide's IAM pages."""
     stack = world.stack
-    region, account = stack.region, stack.account
     out = []
     for events in world.histories[sm]:
         for e in events:
@@ -311,19 +323,19 @@ def _distributed_map_needs(world, sm: str) -> list[tuple[str, str, dict]]:
 def label(stack, resource: str) -> str:
     """A granted or called resource with this stack's ARNs shown as logical ids."""
     names = []
-    for lid, res in stack.resources.items():
+    for lid in stack.resources:
         try:
             names.append((stack.arn(lid), lid))
-        except Exception:  # noqa: BLE001
+        except Exception:
             continue
     for arn, lid in sorted(names, key=lambda x: -len(x[0])):
-        if resource == arn or resource.startswith(arn + "/") or resource.startswith(arn + ":"):
+        if resource == arn or resource.startswith((arn + "/", arn + ":")):
             return lid + resource[len(arn):]
     return resource
 
 
 def components() -> list[str]:
-    return LAMBDAS + [HEAD, WORKER]
+    return [*LAMBDAS, HEAD, WORKER]
 
 
 # ---------------------------------------------------------------- tests
@@ -339,7 +351,7 @@ def required_by(world, name: str):
     return [n for c in world.of(name) for n in needs(world.stack, c)]
 
 
-@pytest.mark.parametrize("name", LAMBDAS + [HEAD, WORKER])
+@pytest.mark.parametrize("name", [*LAMBDAS, HEAD, WORKER])
 def test_component_made_the_calls_this_file_vouches_for(world, name):
     made = {(c.service, c.operation, c.outcome) for c in world.of(name)}
     assert EXPECTED[name] <= made, sorted(EXPECTED[name] - made)
@@ -353,14 +365,14 @@ def test_workers_use_the_embedding_cache_and_answer_failures(world):
             ("stepfunctions", "SendTaskFailure", ""), ("s3", "DeleteObject", "jobs")} <= made, sorted(made)
 
 
-@pytest.mark.parametrize("name", LAMBDAS + [HEAD, WORKER] + STATE_MACHINES)
+@pytest.mark.parametrize("name", [*LAMBDAS, HEAD, WORKER, *STATE_MACHINES])
 def test_every_call_is_granted(world, name):
     required = required_by(world, name)
     assert required
     assert denied(world, name, required) == []
 
 
-@pytest.mark.parametrize("name", LAMBDAS + [HEAD, WORKER] + STATE_MACHINES)
+@pytest.mark.parametrize("name", [*LAMBDAS, HEAD, WORKER, *STATE_MACHINES])
 def test_granted_actions_never_used_are_listed(world, name):
     """Expand every statement into action x resource; what no recorded call used must be in
     UNUSED_OK with its reason, and UNUSED_OK lists nothing that is used or not granted."""

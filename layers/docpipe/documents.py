@@ -11,9 +11,11 @@ machine's Catch records it as FAILED.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import unquote_plus
 
 from botocore.exceptions import ClientError
@@ -37,16 +39,19 @@ class Registration:
     size: int = 0
     etag: str = ""
     sha256: str = ""
+    # The S3 version hashed here, and the one every later read of the upload asks for:
+    # an overwrite of the key never changes what this version is. "" without versioning.
+    s3_version_id: str = ""
     attempt: int = 1
     reason: str = ""
-    limits: dict = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)
 
-    def to_state(self) -> dict:
+    def to_state(self) -> dict[str, Any]:
         """What travels in the state machine: ids, the key and counts, never content."""
         return asdict(self)
 
 
-def s3_object_from_event(event: dict) -> tuple[str, str, dict]:
+def s3_object_from_event(event: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     """(bucket, key, detail.object) from an EventBridge S3 event, or from its detail."""
     detail = event.get("detail", event)
     try:
@@ -58,7 +63,7 @@ def s3_object_from_event(event: dict) -> tuple[str, str, dict]:
     return bucket, key, obj
 
 
-def _head(s3, bucket: str, key: str) -> tuple[str, dict]:
+def _head(s3: Any, bucket: str, key: str) -> tuple[str, dict[str, Any]]:
     """HEAD the object; EventBridge may deliver the key URL-encoded (spaces as '+'),
     so try the decoded form when the literal one is not found."""
     candidates = [key] + ([unquote_plus(key)] if unquote_plus(key) != key else [])
@@ -75,15 +80,22 @@ def _head(s3, bucket: str, key: str) -> tuple[str, dict]:
     raise DocumentNotFound(f"s3://{bucket}/{key} does not exist (deleted before processing?)")
 
 
-def _sha256(s3, bucket: str, key: str) -> str:
-    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+def version_args(version_id: str) -> dict[str, str]:
+    """Extra arguments of a read pinned to `version_id` (none for an unversioned object)."""
+    return {"VersionId": version_id} if version_id else {}
+
+
+def _sha256(s3: Any, bucket: str, key: str, version_id: str) -> str:
+    """Streamed in blocks: a document near MAX_DOCUMENT_BYTES is never held in memory."""
+    body = s3.get_object(Bucket=bucket, Key=key, **version_args(version_id))["Body"]
     digest = hashlib.sha256()
-    for block in iter(lambda: body.read(HASH_CHUNK), b""):
-        digest.update(block)
+    with contextlib.closing(body):
+        for block in iter(lambda: body.read(HASH_CHUNK), b""):
+            digest.update(block)
     return digest.hexdigest()
 
 
-def identify(event: dict, settings: Settings) -> Registration:
+def identify(event: dict[str, Any], settings: Settings) -> Registration:
     """Identity of the object in `event`, reading it only when it is in scope.
 
     Raises EmptyDocument / TooLarge / DocumentNotFound for bad input in scope."""
@@ -99,14 +111,16 @@ def identify(event: dict, settings: Settings) -> Registration:
         doc_id = identity.document_id(bucket, real_key)
     size = int(head.get("ContentLength", 0))
     etag = head.get("ETag", "").strip('"')
+    # "null": an object written while versioning was off; its key reads it.
+    version_id = "" if head.get("VersionId") in (None, "null") else str(head["VersionId"])
     base = Registration(doc_id, identity.unread_version(etag, settings.pipeline_version),
-                        bucket, real_key, "PROCESS", size=size, etag=etag)
+                        bucket, real_key, "PROCESS", size=size, etag=etag, s3_version_id=version_id)
     if size == 0:
         raise EmptyDocument(f"s3://{bucket}/{real_key} has zero bytes")
     if size > settings.max_document_bytes:
         raise TooLarge(f"s3://{bucket}/{real_key} is {size} bytes; the limit is "
                        f"{settings.max_document_bytes} (MAX_DOCUMENT_BYTES)")
-    base.sha256 = _sha256(s3, bucket, real_key)
+    base.sha256 = _sha256(s3, bucket, real_key, version_id)
     base.processing_version = identity.processing_version(base.sha256, settings.pipeline_version)
     return base
 
@@ -116,10 +130,10 @@ def _age_seconds(iso: str) -> float:
         then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
     except (ValueError, AttributeError):
         return float("inf")
-    return (datetime.now(timezone.utc) - then).total_seconds()
+    return (datetime.now(UTC) - then).total_seconds()
 
 
-def register(event: dict, settings: Settings, records: Records, execution_arn: str) -> Registration:
+def register(event: dict[str, Any], settings: Settings, records: Records, execution_arn: str) -> Registration:
     reg = identify(event, settings)
     reg.limits = settings.stage_limits()
     if reg.decision == "SKIPPED":
@@ -134,7 +148,7 @@ def register(event: dict, settings: Settings, records: Records, execution_arn: s
         "document_id": reg.document_id, "processing_version": reg.processing_version,
         "status": "PENDING", "current_stage": "registered", "s3_key": reg.key,
         "bucket": reg.bucket, "etag": reg.etag, "sha256": reg.sha256, "size": reg.size,
-        "execution_arn": execution_arn, "attempt": 1,
+        "s3_version_id": reg.s3_version_id or None, "execution_arn": execution_arn, "attempt": 1,
     }
     for _ in range(3):  # create-or-decide; a lost race re-reads the winner's item
         if records.create(item):
@@ -155,6 +169,8 @@ def register(event: dict, settings: Settings, records: Records, execution_arn: s
             records.update(reg.document_id, reg.processing_version, {
                 "status": "PENDING", "current_stage": "registered", "execution_arn": execution_arn,
                 "attempt": reg.attempt, "error_code": None, "error_message": None,
+                # The same bytes may be a later upload (another S3 version): read that one.
+                "s3_version_id": reg.s3_version_id or None,
             }, action="retry" if not same_run else "register_retry",
                 detail={"previous_status": status})
             return reg

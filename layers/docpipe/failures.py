@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from botocore.exceptions import ClientError
 
 from docpipe import aws, identity
 from docpipe.config import Settings
-from docpipe.documents import Registration, identify
+from docpipe.documents import Registration, identify, version_args
 from docpipe.errors import DocpipeError
 from docpipe.records import Records
 from docpipe.timeutil import now_iso
@@ -22,6 +23,8 @@ from docpipe.timeutil import now_iso
 # Step Functions' own names for a stage that stopped answering, folded into one code.
 TIMEOUT_ERRORS = {"States.Timeout", "States.HeartbeatTimeout", "States.TaskFailed.Timeout"}
 MAX_MESSAGE = 1000
+# Control item attribute: the execution whose failure the daily metrics counted last.
+FAILURE_MARKER = "failure_counted_for"
 
 
 @dataclass
@@ -38,7 +41,7 @@ class Failure:
     failed_at: str
 
 
-def parse_error(error: dict | None) -> tuple[str, str]:
+def parse_error(error: dict[str, Any] | None) -> tuple[str, str]:
     """(code, message) from a Catch's {"Error", "Cause"}. A Lambda's Cause is its JSON
     error object; a Ray job's Cause is the short message it sent."""
     error = error or {}
@@ -56,7 +59,7 @@ def parse_error(error: dict | None) -> tuple[str, str]:
     return code, str(cause)[:MAX_MESSAGE]
 
 
-def _registration(state: dict, settings: Settings) -> Registration:
+def _registration(state: dict[str, Any], settings: Settings) -> Registration:
     reg = state.get("registration")
     if reg:
         return Registration(**reg)
@@ -70,13 +73,13 @@ def _registration(state: dict, settings: Settings) -> Registration:
                             etag=obj.get("etag", ""))
 
 
-def _event_object(state: dict) -> tuple[str, str, dict]:
+def _event_object(state: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     detail = state.get("detail", {})
     return detail.get("bucket", {}).get("name", ""), detail.get("object", {}).get("key", ""), \
         detail.get("object", {})
 
 
-def record_failure(state: dict, settings: Settings, records: Records, execution_arn: str) -> Failure:
+def record_failure(state: dict[str, Any], settings: Settings, records: Records, execution_arn: str) -> Failure:
     reg = _registration(state, settings)
     code, message = parse_error(state.get("error"))
     existing = records.get(reg.document_id, reg.processing_version)
@@ -89,8 +92,9 @@ def record_failure(state: dict, settings: Settings, records: Records, execution_
     copy_uri = ""
     if reg.key:
         try:  # server-side copy; the original stays where it is
-            s3.copy_object(Bucket=reg.bucket, Key=base + "input.pdf",
-                           CopySource={"Bucket": reg.bucket, "Key": reg.key})
+            # The registered version: the bytes that failed, not what was written since.
+            s3.copy_object(Bucket=reg.bucket, Key=base + "input.pdf", CopySource={
+                "Bucket": reg.bucket, "Key": reg.key, **version_args(reg.s3_version_id)})
             copy_uri = identity.s3_uri(reg.bucket, base + "input.pdf")
         except ClientError:
             copy_uri = ""  # the input is gone (DocumentNotFound): nothing to copy
@@ -110,12 +114,17 @@ def record_failure(state: dict, settings: Settings, records: Records, execution_
                         "s3_key": reg.key, "bucket": reg.bucket, "etag": reg.etag,
                         "size": reg.size, "current_stage": stage, **fields})
     else:
-        records.update(reg.document_id, reg.processing_version, fields, action="failed",
+        retry = existing.get("status") == "FAILED" and existing.get("execution_arn") == execution_arn
+        records.update(reg.document_id, reg.processing_version, fields,
+                       action="failed_retry" if retry else "failed",
                        detail={"error_code": code, "stage": stage})
-    records.add_metrics({"failures": {"count": 1, code: 1}, "documents": {"failed": 1}})
+    # Once per execution: a retried RecordFailure finds its own mark and adds nothing.
+    records.add_metrics_once(reg.document_id, reg.processing_version,
+                             {"failures": {"count": 1, code: 1}, "documents": {"failed": 1}},
+                             marker=FAILURE_MARKER, token=execution_arn)
     return failure
 
 
-def alert_message(failure: Failure) -> dict:
+def alert_message(failure: Failure) -> dict[str, Any]:
     """The SNS message body (also what NotifyFailure publishes)."""
     return {"event": "DocumentFailed", **asdict(failure)}

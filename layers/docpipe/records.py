@@ -12,7 +12,7 @@ import itertools
 import json
 import os
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
@@ -25,6 +25,11 @@ from docpipe.timeutil import epoch_in_days, now_iso, today
 STATUSES = ("PENDING", "PROCESSING", "COMPLETED", "PARTIAL", "FAILED", "SKIPPED")
 DONE_STATUSES = ("COMPLETED", "PARTIAL")
 METRIC_TYPES = ("documents", "pages", "chunks", "tokens", "costs", "failures")
+# Why DynamoDB cancels a transaction when trying again later can succeed.
+TRANSIENT_CANCELLATIONS = {"ThrottlingError", "ProvisionedThroughputExceeded", "TransactionConflict"}
+
+# An item of one of the tables as plain Python (attribute name -> value).
+Item = dict[str, Any]
 
 _ser = TypeSerializer()
 _de = TypeDeserializer()
@@ -52,12 +57,12 @@ def plain(value: Any) -> Any:
     return value
 
 
-def _serialize(item: dict) -> dict:
+def _serialize(item: Item) -> dict[str, Any]:
     return {k: _ser.serialize(_to_ddb(v)) for k, v in item.items() if v is not None}
 
 
-def _deserialize(item: dict) -> dict:
-    return plain({k: _de.deserialize(v) for k, v in item.items()})
+def _deserialize(item: dict[str, Any]) -> Item:
+    return cast(Item, plain({k: _de.deserialize(v) for k, v in item.items()}))
 
 
 def _throttle_guard(err: ClientError) -> None:
@@ -75,7 +80,7 @@ class Records:
         self.ddb = aws.client("dynamodb")
 
     # --- control ---------------------------------------------------------------------
-    def get(self, document_id: str, version: str) -> dict | None:
+    def get(self, document_id: str, version: str) -> Item | None:
         try:
             resp = self.ddb.get_item(
                 TableName=self.settings.control_table,
@@ -87,8 +92,8 @@ class Records:
             raise
         return _deserialize(resp["Item"]) if "Item" in resp else None
 
-    def versions(self, document_id: str) -> list[dict]:
-        items: list[dict] = []
+    def versions(self, document_id: str) -> list[Item]:
+        items: list[Item] = []
         kwargs = {
             "TableName": self.settings.control_table,
             "KeyConditionExpression": "document_id = :d",
@@ -101,7 +106,7 @@ class Records:
                 return items
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
-    def create(self, item: dict) -> bool:
+    def create(self, item: Item) -> bool:
         """Put a new control item; False if (document_id, version) already exists."""
         now = now_iso()
         full = {
@@ -129,12 +134,12 @@ class Records:
         self,
         document_id: str,
         version: str,
-        fields: dict,
+        fields: Item,
         *,
         action: str,
         expect_status: tuple[str, ...] | None = None,
-        detail: dict | None = None,
-    ) -> dict:
+        detail: dict[str, Any] | None = None,
+    ) -> Item:
         """Set `fields` (None values are removed); one audit item per call.
 
         `expect_status` guards a transition (e.g. only PENDING/PROCESSING may complete);
@@ -180,7 +185,7 @@ class Records:
 
     # --- audit -----------------------------------------------------------------------
     def audit(self, document_id: str, action: str, from_status: str | None,
-              to_status: str | None, detail: dict | None = None) -> None:
+              to_status: str | None, detail: dict[str, Any] | None = None) -> None:
         # ISO time + pid + counter: unique and time-ordered even for two writes in one ms.
         ts = f"{now_iso()}#{os.getpid() % 100000:05d}{next(_seq) % 10000:04d}"
         item = {
@@ -199,7 +204,7 @@ class Records:
             _throttle_guard(err)
             raise
 
-    def audit_trail(self, document_id: str) -> list[dict]:
+    def audit_trail(self, document_id: str) -> list[Item]:
         resp = self.ddb.query(
             TableName=self.settings.audit_table,
             KeyConditionExpression="document_id = :d",
@@ -208,30 +213,70 @@ class Records:
         return [_deserialize(i) for i in resp.get("Items", [])]
 
     # --- daily metrics ---------------------------------------------------------------
-    def add_metrics(self, counters: dict[str, dict[str, float]], date: str | None = None) -> None:
-        """counters: {metric_type: {field: amount}}, added atomically to today's items."""
-        day = date or today()
+    def _metric_updates(self, counters: dict[str, dict[str, float]], day: str) -> list[dict[str, Any]]:
+        """One UpdateItem (ADD) per metric type with a non-zero amount."""
+        updates = []
         for metric_type, fields in counters.items():
             if metric_type not in METRIC_TYPES:
                 raise ValueError(f"unknown metric_type {metric_type!r}")
             fields = {k: v for k, v in fields.items() if v}
             if not fields:
                 continue
-            names = {f"#f{i}": k for i, k in enumerate(fields)}
-            values = {f":v{i}": _ser.serialize(_to_ddb(v)) for i, v in enumerate(fields.values())}
+            updates.append({
+                "TableName": self.settings.metrics_table,
+                "Key": _serialize({"date": day, "metric_type": metric_type}),
+                "UpdateExpression": "ADD " + ", ".join(f"#f{i} :v{i}" for i in range(len(fields))),
+                "ExpressionAttributeNames": {f"#f{i}": k for i, k in enumerate(fields)},
+                "ExpressionAttributeValues": {f":v{i}": _ser.serialize(_to_ddb(v))
+                                              for i, v in enumerate(fields.values())},
+            })
+        return updates
+
+    def add_metrics(self, counters: dict[str, dict[str, float]], date: str | None = None) -> None:
+        """counters: {metric_type: {field: amount}}, added atomically to today's items."""
+        for update in self._metric_updates(counters, date or today()):
             try:
-                self.ddb.update_item(
-                    TableName=self.settings.metrics_table,
-                    Key=_serialize({"date": day, "metric_type": metric_type}),
-                    UpdateExpression="ADD " + ", ".join(f"#f{i} :v{i}" for i in range(len(fields))),
-                    ExpressionAttributeNames=names,
-                    ExpressionAttributeValues=values,
-                )
+                self.ddb.update_item(**update)
             except ClientError as err:
                 _throttle_guard(err)
                 raise
 
-    def metrics(self, date: str | None = None) -> dict[str, dict]:
+    def add_metrics_once(self, document_id: str, version: str, counters: dict[str, dict[str, float]], *,
+                         marker: str, token: str | None = None, date: str | None = None) -> bool:
+        """Add `counters` to the day's items unless this control item's `marker` says they
+        were added already: the marker and the counters are written in one transaction, so
+        a retried step (the first attempt died after or during this call) counts exactly once.
+
+        token None: once per (document, version). A token (e.g. the execution ARN): once
+        per token. True when counted now, False when counted before."""
+        names = {"#m": marker}
+        values: dict[str, Any] = {":t": {"S": now_iso() if token is None else token}}
+        cond = "attribute_exists(document_id) AND " + (
+            "attribute_not_exists(#m)" if token is None else "(attribute_not_exists(#m) OR #m <> :t)")
+        items: list[dict[str, Any]] = [{"Update": {
+            "TableName": self.settings.control_table,
+            "Key": _serialize({"document_id": document_id, "processing_version": version}),
+            "UpdateExpression": "SET #m = :t",
+            "ConditionExpression": cond,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }}]
+        items += [{"Update": u} for u in self._metric_updates(counters, date or today())]
+        try:
+            self.ddb.transact_write_items(TransactItems=items)
+        except ClientError as err:
+            _throttle_guard(err)
+            if err.response["Error"]["Code"] != "TransactionCanceledException":
+                raise
+            reasons = [r.get("Code", "None") for r in err.response.get("CancellationReasons", [])]
+            if reasons[:1] == ["ConditionalCheckFailed"]:
+                return False  # counted by an earlier attempt
+            if any(r in TRANSIENT_CANCELLATIONS for r in reasons):
+                raise StoreThrottled(f"DynamoDB cancelled the metrics transaction: {reasons}") from err
+            raise
+        return True
+
+    def metrics(self, date: str | None = None) -> dict[str, Item]:
         resp = self.ddb.query(
             TableName=self.settings.metrics_table,
             KeyConditionExpression="#d = :d",
