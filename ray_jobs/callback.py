@@ -1,4 +1,4 @@
-"""The Ray job side of the task-token protocol (DESIGN.md "Ray job protocol").
+"""The Ray job side of the task-token protocol (docs/design.md, "Ray job protocol").
 
 Heartbeats while the stage works; exactly one SendTaskSuccess or SendTaskFailure at
 the end; SIGTERM (ray job stop, scale-in) sends SendTaskFailure(JobInterrupted) before
@@ -8,28 +8,40 @@ the job dies. A SIGKILL sends nothing: the state's HeartbeatSeconds catches that
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
-import boto3
 from botocore.exceptions import ClientError
 
+from docpipe import aws
 from docpipe.errors import JobInterrupted
+from ray_jobs.log import emit_error, emit_warning
+from ray_jobs.settings import StageSettings
 
-log = logging.getLogger("docpipe.job")
 MAX_CAUSE = 32000  # SendTaskFailure's cause limit is 32,768 characters
 # The execution no longer waits for this token (timed out, retried under a new one, stopped).
 GONE_CODES = ("TaskTimedOut", "InvalidToken", "TaskDoesNotExist")
 
 
+def _heartbeat_interval() -> float:
+    try:
+        return StageSettings.from_env().heartbeat_interval_seconds
+    except ValueError:
+        # A malformed setting must not keep the token from being answered: the stage's
+        # own read of the settings fails it with the variable named (StageFailed).
+        return StageSettings.heartbeat_interval_seconds
+
+
 class TaskCallback:
-    def __init__(self, task_token: str, stage: str, interval_s: float | None = None, client=None):
+    def __init__(self, task_token: str, stage: str, interval_s: float | None = None, client: Any = None):
         self.token = task_token
         self.stage = stage
-        self.interval_s = interval_s or float(os.environ.get("DOCPIPE_HEARTBEAT_INTERVAL", "20"))
-        self.sfn = client or boto3.client("stepfunctions")
+        self.interval_s = interval_s or _heartbeat_interval()
+        self.sfn = client or aws.client("stepfunctions")
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._sent = False
@@ -37,7 +49,7 @@ class TaskCallback:
         self.heartbeats = 0
 
     # --- heartbeats ------------------------------------------------------------------
-    def start(self) -> "TaskCallback":
+    def start(self) -> TaskCallback:
         self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
         self._thread.start()
         try:
@@ -54,20 +66,20 @@ class TaskCallback:
             code = err.response["Error"]["Code"]
             if code in GONE_CODES:
                 # The execution gave up on us: stop working, nobody will read the result.
-                log.error(json.dumps({"message": "task no longer waiting; abandoning job", "code": code}))
+                emit_error("task no longer waiting; abandoning job", stage=self.stage, code=code)
                 os._exit(3)
-            log.warning(json.dumps({"message": "heartbeat failed", "code": code}))
+            emit_warning("heartbeat failed", stage=self.stage, code=code)
 
     def _beat(self) -> None:
         while not self._done.wait(self.interval_s):
             self.heartbeat()
 
-    def _on_sigterm(self, signum, frame):
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         self.failure(JobInterrupted.__name__, f"{self.stage} job received SIGTERM before finishing")
         os._exit(143)
 
     # --- the one final answer --------------------------------------------------------
-    def _send_once(self, fn, **kwargs) -> bool:
+    def _send_once(self, fn: Callable[..., object], **kwargs: str) -> bool:
         with self._lock:
             if self._sent:
                 return False
@@ -76,10 +88,10 @@ class TaskCallback:
         try:
             fn(taskToken=self.token, **kwargs)
         except ClientError as err:
-            log.error(json.dumps({"message": "callback rejected", "code": err.response["Error"]["Code"]}))
+            emit_error("callback rejected", stage=self.stage, code=err.response["Error"]["Code"])
         return True
 
-    def success(self, output: dict) -> bool:
+    def success(self, output: dict[str, Any]) -> bool:
         return self._send_once(self.sfn.send_task_success, output=json.dumps(output, default=str))
 
     def failure(self, error: str, cause: str) -> bool:

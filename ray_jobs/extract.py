@@ -11,18 +11,18 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Sequence
+from typing import Any
 
 from docpipe import identity
 from docpipe.errors import PdfNoText
 from ray_jobs import jobio
+from ray_jobs.callback import TaskCallback
 from ray_jobs.runner import emit, main_exit, run
+from ray_jobs.settings import StageSettings
 
 
-def _int_env(name: str, default: int) -> int:
-    return int(os.environ.get(name) or default)
-
-
-def extract_document(job: dict, callback=None) -> dict:
+def extract_document(job: dict[str, Any], callback: TaskCallback | None = None) -> dict[str, Any]:
     from ray_jobs.chunking import chunk_pages
     from ray_jobs.pdf import extract_pdf
 
@@ -31,17 +31,19 @@ def extract_document(job: dict, callback=None) -> dict:
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="docpipe-extract-") as tmp:
         path = os.path.join(tmp, "input.pdf")
-        jobio.download(bucket, reg["key"], path)
-        kwargs = dict(document_id=doc, processing_version=ver,
-                      backend=os.environ.get("PDF_BACKEND", "auto"),
-                      timeout_s=float(os.environ.get("PDF_TIMEOUT_SECONDS", "300")),
-                      max_memory_mb=_int_env("PDF_MAX_MEMORY_MB", 2048),
-                      parallel_threshold_pages=_int_env("PDF_PARALLEL_THRESHOLD_PAGES", 200))
+        # The version registered (and hashed into `ver`), not whatever the key holds now;
+        # a registration from before versions were recorded has none: the key as it is.
+        jobio.download(bucket, reg["key"], path, reg.get("s3_version_id") or "")
+        settings = StageSettings.from_env()
         # The parse runs in a time- and memory-limited child of this driver; Ray is
         # only started (in extract_pdf) for a document long enough to split into page
         # ranges. A Ray task per parse cost ~1.7 CPU-s per document (ray.init + a
         # worker process) for nothing the job slot does not already bound.
-        result = extract_pdf(path, **kwargs)
+        result = extract_pdf(path, document_id=doc, processing_version=ver,
+                             backend=settings.pdf_backend,
+                             timeout_s=settings.pdf_timeout_seconds,
+                             max_memory_mb=settings.pdf_max_memory_mb,
+                             parallel_threshold_pages=settings.pdf_parallel_threshold_pages)
     t_extract = time.monotonic() - t0
     if callback:
         callback.heartbeat()
@@ -50,8 +52,8 @@ def extract_document(job: dict, callback=None) -> dict:
     pages_uri = jobio.write_jsonl(bucket, identity.artifact_key("extracted", doc, ver, "pages.jsonl"), result.pages)
     t1 = time.monotonic()
     chunks = chunk_pages(result.pages, document_id=doc, processing_version=ver,
-                         max_tokens=_int_env("CHUNK_MAX_TOKENS", 400),
-                         overlap_tokens=_int_env("CHUNK_OVERLAP_TOKENS", 50))
+                         max_tokens=settings.chunk_max_tokens,
+                         overlap_tokens=settings.chunk_overlap_tokens)
     chunks_uri = jobio.write_jsonl(bucket, identity.artifact_key("chunks", doc, ver, "chunks.jsonl"), chunks)
     t_chunk = time.monotonic() - t1
     emit(message="extracted", document_id=doc, pages=result.page_count, chunks=len(chunks),
@@ -70,7 +72,7 @@ def extract_document(job: dict, callback=None) -> dict:
     }
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     return run("extract", extract_document, argv)
 
 

@@ -44,8 +44,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, TextIO
+from types import FrameType
+from typing import Any, TextIO
+
+from ray_jobs.log import emit, setup_process
 
 PROTECTION_PATH = "/task-protection/v1/state"
 # Drivers of docpipe's Ray jobs (their command lines): the work a node must not lose.
@@ -58,8 +62,9 @@ JOB_LOG_GLOB = "/tmp/ray/session_latest/logs/job-driver-*.log"
 MAX_READ = 1 << 20  # bytes copied per log file and pass, so one chatty job cannot stall the rest
 
 
-def log(**fields) -> None:
-    print(json.dumps({"ts": round(time.time(), 3), "component": "node_guard", **fields}), flush=True)
+def log(message: str, **fields: Any) -> None:
+    """The guard's own lines: the jobs' shape (ray_jobs.log), on the container's stdout."""
+    emit(message, component="node_guard", **fields)
 
 
 # ------------------------------------------------------------------------------ what runs here
@@ -89,7 +94,7 @@ def process_cmdlines(proc: str = "/proc", root: int | None = None) -> list[tuple
     return sorted((pid, cmdlines[pid]) for pid in below if cmdlines.get(pid))
 
 
-_DRIVER = re.compile(r"-m (%s)(\s|$)" % "|".join(re.escape(m) for m in DRIVER_MODULES))
+_DRIVER = re.compile(r"-m ({})(\s|$)".format("|".join(re.escape(m) for m in DRIVER_MODULES)))
 
 
 def is_driver(cmdline: str) -> bool:
@@ -110,16 +115,16 @@ class ProtectionError(Exception):
     pass
 
 
-def set_protection(agent_uri: str, enabled: bool, expires_minutes: int, timeout: float = 5.0) -> dict:
+def set_protection(agent_uri: str, enabled: bool, expires_minutes: int, timeout: float = 5.0) -> dict[str, Any]:
     """One PUT to the ECS agent's task protection endpoint; returns its "protection" object."""
-    body = {"ProtectionEnabled": enabled}
+    body: dict[str, bool | int] = {"ProtectionEnabled": enabled}
     if enabled:
         body["ExpiresInMinutes"] = expires_minutes
     req = urllib.request.Request(agent_uri.rstrip("/") + PROTECTION_PATH, data=json.dumps(body).encode(),
                                  method="PUT", headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            answer = json.loads(resp.read() or b"{}")
+            answer: dict[str, Any] = json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as err:
         raise ProtectionError(f"HTTP {err.code}: {err.read()[:300].decode(errors='replace')}") from err
     except (urllib.error.URLError, OSError, ValueError) as err:
@@ -128,7 +133,8 @@ def set_protection(agent_uri: str, enabled: bool, expires_minutes: int, timeout:
     for key in ("failure", "error"):
         if answer.get(key):
             raise ProtectionError(f"{key}: {json.dumps(answer[key])[:300]}")
-    return answer.get("protection", {})
+    protection: dict[str, Any] = answer.get("protection", {})
+    return protection
 
 
 @dataclass
@@ -184,7 +190,7 @@ class Protector:
         while not stop.is_set():
             try:
                 self.tick()
-            except Exception as err:  # noqa: BLE001 - never take Ray down with us
+            except Exception as err:  # never take Ray down with us
                 log(message="task protection check failed", cause=f"{type(err).__name__}: {err}"[:300])
             stop.wait(interval_s)
 
@@ -241,7 +247,7 @@ class JobLogFollower:
         while True:
             try:
                 self.poll()
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 log(message="job log copy failed", cause=f"{type(err).__name__}: {err}"[:300])
             if stop.wait(interval_s):
                 self.poll()  # what the drivers wrote while they were stopped
@@ -287,7 +293,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ray_jobs.node_guard",
                                  description="Run `ray start --block` on ECS with scale-in protection, "
                                              "SIGTERM to the document drivers first, and job logs on stdout.")
@@ -300,6 +306,7 @@ def main(argv=None) -> int:
     ap.add_argument("--log-interval-seconds", type=float, default=2.0)
     ap.add_argument("command", nargs=argparse.REMAINDER, help="-- ray start ... --block")
     args = ap.parse_args(argv)
+    setup_process()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         ap.error("the command to run is missing (-- ray start ...)")
@@ -307,7 +314,7 @@ def main(argv=None) -> int:
     stop = threading.Event()
     terminated = threading.Event()
 
-    def on_term(signum, frame):
+    def on_term(signum: int, frame: FrameType | None) -> None:
         terminated.set()
 
     signal.signal(signal.SIGTERM, on_term)

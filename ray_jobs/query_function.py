@@ -14,15 +14,13 @@ functions/ (the zip packages `sam build` makes, which cannot carry the Ray side)
 
 import base64
 import json
+from typing import Any
 
-from aws_lambda_powertools import Logger
-
+from ray_jobs.log import logger
 from ray_jobs.search import DEFAULT_TOP_K, BadQuery, search
 
-logger = Logger()
 
-
-def lambda_handler(event, context):
+def lambda_handler(event: dict[str, Any], context: object) -> dict[str, Any]:
     method = event.get("requestContext", {}).get("http", {}).get("method", "POST")
     if method != "POST":
         return _response(405, {"error": 'POST a JSON body {"text": ..., "top_k": ..., "filter": ...}'})
@@ -31,7 +29,7 @@ def lambda_handler(event, context):
         hits = search(request.get("text"), request.get("top_k", DEFAULT_TOP_K), request.get("filter"))
     except BadQuery as e:
         return _response(400, {"error": str(e)})
-    except Exception:  # noqa: BLE001 - the caller gets a short answer, the log the trace
+    except Exception:  # the caller gets a short answer, the log the trace
         logger.exception("query failed")
         return _response(500, {"error": "the query failed; see the Query function's log"})
     # Never the text: queries can be as confidential as the documents.
@@ -39,7 +37,7 @@ def lambda_handler(event, context):
     return _response(200, {"hits": hits})
 
 
-def _json_body(event) -> dict:
+def _json_body(event: dict[str, Any]) -> dict[str, Any]:
     raw = event.get("body") or ""
     try:
         body = json.loads(base64.b64decode(raw).decode("utf-8") if event.get("isBase64Encoded") else raw)
@@ -50,6 +48,6 @@ def _json_body(event) -> dict:
     return body
 
 
-def _response(status: int, payload: dict) -> dict:
+def _response(status: int, payload: dict[str, Any]) -> dict[str, Any]:
     return {"statusCode": status, "headers": {"Content-Type": "application/json"},
             "body": json.dumps(payload, default=str)}

@@ -3,30 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
-import time
-from typing import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from docpipe.errors import DocpipeError, StageFailed
 from ray_jobs import jobio
 from ray_jobs.callback import TaskCallback
+from ray_jobs.log import emit, setup_process
 
-log = logging.getLogger("docpipe.job")
-
-
-def emit(**fields) -> None:
-    """One structured log line (Ray keeps the driver's stdout as the job log)."""
-    print(json.dumps({"ts": round(time.time(), 3), **fields}, default=str), flush=True)
+__all__ = ["emit", "main_exit", "run"]
 
 
-def run(stage: str, work: Callable[[dict, TaskCallback], dict], argv=None) -> int:
+def run(stage: str, work: Callable[[dict[str, Any], TaskCallback], dict[str, Any]],
+        argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog=f"python -m ray_jobs.{stage}",
                                  description=f"docpipe {stage} stage as a Ray job (task-token protocol).")
     ap.add_argument("--job", required=True, help="s3:// URI of the job file written by SubmitRayJob")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_process()
     job = jobio.read_json(args.job)
     callback = TaskCallback(job["task_token"], stage).start()
     reg = job["registration"]
@@ -38,7 +33,7 @@ def run(stage: str, work: Callable[[dict, TaskCallback], dict], argv=None) -> in
         emit(message="stage failed", stage=stage, error=err.code, cause=str(err))
         callback.failure(err.code, str(err) or err.code)
         return 1
-    except Exception as err:  # noqa: BLE001 - any crash still answers the task token
+    except Exception as err:  # any crash still answers the task token
         emit(message="stage crashed", stage=stage, error=type(err).__name__, cause=str(err))
         callback.failure(StageFailed.__name__, f"{type(err).__name__}: {err}"[:1000])
         return 1
@@ -48,7 +43,7 @@ def run(stage: str, work: Callable[[dict, TaskCallback], dict], argv=None) -> in
     emit(message="stage succeeded", stage=stage, **{k: v for k, v in output.items() if not isinstance(v, dict)})
     try:
         jobio.delete(args.job)  # it held the task token; nothing needs it any more
-    except Exception:  # noqa: BLE001 - the bucket lifecycle removes it after a day anyway
+    except Exception:  # the bucket lifecycle removes it after a day anyway
         pass
     return 0
 

@@ -29,7 +29,7 @@ class BadQuery(ValueError):
     an unknown filter field."""
 
 
-def search(text: str, top_k: int = DEFAULT_TOP_K, filter: dict | None = None) -> list[dict[str, Any]]:
+def search(text: object, top_k: object = DEFAULT_TOP_K, filter: object = None) -> list[dict[str, Any]]:
     """The `top_k` hits nearest to `text`, best first, optionally restricted by `filter`
     ({field: value} or {field: [values]}; see FILTER_FIELDS)."""
     from ray_jobs import warm
@@ -40,13 +40,13 @@ def search(text: str, top_k: int = DEFAULT_TOP_K, filter: dict | None = None) ->
     return [{"id": m.id, "score": float(m.score), **_integers(m.metadata)} for m in matches]
 
 
-def _integers(metadata: dict) -> dict:
+def _integers(metadata: dict[str, Any]) -> dict[str, Any]:
     # Pinecone keeps every number as a float: page 3 comes back as 3.0.
     return {k: int(v) if k in INTEGER_FIELDS and isinstance(v, float) and v.is_integer() else v
             for k, v in metadata.items()}
 
 
-def check(text: Any, top_k: Any, filter: Any) -> tuple[str, int, dict | None]:
+def check(text: Any, top_k: Any, filter: Any) -> tuple[str, int, dict[str, Any] | None]:
     """The request's values, validated; the filter in the operator form both stores
     accept ({"$eq": v} / {"$in": [...]}: Pinecone reads a bare list as no filter at all)."""
     if not isinstance(text, str) or not text.strip():

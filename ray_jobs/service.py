@@ -27,21 +27,31 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from docpipe import aws
+from docpipe.config import Settings
 from docpipe.errors import DocpipeError, JobInterrupted, StageFailed
 from ray_jobs import jobio
 from ray_jobs.callback import GONE_CODES, MAX_CAUSE
-from ray_jobs.runner import emit
+from ray_jobs.log import emit, emit_error, emit_warning, setup_process
+from ray_jobs.settings import StageSettings
 
+# Answers and heartbeats share one token bucket per account and region: a burst is
+# throttled, not refused, so retry with backoff rather than lose an answer. One constant:
+# docpipe.aws caches a client per Config object.
+CLIENT_CONFIG = Config(retries={"max_attempts": 10, "mode": "standard"}, max_pool_connections=16)
 MAX_HELD = 20000  # documents held at once; past it the service stops receiving for a moment
 TASK_MAX_RETRIES = 3  # worker process or node died mid-document: Ray runs it again
 
 
-def stage_work(stage: str):
+def stage_work(stage: str) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
     if stage == "extract":
         from ray_jobs.extract import extract_document
 
@@ -53,7 +63,7 @@ def stage_work(stage: str):
     raise ValueError(f"unknown stage {stage!r}")
 
 
-def run_document(stage: str, job: dict) -> dict:
+def run_document(stage: str, job: dict[str, Any]) -> dict[str, Any]:
     """The body of one document's Ray task. Errors come back as values: the driver
     answers the token with the stable code, whatever Ray does with exceptions."""
     t0 = time.monotonic()
@@ -62,52 +72,50 @@ def run_document(stage: str, job: dict) -> dict:
         return {"ok": True, "output": output, "pid": os.getpid(), "seconds": round(time.monotonic() - t0, 3)}
     except DocpipeError as err:
         return {"ok": False, "error": err.code, "cause": str(err) or err.code, "pid": os.getpid()}
-    except Exception as err:  # noqa: BLE001 - any crash still answers the task token
+    except Exception as err:  # any crash still answers the task token
         return {"ok": False, "error": StageFailed.__name__, "cause": f"{type(err).__name__}: {err}"[:1000],
                 "pid": os.getpid()}
 
 
-def task_resources() -> dict:
+def task_resources() -> dict[str, Any]:
     """Custom resources every document task asks for (the Ray containers set
     DOCPIPE_TASK_RESOURCES to one only workers offer); empty on a one-node cluster."""
-    return json.loads(os.environ.get("DOCPIPE_TASK_RESOURCES") or "{}")
+    return StageSettings.from_env().task_resources
 
 
 def beat_interval(heartbeat_seconds: float) -> float:
     """Per token: well inside the state's HeartbeatSeconds, yet with thousands held no
     more often than needed (SendTaskHeartbeat shares a token bucket with the answers)."""
-    floor = float(os.environ.get("DOCPIPE_HEARTBEAT_INTERVAL", "20"))
+    floor = StageSettings.from_env().heartbeat_interval_seconds
     return max(1.0, min(max(floor, heartbeat_seconds / 4), heartbeat_seconds / 3, 60.0))
 
 
 @dataclass
 class Held:
     sid: str
-    job: dict
+    job: dict[str, Any]
     job_uri: str
     receipt: str
-    ref: object = None
+    ref: Any = None
     received: float = field(default_factory=time.monotonic)
     next_beat: float = 0.0
     visible_at: float = 0.0
 
     @property
     def token(self) -> str:
-        return self.job["task_token"]
+        return str(self.job["task_token"])
 
 
 class StageService:
-    def __init__(self, stage: str, queue_url: str, idle_seconds: float, *, sqs=None, sfn=None,
-                 submit=None, wait=None, get=None, cancel=None, signalled: threading.Event | None = None):
-        import boto3
-        from botocore.config import Config
-
-        # Answers and heartbeats share one token bucket per account and region: a burst
-        # is throttled, not refused, so retry with backoff rather than lose an answer.
-        retries = Config(retries={"max_attempts": 10, "mode": "standard"}, max_pool_connections=16)
+    def __init__(self, stage: str, queue_url: str, idle_seconds: float, *,
+                 submit: Callable[[str, dict[str, Any]], Any],
+                 wait: Callable[[list[Any], float], list[Any]],
+                 get: Callable[[Any], dict[str, Any]],
+                 cancel: Callable[[Any], object],
+                 sqs: Any = None, sfn: Any = None, signalled: threading.Event | None = None):
         self.stage, self.queue_url, self.idle_seconds = stage, queue_url, idle_seconds
-        self.sqs = sqs or boto3.client("sqs", config=retries)
-        self.sfn = sfn or boto3.client("stepfunctions", config=retries)
+        self.sqs = sqs or aws.client("sqs", config=CLIENT_CONFIG)
+        self.sfn = sfn or aws.client("stepfunctions", config=CLIENT_CONFIG)
         self._submit, self._wait, self._get, self._cancel = submit, wait, get, cancel
         self.signalled = signalled or SIGNALLED  # SIGTERM (or the caller) asks it to stop
         self.held: dict[str, Held] = {}
@@ -115,12 +123,11 @@ class StageService:
         self.stopping = threading.Event()
         self.answered: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.last_activity = time.monotonic()
-        self.counts = collections.Counter()
+        self.counts: collections.Counter[str] = collections.Counter()
         attrs = self.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["VisibilityTimeout"])
         self.visibility_s = int(attrs["Attributes"].get("VisibilityTimeout", "30"))
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sfn")
-        # SQS long polling: at most 20 s; shorter makes SIGTERM and idle exits quicker.
-        self.receive_wait_s = int(os.environ.get("STAGE_SERVICE_RECEIVE_WAIT_SECONDS", "10"))
+        self.receive_wait_s = StageSettings.from_env().receive_wait_seconds
 
     # --- receiving ---------------------------------------------------------------------
     def receive_once(self, wait_s: int) -> int:
@@ -133,7 +140,7 @@ class StageService:
             self.last_activity = time.monotonic()
         return len(messages)
 
-    def _take(self, msg: dict) -> None:
+    def _take(self, msg: dict[str, Any]) -> None:
         try:
             body = json.loads(msg["Body"])
             sid, job_uri = body["submission_id"], body["job_uri"]
@@ -173,8 +180,8 @@ class StageService:
                 continue
             try:
                 self.receive_once(self.receive_wait_s)
-            except Exception as err:  # noqa: BLE001 - a queue hiccup must not end the service
-                emit(message="receive failed", stage=self.stage, error=type(err).__name__, cause=str(err)[:300])
+            except Exception as err:  # a queue hiccup must not end the service
+                emit_warning(message="receive failed", stage=self.stage, error=type(err).__name__, cause=str(err)[:300])
                 time.sleep(2)
 
     # --- heartbeats and visibility -------------------------------------------------------
@@ -183,7 +190,7 @@ class StageService:
         with self.lock:
             due = [h for h in self.held.values() if h.next_beat <= now]
             extend = [h for h in self.held.values() if h.visible_at - now < self.visibility_s / 2]
-        for held, ok in zip(due, self.pool.map(self._beat, due)):
+        for held, ok in zip(due, self.pool.map(self._beat, due), strict=True):
             if ok:
                 limit = float(held.job["registration"].get("limits", {}).get("heartbeat_seconds", 300))
                 held.next_beat = time.monotonic() + beat_interval(limit)
@@ -196,7 +203,7 @@ class StageService:
                 for h in batch:
                     h.visible_at = time.monotonic() + self.visibility_s
             except ClientError as err:
-                emit(message="visibility not extended", stage=self.stage, code=err.response["Error"]["Code"])
+                emit_warning(message="visibility not extended", stage=self.stage, code=err.response["Error"]["Code"])
 
     def _beat(self, held: Held) -> bool:
         try:
@@ -207,15 +214,15 @@ class StageService:
             if code in GONE_CODES:
                 self._drop(held, code)
             else:
-                emit(message="heartbeat failed", stage=self.stage, submission_id=held.sid, code=code)
+                emit_warning(message="heartbeat failed", stage=self.stage, submission_id=held.sid, code=code)
             return False
 
     def beat_loop(self) -> None:
         while not self.stopping.wait(1.0):
             try:
                 self.beat_due()
-            except Exception as err:  # noqa: BLE001
-                emit(message="heartbeat pass failed", stage=self.stage, error=type(err).__name__, cause=str(err)[:300])
+            except Exception as err:
+                emit_warning(message="heartbeat pass failed", stage=self.stage, error=type(err).__name__, cause=str(err)[:300])
 
     def _drop(self, held: Held, code: str) -> None:
         """The execution no longer waits for this token: stop the work, forget it."""
@@ -223,7 +230,7 @@ class StageService:
             if self.held.pop(held.sid, None) is None:
                 return
             self._remember(held.sid)
-        if held.ref is not None and self._cancel:
+        if held.ref is not None:
             self._cancel(held.ref)
         self._cleanup(held)
         self.counts["dropped"] += 1
@@ -231,7 +238,7 @@ class StageService:
              submission_id=held.sid, code=code)
 
     # --- answers ---------------------------------------------------------------------------
-    def answer(self, held: Held, result: dict) -> None:
+    def answer(self, held: Held, result: dict[str, Any]) -> None:
         with self.lock:
             if self.held.pop(held.sid, None) is None:
                 return  # dropped meanwhile
@@ -253,7 +260,7 @@ class StageService:
                 # Not answered even after the client's retries: the token goes silent and
                 # the state retries the stage; the service goes on with the others.
                 self.counts["unanswered"] += 1
-                emit(message="answer failed; the state will retry", stage=self.stage, submission_id=held.sid,
+                emit_warning(message="answer failed; the state will retry", stage=self.stage, submission_id=held.sid,
                      code=code, cause=str(err)[:300])
         self._cleanup(held)
         self.last_activity = time.monotonic()
@@ -271,14 +278,14 @@ class StageService:
         self._delete_message(held.receipt)
         try:
             jobio.delete(held.job_uri)  # it held the task token; nothing needs it any more
-        except Exception:  # noqa: BLE001 - the bucket lifecycle removes it after a day anyway
+        except Exception:  # the bucket lifecycle removes it after a day anyway
             pass
 
     def _delete_message(self, receipt: str) -> None:
         try:
             self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=receipt)
         except ClientError as err:
-            emit(message="message not deleted", stage=self.stage, code=err.response["Error"]["Code"])
+            emit_warning(message="message not deleted", stage=self.stage, code=err.response["Error"]["Code"])
 
     def collect(self, timeout: float) -> int:
         """Answer every document whose task finished; returns how many."""
@@ -292,7 +299,7 @@ class StageService:
             held = by_ref[ref]
             try:
                 result = self._get(ref)
-            except Exception as err:  # noqa: BLE001 - worker died past its retries, cancelled, ...
+            except Exception as err:  # worker died past its retries, cancelled, ...
                 result = {"ok": False, "error": StageFailed.__name__,
                           "cause": f"the {self.stage} task was lost: {type(err).__name__}: {err}"[:1000]}
             self.answer(held, result)
@@ -310,7 +317,7 @@ class StageService:
                    "cause": f"the {self.stage} service received SIGTERM before finishing"}
         list(self.pool.map(lambda h: self.answer(h, results), held))
         for h in held:
-            if h.ref is not None and self._cancel:
+            if h.ref is not None:
                 self._cancel(h.ref)
 
     def run(self) -> int:
@@ -361,19 +368,21 @@ def watch_cluster(address: str, every_s: float = 10.0, misses: int = 3) -> None:
         except OSError:
             missed += 1
             if missed >= misses:
-                emit(message="Ray cluster unreachable; stage service exits", address=address)
+                emit_error(message="Ray cluster unreachable; stage service exits", address=address)
                 os._exit(2)
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ray_jobs.service",
                                  description="docpipe stage service: a long-lived Ray job that runs the documents "
-                                             "of one stage from its SQS queue (DESIGN.md, Ray execution model).")
+                                             "of one stage from its SQS queue (docs/design.md, Ray execution model).")
     ap.add_argument("--stage", required=True, choices=("extract", "embed"))
     ap.add_argument("--queue-url", required=True, help="the stage's SQS queue")
-    ap.add_argument("--idle-seconds", type=float, default=300,
-                    help="exit after this long with nothing held and nothing received (default 300)")
+    idle = Settings.stage_service_idle_seconds  # the one default (STAGE_SERVICE_IDLE_SECONDS)
+    ap.add_argument("--idle-seconds", type=float, default=idle,
+                    help=f"exit after this long with nothing held and nothing received (default {idle})")
     args = ap.parse_args(argv)
+    setup_process()
 
     import ray
 
@@ -383,7 +392,7 @@ def main(argv=None) -> int:
     remote = ray.remote(run_document).options(num_cpus=1, resources=task_resources() or None,
                                               max_retries=TASK_MAX_RETRIES)
 
-    def wait(refs, timeout):
+    def wait(refs: list[Any], timeout: float) -> list[Any]:
         # Back as soon as one is done, then take every other one that is done too.
         done, _ = ray.wait(refs, num_returns=1, timeout=timeout)
         if done:

@@ -8,12 +8,13 @@ package and exposes a tiktoken-compatible Encoding, so nothing is fetched at run
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 ENCODING_NAME = "cl100k_base"
 
 
 @lru_cache(maxsize=4)
-def encoding(name: str = ENCODING_NAME):
+def encoding(name: str = ENCODING_NAME) -> Any:  # bpe_openai has no type hints
     import bpe_openai
 
     return bpe_openai.get_encoding(name)
@@ -26,8 +27,10 @@ def count_tokens(text: str) -> int:
 
 
 def encode(text: str) -> list[int]:
-    return encoding().encode_ordinary(text)
+    tokens: list[int] = encoding().encode_ordinary(text)
+    return tokens
 
 
 def decode(tokens: list[int]) -> str:
-    return encoding().decode(tokens)
+    text: str = encoding().decode(tokens)
+    return text

@@ -85,7 +85,7 @@ def test_busy_means_a_task_or_a_document_driver():
                  "/bin/bash -c python -m ray_jobs.extract --job s3://b/jobs/x.json",
                  "python -m ray_jobs.embed --job s3://b/jobs/y.json",
                  "python -m ray_jobs.service --stage extract --queue-url https://sqs/q"):
-        assert g.node_busy(idle + [work]), work
+        assert g.node_busy([*idle, work]), work
 
 
 def test_protects_while_busy_renews_and_unprotects_after_the_grace(agent):
@@ -198,4 +198,9 @@ def test_sigterm_reaches_the_document_drivers_before_ray(tmp_path):
             guard.kill()
     assert guard.returncode == 0, logs
     assert out.read_text().splitlines() == ["driver started", "driver answered JobInterrupted", "ray stopped"]
-    assert "no task protection" in logs  # --protect off ECS: said so, did not fail
+    # The guard's own lines: JSON on stdout in the jobs' and the functions' shape.
+    own = [json.loads(line) for line in logs.splitlines() if '"component":"node_guard"' in line]
+    assert {line["service"] for line in own} == {"docpipe"}
+    messages = [line["message"] for line in own]
+    assert "ECS_AGENT_URI not set (not on ECS): no task protection" in messages  # --protect off ECS: said so
+    assert messages[-1] == "ray start exited" and own[-1]["code"] == 0

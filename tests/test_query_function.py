@@ -1,6 +1,7 @@
 """Query once deployed: the Query function (ray_jobs/query_function.py) on a real LanceDB index
 and on Pinecone's wire fake, `docpipe query --stack` against moto CloudFormation and a
-stand-in Function URL that checks SigV4, and the function's place in infra/ray-cluster.yaml.
+stand-in Function URL that checks SigV4, and the function's place in infra/ray-cluster.yaml
+(its security group in infra/ray-network.yaml).
 
 The indexes are written by the embed stage itself (ray_jobs.embed.embed_document with the
 local embedder), so the function must find what the pipeline stored, where it stored it.
@@ -16,15 +17,15 @@ from pathlib import Path
 
 import boto3
 import pytest
-from click.testing import CliRunner
-from moto import mock_aws
-
 from cfn_yaml import load
+from click.testing import CliRunner
 from fakes import FakeHTTPServer
 from fakes.pinecone_server import FakePineconeServer
+from moto import mock_aws
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "infra" / "ray-cluster.yaml"
+NETWORK = REPO / "infra" / "ray-network.yaml"
 BUCKET = "docpipe-query-test"
 JIT, TAX = "input/tracemonkey.pdf", "input/tax-return.pdf"
 # (page_start, page_end, text) per chunk.
@@ -271,7 +272,7 @@ def cloudformation(aws_env, monkeypatch):
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    endpoint = "http://%s:%d" % server.get_host_and_port()
+    endpoint = "http://{}:{}".format(*server.get_host_and_port())
     urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"))
     monkeypatch.setenv("AWS_ENDPOINT_URL_CLOUDFORMATION", endpoint)
     try:
@@ -455,7 +456,11 @@ def test_function_sits_in_the_private_subnets_and_reaches_only_its_backends(clus
     vpc = res["QueryFunction"]["Properties"]["VpcConfig"]
     worker_net = res["WorkerService"]["Properties"]["NetworkConfiguration"]["AwsvpcConfiguration"]
     assert vpc["SubnetIds"] == worker_net["Subnets"]
-    assert vpc["SecurityGroupIds"] == [{"Ref": "QuerySecurityGroup"}]
+    assert vpc["SecurityGroupIds"] == [{"Fn::GetAtt": ["Network", "Outputs.QuerySecurityGroupId"]}]
+    network = load(NETWORK)  # the group and its rules, with every other group's
+    assert network["Outputs"]["QuerySecurityGroupId"]["Value"] == {"Ref": "QuerySecurityGroup"}
+    granted = json.dumps(res["QueryRole"]["Properties"]["Policies"])
+    res = network["Resources"]
     rules = {lid: r for lid, r in res.items() if r["Type"] in ("AWS::EC2::SecurityGroupEgress",
                                                                  "AWS::EC2::SecurityGroupIngress")
              and {"Ref": "QuerySecurityGroup"} in (r["Properties"].get("GroupId"),
@@ -465,7 +470,6 @@ def test_function_sits_in_the_private_subnets_and_reaches_only_its_backends(clus
                        "QueryEgressHttps": ("NeedsInternet", 443), "EndpointIngressFromQuery": ("CreateVpc", 443)}
     inline = res["QuerySecurityGroup"]["Properties"]["SecurityGroupEgress"]
     assert [r["IpProtocol"] for r in inline] == ["icmp"]  # the no-op rule: no default allow-all
-    granted = json.dumps(res["QueryRole"]["Properties"]["Policies"])
     for absent in ("s3:", "dynamodb:", "sqs:", "states:"):
         assert absent not in granted, absent
     assert '"Ref": "OpenAIKeySecretArn"' in granted and '"Ref": "PineconeKeySecretArn"' in granted

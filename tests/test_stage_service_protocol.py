@@ -13,8 +13,8 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import pytest
-
 from conftest import corpus_file, executions_for, history, wait_for_execution
+
 from ray_jobs.service import StageService, run_document
 
 GOOD = "py-pdf-sample-files/004-pdflatex-4-pages/pdflatex-4-pages.pdf"

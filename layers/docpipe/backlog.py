@@ -12,6 +12,8 @@ DailyCostUsd comes from today's `costs` counters.
 
 from __future__ import annotations
 
+from typing import Any
+
 from docpipe import rayjobs
 from docpipe.config import Settings
 from docpipe.errors import RayHeadUnavailable, RayJobRejected
@@ -35,9 +37,10 @@ def count_status(records: Records, status: str) -> int:
         kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
 
-def tend_ray(settings: Settings, queues: dict[str, dict[str, int]]) -> dict:
+def tend_ray(settings: Settings, queues: dict[str, dict[str, int]]) -> dict[str, Any]:
     """Ensure services for non-empty queues, reap finished job records, count running jobs."""
-    out = {"jobs_running": 0, "services_started": [], "job_records_deleted": 0, "ray_error": ""}
+    started: list[str] = []
+    out: dict[str, Any] = {"jobs_running": 0, "services_started": started, "job_records_deleted": 0, "ray_error": ""}
     if not settings.ray_dashboard_url:
         return out
     try:
@@ -50,7 +53,7 @@ def tend_ray(settings: Settings, queues: dict[str, dict[str, int]]) -> dict:
                 before = {j["submission_id"] for j in rayjobs.services(jobs, stage) if j.get("status") not in rayjobs.TERMINAL}
                 sid = rayjobs.ensure_service(settings, stage, token, jobs)
                 if sid not in before:
-                    out["services_started"].append(sid)
+                    started.append(sid)
         out["job_records_deleted"] = rayjobs.reap_finished_jobs(settings, token, jobs)
     except (RayHeadUnavailable, RayJobRejected) as err:
         # The metrics still go out: scaling must not wait for a healthy head.
@@ -59,7 +62,7 @@ def tend_ray(settings: Settings, queues: dict[str, dict[str, int]]) -> dict:
     return out
 
 
-def snapshot(settings: Settings, records: Records) -> dict:
+def snapshot(settings: Settings, records: Records) -> dict[str, Any]:
     counts = {s.lower(): count_status(records, s) for s in IN_FLIGHT}
     queues = rayjobs.queue_depths(settings)
     ray = tend_ray(settings, queues)

@@ -2,7 +2,7 @@
 
 A Lambda that raises one reports it as `errorType`; a Ray job that raises one sends it
 as the `error` of SendTaskFailure. The ASL's Retry and Catch match on these names, and
-tests/test_asl.py checks that every retried name is really raised somewhere.
+tests/test_error_names.py provokes every one of those names on moto's engine.
 """
 
 

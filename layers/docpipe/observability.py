@@ -7,6 +7,8 @@ POWERTOOLS_METRICS_NAMESPACE (set in template.yaml Globals).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
@@ -15,7 +17,9 @@ logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
 
-__all__ = ["logger", "tracer", "metrics", "MetricUnit", "lambda_entry", "count_by", "breakdown"]
+Handler = TypeVar("Handler", bound=Callable[[Any, Any], Any])
+
+__all__ = ["MetricUnit", "breakdown", "count_by", "lambda_entry", "logger", "metrics", "tracer"]
 
 
 def breakdown(name: str, unit: MetricUnit, value: float, **dimensions: str) -> None:
@@ -35,7 +39,7 @@ def count_by(name: str, dimension: str, value: str) -> None:
     breakdown(name, MetricUnit.Count, 1, **{dimension: value})
 
 
-def lambda_entry(fn):
+def lambda_entry(fn: Handler) -> Handler:
     """Structured logs with the Lambda context, an X-Ray subsegment, and EMF metrics
     flushed at the end of every invocation."""
 
@@ -43,7 +47,7 @@ def lambda_entry(fn):
     @logger.inject_lambda_context(log_event=False, clear_state=True)
     @tracer.capture_lambda_handler(capture_response=False)
     @metrics.log_metrics(raise_on_empty_metrics=False)
-    def wrapper(event, context):
+    def wrapper(event: Any, context: Any) -> Any:
         return fn(event, context)
 
-    return wrapper
+    return cast(Handler, wrapper)

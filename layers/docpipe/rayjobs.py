@@ -1,6 +1,6 @@
 """Handing a stage to Ray through the Ray Jobs REST API (no `import ray`: Lambda cannot carry it).
 
-Two routes (DESIGN.md "Ray execution model"):
+Two routes (docs/design.md, "Ray execution model"):
 - a document up to `STAGE_SERVICE_MAX_BYTES` goes to the stage's SQS queue, read by the
   stage service: one long-lived Ray job per stage with warm workers. We make sure it is
   RUNNING (GET it, else the job list, else POST the next generation);
@@ -15,25 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from typing import Any
 
 from docpipe import aws, identity
 from docpipe.config import Settings
 from docpipe.errors import RayHeadUnavailable, RayJobRejected
 
 STAGES = ("extract", "embed")
-# Backend choices travel to the job as runtime_env variables: one cluster serves any
-# configuration, and a template parameter change needs no new Ray image. Only names and
-# ARNs, never secret values or credentials (the job reads the secrets itself).
-FORWARDED_ENV = ("EMBEDDING_BACKEND", "VECTOR_STORE_BACKEND", "ENRICHMENT_BACKEND",
-                 "OPENAI_API_KEY_SECRET_ARN", "PINECONE_API_KEY_SECRET_ARN",
-                 "PINECONE_INDEX_HOST", "PINECONE_NAMESPACE", "OPENAI_EMBEDDING_MODEL",
-                 "OPENAI_BASE_URL", "EMBEDDING_CACHE", "DOCUMENT_BUCKET")
 # Creating a job starts its supervisor before the API answers; a busy head takes seconds.
 HTTP_TIMEOUT_S = 25
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -63,7 +55,7 @@ def _token(settings: Settings) -> str:
     return parameters.get_secret(settings.ray_token_secret_arn, max_age=300)
 
 
-def ray_request(settings: Settings, method: str, path: str, token: str, body: dict | None = None) -> tuple[int, str]:
+def ray_request(settings: Settings, method: str, path: str, token: str, body: dict[str, Any] | None = None) -> tuple[int, str]:
     req = urllib.request.Request(
         f"{settings.ray_dashboard_url}{path}",
         data=json.dumps(body).encode() if body is not None else None,
@@ -76,11 +68,11 @@ def ray_request(settings: Settings, method: str, path: str, token: str, body: di
             return resp.status, resp.read().decode(errors="replace")
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode(errors="replace")
-    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as err:
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
         raise RayHeadUnavailable(f"Ray Jobs API at {settings.ray_dashboard_url} unreachable: {err}") from err
 
 
-def post_job(settings: Settings, body: dict, token: str) -> tuple[int, str]:
+def post_job(settings: Settings, body: dict[str, Any], token: str) -> tuple[int, str]:
     return ray_request(settings, "POST", "/api/jobs/", token, body)
 
 
@@ -100,11 +92,7 @@ def _accepted(status: int, text: str) -> bool:
     raise _refused(status, text)
 
 
-def forwarded_env() -> dict[str, str]:
-    return {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
-
-
-def prepare_stage(event: dict, settings: Settings) -> Submission:
+def prepare_stage(event: dict[str, Any], settings: Settings) -> Submission:
     """Write jobs/<submission_id>.json (the token and the inputs) and choose the route."""
     stage = event["stage"]
     if stage not in STAGES:
@@ -128,12 +116,12 @@ def prepare_stage(event: dict, settings: Settings) -> Submission:
     return Submission(sid, stage, identity.s3_uri(settings.bucket, job_key), False, route=route)
 
 
-def uses_service(settings: Settings, stage: str, reg: dict) -> bool:
+def uses_service(settings: Settings, stage: str, reg: dict[str, Any]) -> bool:
     return (settings.stage_service_max_bytes > 0 and stage in settings.stage_queue_urls
             and int(reg.get("size") or 0) <= settings.stage_service_max_bytes)
 
 
-def dispatch_stage(sub: Submission, event: dict, settings: Settings) -> Submission:
+def dispatch_stage(sub: Submission, event: dict[str, Any], settings: Settings) -> Submission:
     """Hand a prepared stage to Ray. A stage service may answer the token within
     milliseconds, so the caller records the submission before calling this."""
     reg, stage = event["registration"], sub.stage
@@ -161,7 +149,7 @@ def dispatch_stage(sub: Submission, event: dict, settings: Settings) -> Submissi
                      "processing_version": reg["processing_version"],
                      "stage": stage, "execution_arn": event.get("execution_arn", "")[:256]},
     }
-    env_vars = forwarded_env()
+    env_vars = settings.forwarded_env
     if env_vars:
         body["runtime_env"] = {"env_vars": env_vars}
     if settings.ray_entrypoint_resources:
@@ -171,9 +159,9 @@ def dispatch_stage(sub: Submission, event: dict, settings: Settings) -> Submissi
 
 
 # --- stage services -----------------------------------------------------------------------
-def service_config(settings: Settings, stage: str) -> tuple[str, dict]:
+def service_config(settings: Settings, stage: str) -> tuple[str, dict[str, str]]:
     """(digest, env): a service serves one configuration; another gets its own service."""
-    env = forwarded_env()
+    env = settings.forwarded_env
     blob = json.dumps({"env": env, "queue": settings.stage_queue_urls.get(stage, ""),
                        "idle": settings.stage_service_idle_seconds}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:8], env
@@ -183,21 +171,22 @@ def service_submission_id(stage: str, digest: str, generation: int) -> str:
     return identity.safe_name("docpipe-service", stage, digest, f"g{generation}")
 
 
-def list_jobs(settings: Settings, token: str) -> list[dict]:
+def list_jobs(settings: Settings, token: str) -> list[dict[str, Any]]:
     status, text = ray_request(settings, "GET", "/api/jobs/", token)
     if status != 200:
         raise _refused(status, text)
-    return json.loads(text)
+    jobs: list[dict[str, Any]] = json.loads(text)
+    return jobs
 
 
-def services(jobs: list[dict], stage: str | None = None) -> list[dict]:
+def services(jobs: list[dict[str, Any]], stage: str | None = None) -> list[dict[str, Any]]:
     """Our stage services in `jobs`, newest generation first."""
     found = [j for j in jobs if (j.get("metadata") or {}).get("docpipe") == KIND_SERVICE
              and (stage is None or j["metadata"].get("stage") == stage)]
     return sorted(found, key=lambda j: int(j["metadata"].get("generation", "0")), reverse=True)
 
 
-def ensure_service(settings: Settings, stage: str, token: str, jobs: list[dict] | None = None) -> str:
+def ensure_service(settings: Settings, stage: str, token: str, jobs: list[dict[str, Any]] | None = None) -> str:
     """Make sure a service for `stage` (this configuration) is RUNNING or PENDING;
     returns its submission id. Two callers racing POST the same generation: one wins,
     the other reads 'already exists', so there is never more than one per generation."""
@@ -215,7 +204,7 @@ def ensure_service(settings: Settings, stage: str, token: str, jobs: list[dict] 
     mine = [j for j in services(jobs, stage) if j["metadata"].get("config") == digest]
     if mine and mine[0].get("status") not in TERMINAL:
         _ensured[(settings.ray_dashboard_url, stage, digest)] = (mine[0]["submission_id"], time.monotonic())
-        return mine[0]["submission_id"]
+        return str(mine[0]["submission_id"])
     generation = int(mine[0]["metadata"]["generation"]) + 1 if mine else 1
     sid = service_submission_id(stage, digest, generation)
     body = {
@@ -245,10 +234,11 @@ def job_status(settings: Settings, submission_id: str, token: str) -> str | None
         return None
     if status != 200:
         raise _refused(status, text)
-    return json.loads(text).get("status")
+    status_name: str | None = json.loads(text).get("status")
+    return status_name
 
 
-def reap_finished_jobs(settings: Settings, token: str, jobs: list[dict]) -> int:
+def reap_finished_jobs(settings: Settings, token: str, jobs: list[dict[str, Any]]) -> int:
     """Delete the records of our finished jobs: Ray keeps each one until deleted
     (ray-project/ray #30152). The newest generation of each service stays, so the next
     generation number is still known."""
@@ -268,7 +258,7 @@ def reap_finished_jobs(settings: Settings, token: str, jobs: list[dict]) -> int:
     return deleted
 
 
-def queue_depth(sqs, url: str) -> dict[str, int]:
+def queue_depth(sqs: Any, url: str) -> dict[str, int]:
     """Messages waiting in a stage queue (visible) and held by a service (in flight)."""
     attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
         "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
