@@ -2,97 +2,112 @@
 `python -m ray_jobs.embed --job s3://...`
 
 Writes enriched/<doc>/<ver>/chunks.jsonl and embeddings/<doc>/<ver>/vectors.jsonl,
-then loads the vectors: the new version's ids are upserted first and only then are the
+then loads the same vectors (float32, the precision of every index) into the index:
+the new version's ids are upserted first and only then are the
 document's other versions deleted, so a document is never missing from the index and
 never doubled. Vector ids are deterministic, so a re-run upserts the same ids.
 """
 
 from __future__ import annotations
 
-import os
 import time
+from collections.abc import Sequence
+from typing import Any, cast
 
 from docpipe import identity
 from docpipe.errors import VectorStoreUnavailable
 from ray_jobs import jobio
+from ray_jobs.callback import TaskCallback
 from ray_jobs.runner import emit, main_exit, run
+
+ENRICH_BATCH = 64  # texts per enrich call: small (Comprehend takes 25 per request)
 
 
 def batch_size() -> int:
     """Texts per embed call: the local model wants small batches; the OpenAI embedder
     splits under the API's limits itself, so it gets large ones (fewer requests)."""
-    default = "1024" if os.environ.get("EMBEDDING_BACKEND") == "openai" else "64"
-    return int(os.environ.get("EMBED_BATCH_SIZE") or default)
-TEXT_IN_INDEX = 2000  # characters of chunk text kept as vector metadata (for citations)
+    from ray_jobs.settings import StageSettings
+
+    return StageSettings.from_env().texts_per_embed_call()
 
 
-def embed_document(job: dict, callback=None) -> dict:
+def as_float32(vector: Sequence[float]) -> list[float]:
+    """The vector as the index keeps it: every value rounded to float32 (as Python floats,
+    which hold a float32 exactly), so vectors.jsonl and the index hold the same numbers."""
+    import numpy as np
+
+    return cast(list[float], np.asarray(vector, dtype=np.float32).tolist())
+
+
+def embed_document(job: dict[str, Any], callback: TaskCallback | None = None) -> dict[str, Any]:
     from ray_jobs import warm
     from ray_jobs.backends.base import VectorRecord
 
-    reg = job["registration"]
-    doc, ver, bucket = reg["document_id"], reg["processing_version"], reg["bucket"]
+    registration = job["registration"]
+    document_id, version = registration["document_id"], registration["processing_version"]
+    bucket = registration["bucket"]
     chunks = jobio.read_jsonl(job["inputs"]["chunks_uri"])
 
     t0 = time.monotonic()
     enricher = warm.enricher()
     enriched = []
-    batch_n = batch_size()
-    for start in range(0, len(chunks), 64):  # enrichment batches stay small (Comprehend: 25)
-        batch = chunks[start:start + 64]
-        for chunk, extra in zip(batch, enricher.enrich([c["text"] for c in batch])):
+    for start in range(0, len(chunks), ENRICH_BATCH):
+        batch = chunks[start:start + ENRICH_BATCH]
+        for chunk, extra in zip(batch, enricher.enrich([c["text"] for c in batch]), strict=True):
             enriched.append({**chunk, **extra, "enrichment_backend": enricher.name})
-    enriched_uri = jobio.write_jsonl(bucket, identity.artifact_key("enriched", doc, ver, "chunks.jsonl"), enriched)
+    enriched_uri = jobio.write_jsonl(
+        bucket, identity.artifact_key("enriched", document_id, version, "chunks.jsonl"), enriched)
     t_enrich = time.monotonic() - t0
 
     t1 = time.monotonic()
     embedder = warm.embedder()
-    info = {"model": embedder.model, "dims": embedder.dims}
-    vectors, tokens, cost, hits = [], 0, 0.0, 0
-    for start in range(0, len(chunks), batch_n):
-        result = embedder.embed([c["text"] for c in chunks[start:start + batch_n]])
-        vectors += result.vectors
+    texts_per_call = batch_size()
+    vectors: list[list[float]] = []
+    tokens, cost, cache_hits = 0, 0.0, 0
+    for start in range(0, len(chunks), texts_per_call):
+        result = embedder.embed([c["text"] for c in chunks[start:start + texts_per_call]])
+        vectors += [as_float32(v) for v in result.vectors]
         tokens += result.tokens
         cost += result.cost_usd
-        hits += result.cache_hits
+        cache_hits += result.cache_hits
         if callback:
             callback.heartbeat()  # long documents: prove we are alive between batches
-    ids = [identity.vector_id(doc, ver, c["chunk_index"]) for c in chunks]
+    ids = [identity.vector_id(document_id, version, c["chunk_index"]) for c in chunks]
     embeddings_uri = jobio.write_jsonl(
-        bucket, identity.artifact_key("embeddings", doc, ver, "vectors.jsonl"),
-        ({"id": i, "chunk_index": c["chunk_index"], "embedding_model": info["model"], "dims": info["dims"],
-          "vector": [round(float(x), 7) for x in v]} for i, c, v in zip(ids, chunks, vectors)))
+        bucket, identity.artifact_key("embeddings", document_id, version, "vectors.jsonl"),
+        ({"id": i, "chunk_index": c["chunk_index"], "embedding_model": embedder.model, "dims": embedder.dims,
+          "vector": v} for i, c, v in zip(ids, chunks, vectors, strict=True)))
     t_embed = time.monotonic() - t1
 
     t2 = time.monotonic()
-    records = [VectorRecord(i, list(map(float, v)), {
-        "document_id": doc, "processing_version": ver, "chunk_index": c["chunk_index"],
-        "page_start": c["page_start"], "page_end": c["page_end"], "s3_key": reg["key"],
-        "text": c["text"][:TEXT_IN_INDEX]}) for i, c, v in zip(ids, chunks, vectors)]
+    records = [VectorRecord(i, v, {
+        "document_id": document_id, "processing_version": version, "chunk_index": c["chunk_index"],
+        "page_start": c["page_start"], "page_end": c["page_end"], "s3_key": registration["key"],
+        "text": c["text"][:identity.TEXT_IN_INDEX]}) for i, c, v in zip(ids, chunks, vectors, strict=True)]
     try:
-        sync = warm.replace_document_version(records, doc, ver)
+        sync = warm.replace_document_version(records, document_id, version)
     except VectorStoreUnavailable:
         raise
     except (ConnectionError, TimeoutError, OSError) as err:
         raise VectorStoreUnavailable(f"vector store: {err}") from err
     t_load = time.monotonic() - t2
-    emit(message="embedded", document_id=doc, vectors=len(records), model=info["model"],
+    emit(message="embedded", document_id=document_id, vectors=len(records), model=embedder.model,
          embed_s=round(t_embed, 3), load_s=round(t_load, 3))
     return {
         "enriched_uri": enriched_uri,
         "embeddings_uri": embeddings_uri,
         "vectors": len(records),
         "vectors_removed": int(sync.get("deleted", 0)),
-        "embedding_model": info["model"],
-        "dims": info["dims"],
+        "embedding_model": embedder.model,
+        "dims": embedder.dims,
         "tokens": tokens,
         "cost_usd": round(cost, 8),
-        "cache_hits": hits,
+        "cache_hits": cache_hits,
         "durations": {"enrich_s": round(t_enrich, 3), "embed_s": round(t_embed, 3), "load_s": round(t_load, 3)},
     }
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     return run("embed", embed_document, argv)
 
 

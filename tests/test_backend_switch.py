@@ -9,12 +9,11 @@ parameters say.
 
 from __future__ import annotations
 
-import pytest
-
 from conftest import corpus_file, executions_for, local_aws_stack, wait_for_execution
-from docpipe import identity
 from fakes.openai_server import FakeOpenAIServer
 from fakes.pinecone_server import FakePineconeServer
+
+from docpipe import identity
 
 GOOD = "py-pdf-sample-files/004-pdflatex-4-pages/pdflatex-4-pages.pdf"
 
@@ -31,7 +30,7 @@ def control_item(stack, clients, key):
     [item] = clients["dynamodb"].query(TableName=stack.outputs["ControlTableName"],
                                        KeyConditionExpression="document_id = :d",
                                        ExpressionAttributeValues={":d": {"S": doc}})["Items"]
-    return {k: list(v.values())[0] for k, v in item.items()}
+    return {k: next(iter(v.values())) for k, v in item.items()}
 
 
 def test_default_parameters_use_the_embedded_backends(aws_env):
@@ -54,7 +53,7 @@ def test_openai_and_pinecone_by_parameters_only(aws_env, tmp_path):
                   "OpenAIBaseUrl": openai.base_url, "PineconeIndexHost": pinecone.url,
                   "PineconeNamespace": "docs"}
         secrets = {"docpipe/openai": "sk-test", "docpipe/pinecone": "pc-test"}
-        with local_aws_stack(params, secrets) as (stack, clients, head):
+        with local_aws_stack(params, secrets) as (stack, clients, _head):
             body = corpus_file(GOOD).read_bytes()
             desc = ingest(stack, clients, "input/report.pdf", body)
             assert desc["status"] == "SUCCEEDED", desc

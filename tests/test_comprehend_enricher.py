@@ -1,11 +1,16 @@
 """ComprehendEnricher against botocore's Stubber (moto 5.2.5 has no BatchDetectEntities
 / BatchDetectKeyPhrases). The Stubber checks every request's parameters and validates
-every canned response against Comprehend's service model."""
+every canned response against Comprehend's service model. The Stubber answers before
+botocore's retry loop, so the retry tests answer at the HTTP level instead (FakeComprehend)."""
 
 from __future__ import annotations
 
+import json
+
 import boto3
 import pytest
+from botocore.awsrequest import AWSResponse
+from botocore.exceptions import EndpointConnectionError
 from botocore.stub import Stubber
 
 from docpipe.errors import EnrichmentThrottled, StageFailed
@@ -149,27 +154,73 @@ def test_mask_spans_merges_overlaps():
     assert mask_spans("abcdefghij", spans) == "[NAME]ij"
 
 
-def test_throttling_is_retried_with_backoff(client):
+class _Body:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def stream(self, **kwargs):
+        yield self.data
+
+
+class FakeComprehend:
+    """Comprehend's HTTP answers, given under botocore's retry loop (a before-send hook),
+    so the enricher's own client retries as it would against AWS; its pauses are recorded,
+    not slept. Each answer is (status, JSON body) or an exception; the last one repeats."""
+
+    def __init__(self, client, monkeypatch, *answers) -> None:
+        self.answers = list(answers)
+        self.requests: list[dict] = []
+        self.pauses: list[float] = []
+        client.meta.events.register("before-send.comprehend", self._send)
+        monkeypatch.setattr("botocore.retries.standard.ExponentialBackoff.delay_amount",
+                            lambda _self, context: self.pauses.append(1.0) or 0.0)
+
+    def _send(self, request, **kwargs):
+        self.requests.append(json.loads(request.body))
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        status, body = answer
+        return AWSResponse(request.url, status, {"Content-Type": "application/x-amz-json-1.1"},
+                           _Body(json.dumps(body).encode()))
+
+
+def throttled(code: str = "ThrottlingException", status: int = 400) -> tuple[int, dict]:
+    return status, {"__type": code, "message": "slow down"}
+
+
+def test_throttling_is_retried_by_the_client(aws_env, monkeypatch):
     texts = ["Acme Corp grew."]
-    params = {"TextList": texts, "LanguageCode": "en"}
-    client.stubber.add_client_error("batch_detect_entities", "ThrottlingException", http_status_code=400,
-                                    expected_params=params)
-    client.stubber.add_client_error("batch_detect_entities", "InternalServerException", http_status_code=500,
-                                    expected_params=params)
-    expect_batch(client, texts)
-    enricher, slept = make(client, rng=lambda: 1.0, base_delay=0.5)
+    enricher = ComprehendEnricher(sleep=lambda s: None)
+    fake = FakeComprehend(enricher.client, monkeypatch, throttled(), throttled("InternalServerException", 500),
+                          (200, entities_response(texts)), (200, phrases_response(texts)))
     (out,) = enricher.enrich(texts)
-    assert slept == [0.5, 1.0]
-    assert out["entities"][0]["type"] == "ORGANIZATION"
+    assert out["entities"][0] == {"type": "ORGANIZATION", "text": "Acme Corp"}
+    assert len(fake.requests) == 4 and len(fake.pauses) == 2  # 3 entity attempts, 1 key phrases
 
 
-def test_persistent_throttling_raises_enrichment_throttled(client):
-    for _ in range(3):
-        client.stubber.add_client_error("batch_detect_entities", "ThrottlingException", http_status_code=400)
-    enricher, slept = make(client, max_attempts=3)
+def test_persistent_throttling_raises_enrichment_throttled(aws_env, monkeypatch):
+    enricher = ComprehendEnricher(max_attempts=3)
+    fake = FakeComprehend(enricher.client, monkeypatch, throttled())
     with pytest.raises(EnrichmentThrottled, match="after 3 attempts"):
         enricher.enrich(["Acme Corp grew."])
-    assert len(slept) == 2
+    assert len(fake.requests) == 3
+
+
+def test_unreachable_comprehend_raises_enrichment_throttled(aws_env, monkeypatch):
+    enricher = ComprehendEnricher(max_attempts=2)
+    fake = FakeComprehend(enricher.client, monkeypatch, EndpointConnectionError(endpoint_url="https://comprehend"))
+    with pytest.raises(EnrichmentThrottled, match="unreachable"):
+        enricher.enrich(["Acme Corp grew."])
+    assert len(fake.requests) == 2
+
+
+def test_a_refused_call_is_not_retried_by_the_client(aws_env, monkeypatch):
+    enricher = ComprehendEnricher(language="xx")
+    fake = FakeComprehend(enricher.client, monkeypatch, throttled("UnsupportedLanguageException"))
+    with pytest.raises(StageFailed, match="UnsupportedLanguageException"):
+        enricher.enrich(["text"])
+    assert len(fake.requests) == 1
 
 
 def test_non_transient_error_is_not_retried(client):

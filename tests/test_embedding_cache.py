@@ -6,9 +6,9 @@ from __future__ import annotations
 import boto3
 import openai
 import pytest
+from fakes.openai_server import FakeOpenAIServer
 from moto import mock_aws
 
-from fakes.openai_server import FakeOpenAIServer
 from ray_jobs.backends.base import Embedder, EmbeddingResult
 from ray_jobs.backends.embedding_cache import (
     CachedEmbedder,
@@ -38,8 +38,8 @@ def aws_env(monkeypatch):
 
 
 def openai_embedder(server: FakeOpenAIServer, dims: int = 64) -> OpenAIEmbedder:
-    client = openai.OpenAI(api_key="sk-x", base_url=server.base_url, max_retries=0, timeout=30)
-    return OpenAIEmbedder(client, dims=dims, sleep=lambda s: None)
+    client = openai.OpenAI(api_key="sk-x", base_url=server.base_url, timeout=30)
+    return OpenAIEmbedder(client, dims=dims)
 
 
 TEXTS = [f"paragraph {i}: the quarterly revenue grew by {i} percent" for i in range(40)]
@@ -110,7 +110,7 @@ def test_s3_cache_round_trip_and_layout(server, aws_env):
         assert f"embedding-cache/text-embedding-3-small/64/{h[:2]}/{h}.json" in keys
 
         second_run = wrap_with_cache_from_env(openai_embedder(server), env)  # e.g. another worker
-        second = second_run.embed(TEXTS[:10] + ["a new one"])
+        second = second_run.embed([*TEXTS[:10], "a new one"])
         assert len(server.requests) == 2 and server.requests[1]["inputs"] == ["a new one"]
         assert second.cache_hits == 10
         assert second.vectors[:10] == first.vectors  # bit-identical after the round trip

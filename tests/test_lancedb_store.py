@@ -283,4 +283,37 @@ def test_table_creation_race(tmp_path):
     _run_writers(uri, ids, batches=1)
     store = LanceDBStore(uri)
     assert store.count() == 15
-    assert store.list_ids("") == sorted(sum(ids, []))
+    assert store.list_ids("") == sorted(i for writer in ids for i in writer)
+
+
+# ---- the embed stage: one truth in S3 and in the index ----------------------------------
+
+
+def test_vectors_jsonl_and_the_index_hold_the_same_numbers(aws_env):
+    """The embed stage's embeddings/.../vectors.jsonl in S3 and the vector store hold the
+    same values for every chunk id (both float32; vectors.jsonl was once rounded)."""
+    import boto3
+    from moto import mock_aws
+
+    from docpipe import identity
+    from ray_jobs import jobio
+    from ray_jobs.embed import embed_document
+
+    bucket, key = "docs", "input/report.pdf"
+    document_id = identity.document_id(bucket, key)
+    version = identity.processing_version("ab" * 32)
+    chunks = [{"chunk_index": i, "page_start": 1, "page_end": 1,
+               "text": f"paragraph {i}: the quarterly revenue grew by {i} percent"} for i in range(5)]
+    with mock_aws():
+        boto3.client("s3").create_bucket(Bucket=bucket)
+        chunks_uri = jobio.write_jsonl(bucket, identity.artifact_key("chunks", document_id, version, "chunks.jsonl"),
+                                       chunks)
+        result = embed_document({"registration": {"document_id": document_id, "processing_version": version,
+                                                  "bucket": bucket, "key": key},
+                                 "inputs": {"chunks_uri": chunks_uri}})
+        in_s3 = {row["id"]: row["vector"] for row in jobio.read_jsonl(result["embeddings_uri"])}
+    rows = LanceDBStore.from_env().table.search().select(["id", "vector"]).limit(None).to_arrow().to_pylist()
+    in_index = {row["id"]: row["vector"] for row in rows}
+    assert sorted(in_s3) == sorted(in_index) == sorted(identity.vector_id(document_id, version, i) for i in range(5))
+    for vector_id, vector in in_s3.items():
+        assert vector == in_index[vector_id], vector_id

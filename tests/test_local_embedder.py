@@ -30,7 +30,7 @@ def embedder() -> LocalEmbedder:
 
 
 def _check_against_reference(got: np.ndarray) -> None:
-    for text, g, ref in zip(REF_TEXTS, got, REF_VECTORS):
+    for text, g, ref in zip(REF_TEXTS, got, REF_VECTORS, strict=True):
         cos = float(g @ ref / (np.linalg.norm(g) * np.linalg.norm(ref)))
         assert cos > 0.9999, (text[:40], cos)
         # The reference is rounded to 6 decimals, so ~5e-7 is the floor here.
@@ -72,7 +72,7 @@ def test_order_preserved_across_batches_slices_and_threads(embedder):
     # Small batches and passes force several padded slices run on two threads.
     small = LocalEmbedder(batch_size=3, threads=2, tokens_per_pass=64).load()
     got = np.array(small.embed(texts).vectors)
-    for text, g in zip(texts, got):
+    for text, g in zip(texts, got, strict=True):
         alone = np.array(embedder.embed([text]).vectors[0])
         np.testing.assert_allclose(g, alone, atol=1e-5, err_msg=text[:20])
 

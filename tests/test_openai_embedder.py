@@ -12,10 +12,10 @@ import boto3
 import numpy as np
 import openai
 import pytest
+from fakes.openai_server import MAX_INPUT_TOKENS, MAX_INPUTS, MAX_REQUEST_TOKENS, FakeOpenAIServer, pseudo_embedding
 from moto import mock_aws
 
 from docpipe.errors import EmbeddingRateLimited, StageFailed
-from fakes.openai_server import MAX_INPUT_TOKENS, MAX_INPUTS, MAX_REQUEST_TOKENS, FakeOpenAIServer, pseudo_embedding
 from ray_jobs import tokens as tok
 from ray_jobs.backends import secrets
 from ray_jobs.backends.base import Embedder
@@ -67,11 +67,23 @@ def aws_env(monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
 
 
-def make_embedder(server: FakeOpenAIServer, **kwargs) -> tuple[OpenAIEmbedder, list[float]]:
-    slept: list[float] = []
-    client = openai.OpenAI(api_key=API_KEY, base_url=server.base_url, max_retries=0, timeout=30)
-    kwargs.setdefault("sleep", slept.append)
-    return OpenAIEmbedder(client, **kwargs), slept
+@pytest.fixture(autouse=True)
+def client_pauses(monkeypatch) -> list[float]:
+    """The pauses the client's retries choose (the one retry layer), recorded and not slept."""
+    pauses: list[float] = []
+    choose = openai.OpenAI._calculate_retry_timeout
+
+    def record(self, *args, **kwargs):
+        pauses.append(choose(self, *args, **kwargs))
+        return 0.0
+
+    monkeypatch.setattr(openai.OpenAI, "_calculate_retry_timeout", record)
+    return pauses
+
+
+def make_embedder(server: FakeOpenAIServer, **kwargs) -> OpenAIEmbedder:
+    client = openai.OpenAI(api_key=API_KEY, base_url=server.base_url, timeout=30)
+    return OpenAIEmbedder(client, **kwargs)
 
 
 def words(n_tokens: int, seed: int = 0) -> str:
@@ -83,13 +95,13 @@ def words(n_tokens: int, seed: int = 0) -> str:
 
 
 def test_is_an_embedder(server):
-    embedder, _ = make_embedder(server)
+    embedder = make_embedder(server)
     assert isinstance(embedder, Embedder)
     assert (embedder.model, embedder.dims) == ("text-embedding-3-small", 1536)
 
 
 def test_2049_inputs_are_split_under_every_limit(server):
-    embedder, _ = make_embedder(server, dims=64)
+    embedder = make_embedder(server, dims=64)
     texts = [f"chunk number {i} of a document" for i in range(2049)]
     result = embedder.embed(texts)
 
@@ -107,7 +119,7 @@ def test_2049_inputs_are_split_under_every_limit(server):
 
 
 def test_token_limit_per_request_splits_requests(server):
-    embedder, _ = make_embedder(server, dims=32)
+    embedder = make_embedder(server, dims=32)
     texts = [words(8000, seed=i) for i in range(40)]  # 320k tokens: over one request's 300k
     result = embedder.embed(texts)
     ok = server.ok_requests
@@ -117,7 +129,7 @@ def test_token_limit_per_request_splits_requests(server):
 
 
 def test_long_input_is_split_into_windows_and_averaged(server):
-    embedder, _ = make_embedder(server, dims=48)
+    embedder = make_embedder(server, dims=48)
     long_text = words(20_000)
     result = embedder.embed(["short one", long_text])
 
@@ -128,7 +140,7 @@ def test_long_input_is_split_into_windows_and_averaged(server):
     assert max(counts) <= MAX_INPUT_TOKENS and sum(counts) == 20_000
     assert "".join(windows) == long_text  # nothing truncated away
 
-    expected = sum(n * pseudo_embedding(w, dims=48).astype(np.float64) for n, w in zip(counts, windows))
+    expected = sum(n * pseudo_embedding(w, dims=48).astype(np.float64) for n, w in zip(counts, windows, strict=True))
     expected /= np.linalg.norm(expected)
     np.testing.assert_allclose(result.vectors[1], expected, rtol=1e-5, atol=1e-7)
     assert np.linalg.norm(result.vectors[1]) == pytest.approx(1.0)
@@ -137,76 +149,84 @@ def test_long_input_is_split_into_windows_and_averaged(server):
 
 
 def test_empty_string_is_sent_as_a_space(server):
-    embedder, _ = make_embedder(server, dims=16)
+    embedder = make_embedder(server, dims=16)
     result = embedder.embed(["", "x"])
     assert server.ok_requests[0]["inputs"] == [" ", "x"]
     assert len(result.vectors) == 2
 
 
 def test_dimensions_sent_only_when_not_the_model_default(server):
-    default, _ = make_embedder(server)
+    default = make_embedder(server)
     default.embed(["a"])
-    shortened, _ = make_embedder(server, dims=256)
+    shortened = make_embedder(server, dims=256)
     result = shortened.embed(["a"])
     assert [r["dimensions"] for r in server.ok_requests] == [None, 256]
     assert len(result.vectors[0]) == 256
     assert server.ok_requests[0]["encoding_format"] == "base64"  # the SDK's default, decoded for us
 
 
-def test_429_with_retry_after_ms_is_retried_and_honoured(server):
-    embedder, slept = make_embedder(server, dims=8)
+def test_429_with_retry_after_ms_is_retried_and_honoured(server, client_pauses):
+    embedder = make_embedder(server, dims=8)
     server.fail_next(2, 429, retry_after_ms=1500)
     result = embedder.embed(["hello"])
     assert [r["status"] for r in server.requests] == [429, 429, 200]
-    assert len(slept) == 2
-    assert all(1.5 <= s <= 1.5 * 1.1 for s in slept)  # the server's delay, plus <= 10% jitter
+    assert client_pauses == [1.5, 1.5]  # the server's delay
     assert len(result.vectors) == 1
 
 
-def test_retry_after_seconds_header_is_honoured(server):
-    embedder, slept = make_embedder(server, dims=8)
+def test_retry_after_seconds_header_is_honoured(server, client_pauses):
+    embedder = make_embedder(server, dims=8)
     server.fail_next(1, 429, retry_after="3")
     embedder.embed(["hello"])
-    assert len(slept) == 1 and 3.0 <= slept[0] <= 3.3
+    assert client_pauses == [3.0]
 
 
-def test_5xx_is_retried_with_exponential_backoff(server):
-    embedder, slept = make_embedder(server, dims=8, rng=lambda: 1.0, base_delay=0.5)
+def test_5xx_is_retried_with_growing_backoff(server, client_pauses):
+    embedder = make_embedder(server, dims=8)
     server.fail_next(3, 500)
     embedder.embed(["hello"])
     assert [r["status"] for r in server.requests] == [500, 500, 500, 200]
-    assert slept == [0.5, 1.0, 2.0]
-
-
-def test_backoff_has_jitter_and_a_cap(server):
-    embedder, slept = make_embedder(server, dims=8, rng=lambda: 0.0, base_delay=0.5, max_delay=1.0, max_attempts=5)
-    server.fail_next(4, 503)
-    embedder.embed(["hello"])
-    assert slept == [0.25, 0.5, 0.5, 0.5]  # half of min(cap, base * 2^n) with rng 0
+    assert len(client_pauses) == 3 and client_pauses[0] < client_pauses[2]
 
 
 def test_persistent_429_raises_embedding_rate_limited(server):
-    embedder, slept = make_embedder(server, dims=8, max_attempts=4)
+    embedder = make_embedder(server, dims=8, max_attempts=4)
     server.fail_next(100, 429, retry_after_ms=10)
     with pytest.raises(EmbeddingRateLimited) as info:
         embedder.embed(["hello"])
     assert info.value.code == "EmbeddingRateLimited" and info.value.retryable
-    assert len(server.requests) == 4 and len(slept) == 3
+    assert len(server.requests) == 4  # max_attempts, in one layer of retries
 
 
-def test_insufficient_quota_is_not_retried(server):
-    embedder, slept = make_embedder(server, dims=8)
-    server.fail_next(1, 429, code="insufficient_quota")
+def test_persistent_5xx_raises_embedding_rate_limited(server):
+    embedder = make_embedder(server, dims=8, max_attempts=2)
+    server.fail_next(100, 503)
+    with pytest.raises(EmbeddingRateLimited, match="503"):
+        embedder.embed(["hello"])
+    assert len(server.requests) == 2
+
+
+def test_unreachable_api_raises_embedding_rate_limited():
+    with FakeOpenAIServer(api_key=API_KEY) as gone:
+        url = gone.base_url
+    embedder = OpenAIEmbedder(openai.OpenAI(api_key=API_KEY, base_url=url, timeout=5), dims=8, max_attempts=2)
+    with pytest.raises(EmbeddingRateLimited, match="unreachable"):
+        embedder.embed(["hello"])
+
+
+def test_insufficient_quota_fails_the_stage(server):
+    embedder = make_embedder(server, dims=8, max_attempts=2)
+    server.fail_next(100, 429, code="insufficient_quota")
     with pytest.raises(StageFailed, match="quota"):
         embedder.embed(["hello"])
-    assert len(server.requests) == 1 and slept == []
+    assert len(server.requests) == 2  # the client cannot tell it from a rate limit
 
 
-def test_other_4xx_is_not_retried(server):
-    embedder, slept = make_embedder(server, model="text-embedding-ada-002", dims=256)
+def test_other_4xx_is_not_retried(server, client_pauses):
+    embedder = make_embedder(server, model="text-embedding-ada-002", dims=256)
     with pytest.raises(StageFailed, match="400"):
         embedder.embed(["hello"])
-    assert len(server.requests) == 1 and slept == []
+    assert len(server.requests) == 1 and client_pauses == []
 
 
 # -- configuration from the environment --------------------------------------------------
@@ -244,9 +264,7 @@ def test_from_env_reads_the_console_setups_secret_with_both_keys(server, aws_env
 def test_wrong_key_refreshes_the_secret_once_then_fails(server, aws_env):
     with mock_aws():
         arn = _secret("sk-wrong")
-        embedder = OpenAIEmbedder.from_env(
-            {"OPENAI_API_KEY_SECRET_ARN": arn, "OPENAI_BASE_URL": server.base_url}, sleep=lambda s: None
-        )
+        embedder = OpenAIEmbedder.from_env({"OPENAI_API_KEY_SECRET_ARN": arn, "OPENAI_BASE_URL": server.base_url})
         with pytest.raises(StageFailed, match="API key"):
             embedder.embed(["hello"])
     assert [r["status"] for r in server.requests] == [401, 401]
@@ -257,34 +275,34 @@ def test_from_env_requires_the_secret_arn():
         OpenAIEmbedder.from_env({})
 
 
-def test_get_secret_forms_and_ttl_cache():
-    class Stub:
-        calls = 0
-        value = "plain-key"
-
-        def get_secret_value(self, SecretId):
-            Stub.calls += 1
-            return {"SecretString": Stub.value}
-
-    clock = FakeClock(1000.0)
-    stub = Stub()
-    assert secrets.get_secret("arn:a", client=stub, clock=clock) == "plain-key"
-    Stub.value = json.dumps({"token": "tok-1"})
-    assert secrets.get_secret("arn:a", client=stub, clock=clock) == "plain-key"  # cached
-    assert Stub.calls == 1
-    clock.t += 301
-    assert secrets.get_secret("arn:a", client=stub, clock=clock) == "tok-1"  # TTL expired
-    Stub.value = json.dumps({"other": "x"})
-    secrets.invalidate("arn:a")
-    with pytest.raises(ValueError, match="api_key or token"):
-        secrets.get_secret("arn:a", client=stub, clock=clock)
+def test_get_secret_forms_cache_and_invalidation(aws_env):
+    with mock_aws():
+        sm = boto3.client("secretsmanager")
+        plain = _secret("plain-key")
+        assert secrets.get_secret(plain) == "plain-key"
+        sm.put_secret_value(SecretId=plain, SecretString=json.dumps({"token": "tok-1"}))
+        assert secrets.get_secret(plain) == "plain-key"  # cached (max_age)
+        secrets.invalidate(plain)  # a 401: read again
+        assert secrets.get_secret(plain) == "tok-1"
+        sm.put_secret_value(SecretId=plain, SecretString=json.dumps({"other": "x"}))
+        secrets.invalidate(plain)
+        with pytest.raises(ValueError, match="api_key or token"):
+            secrets.get_secret(plain)
+        both = sm.create_secret(Name="docpipe/both", SecretString=json.dumps(
+            {"OPENAI_API_KEY": "sk-1", "PINECONE_API_KEY": "pc-1"}))["ARN"]
+        assert secrets.get_secret(both, field="PINECONE_API_KEY") == "pc-1"
+        assert secrets.get_secret(both, field="OPENAI_API_KEY") == "sk-1"
+        binary = sm.create_secret(Name="docpipe/binary", SecretBinary=b"bin-key")["ARN"]
+        assert secrets.get_secret(binary) == "bin-key"
+    with pytest.raises(ValueError, match="no secret ARN"):
+        secrets.get_secret("")
 
 
 # -- token budgets -----------------------------------------------------------------------
 def test_in_process_budget_caps_requests_and_waits(server):
     clock = FakeClock(0.0)
     budget = InProcessTokenBudget(1000, clock=clock, sleep=clock.sleep)
-    embedder, _ = make_embedder(server, dims=8, budget=budget)
+    embedder = make_embedder(server, dims=8, budget=budget)
     texts = [words(100, seed=i) for i in range(25)]  # 2,500 tokens against 1,000/min
     embedder.embed(texts)
     ok = server.ok_requests
@@ -372,7 +390,7 @@ def test_embedder_uses_the_shared_budget_from_env(server, aws_env):
         env = {"OPENAI_TPM_BUDGET": "50000", "TOKEN_BUDGET_TABLE": TABLE}
         budget = token_budget_from_env(env, clock=clock, sleep=clock.sleep)
         assert isinstance(budget, DynamoDBTokenBudget)
-        embedder, _ = make_embedder(server, dims=8, budget=budget)
+        embedder = make_embedder(server, dims=8, budget=budget)
         result = embedder.embed(["one two three", "four five"])
         assert _item("2026-11-24T12:00")["tokens"]["N"] == str(result.tokens)
     assert isinstance(token_budget_from_env({"OPENAI_TPM_BUDGET": "10"}), InProcessTokenBudget)

@@ -9,11 +9,11 @@ import math
 
 import boto3
 import pytest
+from fakes.pinecone_server import MAX_METADATA_BYTES, MAX_REQUEST_BYTES, FakePineconeServer
 from moto import mock_aws
 from pinecone import Pinecone
 
 from docpipe.errors import StageFailed, VectorStoreUnavailable
-from fakes.pinecone_server import MAX_METADATA_BYTES, MAX_REQUEST_BYTES, FakePineconeServer
 from ray_jobs.backends import secrets
 from ray_jobs.backends.base import VectorRecord, VectorStore
 from ray_jobs.backends.pinecone_store import PineconeStore, fit_metadata
@@ -31,16 +31,17 @@ def server():
 
 
 @pytest.fixture
-def no_sdk_sleep(monkeypatch):
-    """The SDK's transport retries sleep through this documented seam; no real waiting."""
-    monkeypatch.setattr("pinecone._internal.http_client._retry_sleep", lambda s: None)
+def sdk_pauses(monkeypatch) -> list[float]:
+    """The pauses of the SDK's transport retries (the one retry layer), recorded instead of
+    slept: it sleeps through this seam."""
+    pauses: list[float] = []
+    monkeypatch.setattr("pinecone._internal.http_client._retry_sleep", pauses.append)
+    return pauses
 
 
-def make_store(server: FakePineconeServer, namespace: str = "docpipe", **kwargs) -> tuple[PineconeStore, list[float]]:
-    slept: list[float] = []
-    kwargs.setdefault("sleep", slept.append)
+def make_store(server: FakePineconeServer, namespace: str = "docpipe", **kwargs) -> PineconeStore:
     index = Pinecone(api_key=API_KEY).Index(host=server.url)
-    return PineconeStore(index, namespace=namespace, **kwargs), slept
+    return PineconeStore(index, namespace=namespace, **kwargs)
 
 
 def vec(i: int, dims: int = 8) -> list[float]:
@@ -61,12 +62,12 @@ def records(doc: str, version: str, n: int, dims: int = 8, text: str = "chunk te
 
 
 def test_is_a_vector_store(server):
-    store, _ = make_store(server)
+    store = make_store(server)
     assert isinstance(store, VectorStore)
 
 
 def test_upsert_batches_stay_under_1000_vectors(server):
-    store, _ = make_store(server)
+    store = make_store(server)
     assert store.upsert(records(DOC, "v1-a", 2500)) == 2500
     upserts = server.requests_to("/vectors/upsert")
     assert [r["count"] for r in upserts] == [1000, 1000, 500]
@@ -75,7 +76,7 @@ def test_upsert_batches_stay_under_1000_vectors(server):
 
 
 def test_upsert_batches_stay_under_2mb(server):
-    store, _ = make_store(server)
+    store = make_store(server)
     big = records(DOC, "v1-a", 150, dims=1536, text="x" * 1990)  # ~30 KB of JSON each
     assert store.upsert(big) == 150
     upserts = server.requests_to("/vectors/upsert")
@@ -84,12 +85,12 @@ def test_upsert_batches_stay_under_2mb(server):
     assert sum(r["count"] for r in upserts) == 150 == store.count()
 
 
-def test_a_413_despite_the_estimate_splits_the_batch(server):
+def test_a_413_despite_the_estimate_splits_the_batch(server, sdk_pauses):
     server.max_request_bytes = 700_000  # the server's real cap turns out lower than planned
-    store, slept = make_store(server)
+    store = make_store(server)
     assert store.upsert(records(DOC, "v1-a", 50, dims=1536)) == 50
     statuses = [r["status"] for r in server.requests_to("/vectors/upsert")]
-    assert 413 in statuses and statuses[-1] == 200 and slept == []
+    assert 413 in statuses and statuses[-1] == 200 and sdk_pauses == []
     assert store.count() == 50
 
 
@@ -101,7 +102,7 @@ def test_the_fake_rejects_what_the_store_avoids(server):
 
 
 def test_metadata_text_is_truncated_to_fit(server):
-    store, _ = make_store(server)
+    store = make_store(server)
     long_text = records(DOC, "v1-a", 1)[0]
     long_text.metadata["text"] = "é" * 50_000
     crowded = records(DOC, "v1-a", 2)[1]
@@ -125,42 +126,51 @@ def test_fit_metadata_rules():
         fit_metadata({"blob": "z" * 50_000})  # nothing we may cut
 
 
-def test_429_is_retried(server, no_sdk_sleep):
-    store, slept = make_store(server)
-    server.fail_next(6, 429)  # more than the SDK's own 4 attempts: our layer retries too
+def test_429_is_retried(server, sdk_pauses):
+    store = make_store(server)
+    server.fail_next(3, 429)  # the SDK's 4 attempts absorb three
     assert store.upsert(records(DOC, "v1-a", 3)) == 3
-    assert [r["status"] for r in server.requests_to("/vectors/upsert")].count(200) == 1
-    assert len(slept) >= 1
+    assert [r["status"] for r in server.requests_to("/vectors/upsert")] == [429, 429, 429, 200]
+    assert len(sdk_pauses) == 3
     assert store.count() == 3
 
 
-def test_retry_after_of_a_429_is_honoured(server, no_sdk_sleep):
-    store, slept = make_store(server, max_attempts=2)
-    server.fail_next(4, 429, retry_after="7")  # exhausts the SDK's attempts once
+def test_retry_after_of_a_429_is_honoured(server, sdk_pauses):
+    store = make_store(server)
+    server.fail_next(1, 429, retry_after="7")
     store.upsert(records(DOC, "v1-a", 1))
-    assert slept and 7.0 <= slept[0] <= 7.7
+    assert len(sdk_pauses) == 1 and 7.0 <= sdk_pauses[0] <= 7.0 * 1.5
 
 
-def test_persistent_5xx_raises_vector_store_unavailable(server, no_sdk_sleep):
-    store, slept = make_store(server, max_attempts=3)
+def test_persistent_5xx_raises_vector_store_unavailable(server, sdk_pauses):
+    store = make_store(server)
     server.fail_next(1000, 503)
     with pytest.raises(VectorStoreUnavailable) as info:
         store.upsert(records(DOC, "v1-a", 3))
-    assert info.value.retryable and len(slept) == 2
+    assert info.value.retryable
+    assert [r["status"] for r in server.requests_to("/vectors/upsert")] == [503] * 4  # one layer of retries
     server.clear_faults()
     assert store.count() == 0
 
 
-def test_a_4xx_is_not_retried(server):
-    store, slept = make_store(server)
+def test_unreachable_pinecone_raises_vector_store_unavailable(sdk_pauses):
+    with FakePineconeServer(api_key=API_KEY) as gone:
+        url = gone.url
+    store = PineconeStore(Pinecone(api_key=API_KEY).Index(host=url))
+    with pytest.raises(VectorStoreUnavailable, match="unreachable"):
+        store.count()
+
+
+def test_a_4xx_is_not_retried(server, sdk_pauses):
+    store = make_store(server)
     store.upsert(records(DOC, "v1-a", 1, dims=8))
     with pytest.raises(StageFailed, match="dimension"):
         store.upsert(records(DOC, "v1-b", 1, dims=4))
-    assert slept == []
+    assert [r["status"] for r in server.requests_to("/vectors/upsert")] == [200, 400] and sdk_pauses == []
 
 
 def test_delete_prefix_lists_and_deletes_in_batches(server):
-    store, _ = make_store(server)
+    store = make_store(server)
     store.upsert(records(DOC, "v1-a", 2500) + records(OTHER_DOC, "v1-a", 10))
     assert store.delete_prefix(f"{DOC}#") == 2500
     deletes = server.requests_to("/vectors/delete")
@@ -173,7 +183,7 @@ def test_delete_prefix_lists_and_deletes_in_batches(server):
 
 
 def test_query_returns_scores_and_metadata(server):
-    store, _ = make_store(server)
+    store = make_store(server)
     store.upsert(records(DOC, "v1-a", 20) + records(OTHER_DOC, "v1-a", 20))
     matches = store.query(vec(3), top_k=4)
     assert len(matches) == 4
@@ -185,8 +195,8 @@ def test_query_returns_scores_and_metadata(server):
 
 
 def test_namespaces_are_separate(server):
-    a, _ = make_store(server, namespace="tenant-a")
-    b, _ = make_store(server, namespace="tenant-b")
+    a = make_store(server, namespace="tenant-a")
+    b = make_store(server, namespace="tenant-b")
     a.upsert(records(DOC, "v1-a", 5))
     assert (a.count(), b.count()) == (5, 0)
     assert b.list_ids(f"{DOC}#") == [] and b.query(vec(1), top_k=3) == []
@@ -228,7 +238,7 @@ def ids_of(store: VectorStore) -> set[str]:
 
 
 def test_replace_version_swaps_vectors(server):
-    store, _ = make_store(server)
+    store = make_store(server)
     store.upsert(records(DOC, "v1-old", 5) + records(OTHER_DOC, "v1-old", 3))
     new = records(DOC, "v1-new", 3)
     summary = replace_document_version(store, new, DOC, "v1-new")
@@ -239,8 +249,8 @@ def test_replace_version_swaps_vectors(server):
     assert again["deleted"] == 0 and ids_of(store) == {r.id for r in new}
 
 
-def test_interrupted_upsert_then_rerun_ends_with_exactly_the_new_version(server, no_sdk_sleep):
-    store, _ = make_store(server, max_attempts=2)
+def test_interrupted_upsert_then_rerun_ends_with_exactly_the_new_version(server, sdk_pauses):
+    store = make_store(server)
     old = records(DOC, "v1-old", 1200)
     store.upsert(old)
     new = records(DOC, "v1-new", 1500)
@@ -259,7 +269,7 @@ def test_interrupted_upsert_then_rerun_ends_with_exactly_the_new_version(server,
 
 
 def test_interrupted_delete_then_rerun(server, monkeypatch):
-    store, _ = make_store(server)
+    store = make_store(server)
     store.upsert(records(DOC, "v1-a", 1500) + records(DOC, "v1-b", 30))
     new = records(DOC, "v1-c", 10)
     real_delete = store.delete_ids
@@ -280,7 +290,7 @@ def test_interrupted_delete_then_rerun(server, monkeypatch):
 
 
 def test_leftovers_of_the_same_version_are_removed(server):
-    store, _ = make_store(server)
+    store = make_store(server)
     store.upsert(records(DOC, "v1-a", 12))  # an earlier run made more chunks
     replace_document_version(store, records(DOC, "v1-a", 10), DOC, "v1-a")
     assert ids_of(store) == {f"{DOC}#v1-a#{i}" for i in range(10)}

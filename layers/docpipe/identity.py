@@ -2,9 +2,10 @@
 
 - document_id: stable id of the S3 object path, never of its content.
 - processing_version: pipeline version + content hash, e.g. ``v1-9f86d081884c7d65``.
-  DESIGN.md's example used ``v1#...``; a ``#`` cannot appear in S3 URIs (it starts a
+  The first design's example used ``v1#...``; a ``#`` cannot appear in S3 URIs (it starts a
   URL fragment), execution names or submission ids, so the separator is ``-``.
 - vector id: ``<document_id>#<processing_version>#<chunk_index>``.
+- vector metadata ``text``: the chunk's first ``TEXT_IN_INDEX`` characters (citations).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import hashlib
 import re
 
 PIPELINE_VERSION = "v1"
+TEXT_IN_INDEX = 2000  # characters of chunk text in a vector's metadata (Pinecone's 40 KB limit)
 NAME_MAX = 80  # Step Functions execution names; Ray accepts longer ids.
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
 
-# S3 prefixes of DESIGN.md; the only place they are spelled.
+# S3 prefixes of docs/design.md; the only place they are spelled.
 INPUT_PREFIX = "input/"
 PREFIXES = {
     "extracted": "extracted",
@@ -29,21 +31,40 @@ PREFIXES = {
 
 
 def document_id(bucket: str, key: str) -> str:
-    return hashlib.sha256(f"s3://{bucket}/{key}".encode("utf-8")).hexdigest()[:32]
+    return hashlib.sha256(f"s3://{bucket}/{key}".encode()).hexdigest()[:32]
 
 
 def processing_version(sha256_hex: str, pipeline_version: str = PIPELINE_VERSION) -> str:
     return f"{pipeline_version}-{sha256_hex[:16]}"
 
 
+def pipeline_version_of(version: str) -> str:
+    """The pipeline version a processing (or unread) version was made under."""
+    return version.rpartition("-")[0]
+
+
 def unread_version(etag: str, pipeline_version: str = PIPELINE_VERSION) -> str:
     """Version for an object we refused to read (too large): named by its ETag."""
     clean = re.sub(r"[^0-9a-fA-F]", "", etag or "")[:16] or "0"
-    return f"{pipeline_version}-etag{clean}"
+    return f"{unread_version_prefix(pipeline_version)}{clean}"
+
+
+def unread_version_prefix(pipeline_version: str = PIPELINE_VERSION) -> str:
+    """What every unread_version of ``pipeline_version`` starts with."""
+    return f"{pipeline_version}-etag"
 
 
 def vector_id(doc_id: str, version: str, chunk_index: int) -> str:
     return f"{doc_id}#{version}#{chunk_index}"
+
+
+def parse_vector_id(vector_id: str) -> tuple[str, str, int]:
+    """(document_id, processing_version, chunk_index) of an id made by ``vector_id``;
+    ValueError for anything else."""
+    parts = vector_id.split("#")
+    if len(parts) != 3 or not all(parts) or not parts[2].isdigit():
+        raise ValueError(f"not a vector id: {vector_id!r}")
+    return parts[0], parts[1], int(parts[2])
 
 
 def vector_id_prefix(doc_id: str, version: str | None = None) -> str:
@@ -66,10 +87,6 @@ def submission_id(stage: str, doc_id: str, version: str, execution_name: str, re
     return safe_name(stage, doc_id, version, run, f"r{retry}", max_len=120)
 
 
-def execution_name(doc_id: str, sequencer: str) -> str:
-    """Execution name for one S3 event: a re-delivered event gets the same name and
-    StartExecution answers ExecutionAlreadyExists instead of starting a second run."""
-    return safe_name(doc_id[:24], sequencer or "0")
 
 
 def artifact_key(prefix: str, doc_id: str, version: str, filename: str) -> str:

@@ -95,8 +95,9 @@ def refresh(ddb, table: str, doc: Doc) -> None:
         # Registration may have refused to read it (too large): look for any FAILED version.
         resp = ddb.query(TableName=table, KeyConditionExpression="document_id = :d",
                          ExpressionAttributeValues={":d": {"S": doc.document_id}})
+        unread = identity.unread_version_prefix(identity.pipeline_version_of(doc.processing_version))
         items = [i for i in resp.get("Items", []) if i.get("status", {}).get("S") == "FAILED"
-                 and i["processing_version"]["S"].startswith("v1-etag")]
+                 and i["processing_version"]["S"].startswith(unread)]
         if not items:
             return
         item = items[0]

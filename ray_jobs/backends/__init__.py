@@ -1,4 +1,4 @@
-"""Backends behind one interface each; chosen by env vars, never by code edits.
+"""Backends behind one interface each; chosen by env vars (ray_jobs.settings), never by code edits.
 
 | env var               | values (default first)   |
 |-----------------------|--------------------------|
@@ -9,13 +9,12 @@
 
 from __future__ import annotations
 
-import os
-
 from ray_jobs.backends.base import Embedder, Enricher, VectorStore
+from ray_jobs.settings import StageSettings
 
 
 def make_embedder() -> Embedder:
-    kind = os.environ.get("EMBEDDING_BACKEND", "local")
+    kind = StageSettings.from_env().embedding_backend
     if kind == "local":
         from ray_jobs.backends.local_embedder import LocalEmbedder
 
@@ -28,7 +27,7 @@ def make_embedder() -> Embedder:
 
 
 def make_vector_store() -> VectorStore:
-    kind = os.environ.get("VECTOR_STORE_BACKEND", "lancedb")
+    kind = StageSettings.from_env().vector_store_backend
     if kind == "lancedb":
         from ray_jobs.backends.lancedb_store import LanceDBStore
 
@@ -41,7 +40,7 @@ def make_vector_store() -> VectorStore:
 
 
 def make_enricher() -> Enricher:
-    kind = os.environ.get("ENRICHMENT_BACKEND", "local")
+    kind = StageSettings.from_env().enrichment_backend
     if kind == "local":
         from ray_jobs.backends.local_enricher import LocalEnricher
 

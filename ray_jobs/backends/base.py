@@ -48,7 +48,7 @@ class VectorStore(Protocol):
     def list_ids(self, prefix: str) -> list[str]:
         """Every id that starts with `prefix`."""
 
-    def query(self, vector: list[float], top_k: int = 5, filter: dict | None = None) -> list[Match]: ...
+    def query(self, vector: list[float], top_k: int = 5, filter: dict[str, Any] | None = None) -> list[Match]: ...
 
     def count(self) -> int: ...
 
@@ -57,5 +57,5 @@ class VectorStore(Protocol):
 class Enricher(Protocol):
     name: str
 
-    def enrich(self, texts: list[str]) -> list[dict]:
+    def enrich(self, texts: list[str]) -> list[dict[str, Any]]:
         """One dict per text: {"key_phrases": [str], "entities": [{"type", "text"}]}."""

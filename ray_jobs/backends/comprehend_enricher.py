@@ -6,7 +6,7 @@ Environment (``ComprehendEnricher.from_env``):
 |----------------------|---------------------------------------------------------------|
 | COMPREHEND_LANGUAGE  | language code of the documents, default ``en``                |
 | COMPREHEND_PII       | ``off`` (default), ``detect`` or ``mask``                     |
-| COMPREHEND_MAX_ATTEMPTS | attempts per call on throttling / 5xx, default 5           |
+| COMPREHEND_MAX_ATTEMPTS | attempts per call on throttling / 5xx, default 5          |
 
 Output per text: ``{"key_phrases": [str], "entities": [{"type", "text"}]}``, plus with
 PII on ``"pii": [{"type", "begin", "end", "score"}]`` (character offsets into the text;
@@ -25,24 +25,27 @@ DetectPiiEntities (no batch API) runs once per text on windows of at most 99,999
 With ``mask``, PII is detected first and entities/key phrases are computed on the
 masked text, so no PII leaks into them.
 
-Retries: throttling (ThrottlingException, TooManyRequestsException), 5xx
-(InternalServerException, ServiceUnavailable) and connection errors are retried with
-exponential backoff and jitter, up to ``max_attempts`` per call; a batch's per-text
-``InternalServerException`` entries are retried the same way. When attempts run out,
-``docpipe.errors.StageFailed`` is raised (no named error fits a throttled enrichment
-service yet). A text Comprehend refuses on its own (e.g. unsupported language) gets
-empty lists and an ``"enrichment_error"`` code instead of failing the document.
+Retries: botocore's own, in its standard mode with ``max_attempts`` attempts per call
+(throttling, 5xx and connection errors, exponential backoff with jitter). When they run
+out, ``docpipe.errors.EnrichmentThrottled`` is raised (the ASL retries the stage); any
+other refusal of a whole call raises ``StageFailed``. A batch's per-text
+``InternalServerException`` entries come back in a successful response, which botocore
+cannot retry: those texts are sent again with ``ray_jobs.backends.retry.Backoff``, up to
+``max_attempts`` times. A text Comprehend refuses on its own (e.g. unsupported language)
+gets empty lists and an ``"enrichment_error"`` code instead of failing the document.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
+from docpipe import aws
 from docpipe.errors import EnrichmentThrottled, StageFailed
+from ray_jobs.backends.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +88,7 @@ def utf8_windows(text: str, max_bytes: int) -> list[tuple[int, str]]:
     return out
 
 
-def mask_spans(text: str, spans: list[dict]) -> str:
+def mask_spans(text: str, spans: list[dict[str, Any]]) -> str:
     """Replace each span (``begin``/``end`` char offsets) by ``[TYPE]``; overlapping
     spans are merged under the first one's type."""
     merged: list[list[Any]] = []
@@ -103,8 +106,9 @@ def mask_spans(text: str, spans: list[dict]) -> str:
     return "".join(out)
 
 
-def _dedupe(items: list, key: Callable[[Any], Any]) -> list:
-    seen, out = set(), []
+def _dedupe(items: list[Any], key: Callable[[Any], Any]) -> list[Any]:
+    seen: set[Any] = set()
+    out: list[Any] = []
     for item in items:
         k = key(item)
         if k not in seen:
@@ -137,91 +141,79 @@ class ComprehendEnricher:
         self.language = language
         self.pii = pii
         self.max_attempts = max(1, max_attempts)
-        self.base_delay = base_delay
-        self.max_delay = max_delay
-        self._sleep = sleep
-        self._rng = rng
+        # Re-sends of the texts a batch answered with a transient per-text error.
+        self._resends = Backoff(self.max_attempts, base_delay, max_delay, sleep, rng)
         self.batch_size = min(batch_size, MAX_BATCH)
         self.max_text_bytes = min(max_text_bytes, MAX_TEXT_BYTES)
         self.max_pii_bytes = min(max_pii_bytes, MAX_PII_BYTES)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> "ComprehendEnricher":
-        env = os.environ if env is None else env
-        kwargs.setdefault("max_attempts", int(env.get("COMPREHEND_MAX_ATTEMPTS", "").strip() or 5))
+    def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> ComprehendEnricher:
+        from ray_jobs.settings import StageSettings
+
+        settings = StageSettings.from_env(env)
+        kwargs.setdefault("max_attempts", settings.comprehend_max_attempts)
         return cls(
-            language=env.get("COMPREHEND_LANGUAGE", "").strip() or "en",
-            pii=(env.get("COMPREHEND_PII", "").strip() or "off").lower(),
+            language=settings.comprehend_language,
+            pii=settings.comprehend_pii,
             **kwargs,
         )
 
     @property
-    def client(self):
+    def client(self) -> Any:
         if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            # botocore's own retries off: the policy below is the one place it lives.
-            self._client = boto3.client("comprehend", config=Config(retries={"max_attempts": 1, "mode": "standard"}))
+            self._client = aws.client("comprehend", config=aws.retries(self.max_attempts))
         return self._client
 
-    # -- retry policy -------------------------------------------------------------------
-    def _delay(self, attempt: int) -> float:
-        backoff = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
-        return backoff * (0.5 + 0.5 * self._rng())
-
-    def _call(self, op: str, **params: Any) -> dict:
+    def _call(self, op: str, **params: Any) -> dict[str, Any]:
+        """One call; the client has done its retries when this raises."""
         from botocore.exceptions import ClientError, HTTPClientError
         from botocore.exceptions import ConnectionError as BotoConnectionError
 
-        last: Exception | None = None
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                return getattr(self.client, op)(**params)
-            except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code", "")
-                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-                if code not in RETRYABLE_CODES and status < 500:
-                    raise StageFailed(f"Comprehend {op} refused the request: {code}: {exc}") from exc
-                last = exc
-            except (BotoConnectionError, HTTPClientError) as exc:  # refused, reset, timed out
-                last = exc
-            if attempt < self.max_attempts:
-                delay = self._delay(attempt)
-                log.warning("Comprehend %s attempt %d/%d failed (%s); retrying in %.2f s",
-                            op, attempt, self.max_attempts, last, delay)
-                self._sleep(delay)
-        raise EnrichmentThrottled(f"Comprehend {op} still throttled or failing after {self.max_attempts} attempts: {last}")
+        try:
+            return cast(dict[str, Any], getattr(self.client, op)(**params))
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            if code in RETRYABLE_CODES or status >= 500:
+                raise EnrichmentThrottled(
+                    f"Comprehend {op} still throttled or failing after {self.max_attempts} attempts: {exc}"
+                ) from exc
+            raise StageFailed(f"Comprehend {op} refused the request: {code}: {exc}") from exc
+        except (BotoConnectionError, HTTPClientError) as exc:  # refused, reset, timed out
+            raise EnrichmentThrottled(f"Comprehend {op} unreachable after {self.max_attempts} attempts: {exc}") from exc
 
-    def _batch(self, op: str, texts: list[str]) -> list[tuple[list[dict] | None, str | None]]:
+    def _batch(self, op: str, texts: list[str]) -> list[tuple[list[dict[str, Any]] | None, str | None]]:
         """Per text: (the result's item list, None) or (None, error code)."""
         field = "Entities" if op == "batch_detect_entities" else "KeyPhrases"
-        results: dict[int, tuple[list[dict] | None, str | None]] = {}
+        results: dict[int, tuple[list[dict[str, Any]] | None, str | None]] = {}
         pending = list(range(len(texts)))
-        for attempt in range(1, self.max_attempts + 1):
+
+        def send_pending() -> bool:
+            nonlocal pending
             response = self._call(op, TextList=[texts[i] for i in pending], LanguageCode=self.language)
-            retry: list[int] = []
+            resend: list[int] = []
             for item in response.get("ResultList", []):
                 results[pending[item["Index"]]] = (item.get(field, []), None)
             for err in response.get("ErrorList", []):
                 original = pending[err["Index"]]
                 if err.get("ErrorCode") in RETRYABLE_CODES:
-                    retry.append(original)
+                    resend.append(original)
                 else:
                     log.warning("Comprehend %s refused text %d: %s %s", op, original,
                                 err.get("ErrorCode"), err.get("ErrorMessage"))
                     results[original] = (None, err.get("ErrorCode") or "Error")
-            pending = sorted(retry)
-            if not pending:
-                break
-            if attempt < self.max_attempts:
-                self._sleep(self._delay(attempt))
-        if pending:
-            raise EnrichmentThrottled(f"Comprehend {op}: {len(pending)} texts still failing after {self.max_attempts} attempts")
+            pending = sorted(resend)
+            return not pending
+
+        if not self._resends.until(send_pending):
+            raise EnrichmentThrottled(
+                f"Comprehend {op}: {len(pending)} texts still failing after {self.max_attempts} attempts"
+            )
         return [results.get(i, ([], None)) for i in range(len(texts))]
 
-    def _detect_pii(self, text: str) -> list[dict]:
-        spans: list[dict] = []
+    def _detect_pii(self, text: str) -> list[dict[str, Any]]:
+        spans: list[dict[str, Any]] = []
         for offset, piece in utf8_windows(text, self.max_pii_bytes):
             if not piece.strip():
                 continue
@@ -235,9 +227,9 @@ class ComprehendEnricher:
                 })
         return sorted(spans, key=lambda s: (s["begin"], s["end"]))
 
-    def enrich(self, texts: list[str]) -> list[dict]:
+    def enrich(self, texts: list[str]) -> list[dict[str, Any]]:
         texts = list(texts)
-        out: list[dict] = [{"key_phrases": [], "entities": []} for _ in texts]
+        out: list[dict[str, Any]] = [{"key_phrases": [], "entities": []} for _ in texts]
         analysed = list(texts)
         if self.pii != "off":
             for i, text in enumerate(texts):
@@ -252,7 +244,7 @@ class ComprehendEnricher:
             batch = [truncate_utf8(analysed[i], self.max_text_bytes) for i in idx]
             entities = self._batch("batch_detect_entities", batch)
             phrases = self._batch("batch_detect_key_phrases", batch)
-            for i, (ents, ent_err), (kps, kp_err) in zip(idx, entities, phrases):
+            for i, (ents, ent_err), (kps, kp_err) in zip(idx, entities, phrases, strict=True):
                 out[i]["entities"] = _dedupe(
                     [{"type": str(e["Type"]).upper(), "text": e["Text"]} for e in ents or []],
                     key=lambda e: (e["type"], e["text"].casefold()),

@@ -26,7 +26,7 @@ Environment (``wrap_with_cache_from_env``):
 
 | env var                | meaning                                                     |
 |------------------------|-------------------------------------------------------------|
-| EMBEDDING_CACHE        | ``off`` (default: local runs need none) or ``s3``           |
+| EMBEDDING_CACHE        | ``auto`` (default: ``s3`` for openai, else ``off``), ``off``, ``s3`` |
 | DOCUMENT_BUCKET        | bucket of the S3 cache (the pipeline's own bucket)          |
 | EMBEDDING_CACHE_PREFIX | default ``embedding-cache/``                                |
 """
@@ -36,20 +36,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Mapping, Protocol
+from functools import cache
+from typing import Any, Protocol, TypeVar
 
+from botocore.config import Config
+
+from docpipe import aws
 from ray_jobs.backends.base import Embedder, EmbeddingResult
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 DEFAULT_PREFIX = "embedding-cache/"
 
 
 def cache_key(model: str, dims: int, text: str) -> str:
-    return hashlib.sha256(f"{model}\0{dims}\0{text}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{model}\0{dims}\0{text}".encode()).hexdigest()
 
 
 class CacheStore(Protocol):
@@ -81,6 +87,12 @@ class MemoryCacheStore:
         return len(self._data)
 
 
+@cache
+def _pool(connections: int) -> Config:
+    """One connection per worker thread; one Config object per size (aws.client caches by it)."""
+    return Config(max_pool_connections=connections)
+
+
 def _safe_segment(value: str) -> str:
     # Model names may carry "/" or ":" (fine-tunes, proxies); keep keys one level deep.
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in value)
@@ -96,14 +108,9 @@ class S3CacheStore:
         self.max_workers = max_workers
 
     @property
-    def client(self):
+    def client(self) -> Any:
         if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            self._client = boto3.client(
-                "s3", config=Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=self.max_workers)
-            )
+            self._client = aws.client("s3", config=_pool(self.max_workers))
         return self._client
 
     def key_for(self, model: str, dims: int, key: str) -> str:
@@ -120,12 +127,12 @@ class S3CacheStore:
                 log.warning("embedding cache read failed (%s): treated as a miss", code)
             return None
         try:
-            doc = json.loads(body)
-            vector = [float(v) for v in doc["vector"]]
+            entry = json.loads(body)
+            vector = [float(v) for v in entry["vector"]]
         except (ValueError, KeyError, TypeError):
             log.warning("embedding cache entry %s is corrupt: treated as a miss", key)
             return None
-        if doc.get("model") != model or doc.get("dims") != dims or len(vector) != dims:
+        if entry.get("model") != model or entry.get("dims") != dims or len(vector) != dims:
             return None  # a hash collision is astronomically unlikely; a bad write is not
         return vector
 
@@ -138,7 +145,7 @@ class S3CacheStore:
         except Exception as exc:  # a cache write must never fail the stage
             log.warning("embedding cache write failed: %s", exc)
 
-    def _map(self, fn, items: list) -> list:
+    def _map(self, fn: Callable[[_T], _R], items: list[_T]) -> list[_R]:
         if len(items) <= 1 or self.max_workers <= 1:
             return [fn(item) for item in items]
         with ThreadPoolExecutor(max_workers=min(self.max_workers, len(items))) as pool:
@@ -146,7 +153,7 @@ class S3CacheStore:
 
     def get_many(self, model: str, dims: int, keys: list[str]) -> dict[str, list[float]]:
         found = self._map(lambda k: self._get(model, dims, k), keys)
-        return {k: v for k, v in zip(keys, found) if v is not None}
+        return {k: v for k, v in zip(keys, found, strict=True) if v is not None}
 
     def put_many(self, model: str, dims: int, entries: dict[str, list[float]]) -> None:
         self._map(lambda kv: self._put(model, dims, kv[0], kv[1]), list(entries.items()))
@@ -187,14 +194,14 @@ class CachedEmbedder:
             found = {}
         # Each distinct missing text once, in one inner call (it batches by itself).
         miss_keys = [k for k in unique if k not in found]
-        first_text = {}
-        for k, t in zip(keys, texts):
+        first_text: dict[str, str] = {}
+        for k, t in zip(keys, texts, strict=True):
             first_text.setdefault(k, t)
         tokens, cost = 0, 0.0
         fresh: dict[str, list[float]] = {}
         if miss_keys:
             result = self.inner.embed([first_text[k] for k in miss_keys])
-            fresh = dict(zip(miss_keys, result.vectors))
+            fresh = dict(zip(miss_keys, result.vectors, strict=True))
             tokens, cost = result.tokens, result.cost_usd
             try:
                 self.store.put_many(self.model, self.dims, fresh)
@@ -209,16 +216,18 @@ class CachedEmbedder:
 
 
 def wrap_with_cache_from_env(embedder: Embedder, env: Mapping[str, str] | None = None, *, client: Any = None) -> Embedder:
-    """Wrap ``embedder`` as ``EMBEDDING_CACHE`` says: ``off`` (default) returns it
-    unchanged; ``s3`` caches under ``s3://$DOCUMENT_BUCKET/$EMBEDDING_CACHE_PREFIX``."""
-    env = os.environ if env is None else env
-    kind = (env.get("EMBEDDING_CACHE", "") or "off").strip().lower()
+    """Wrap ``embedder`` as ``EMBEDDING_CACHE`` says (``auto`` resolved by
+    ray_jobs.settings): ``off`` returns it unchanged; ``s3`` caches under ``s3://$DOCUMENT_BUCKET/$EMBEDDING_CACHE_PREFIX``."""
+    from ray_jobs.settings import StageSettings
+
+    settings = StageSettings.from_env(env)
+    kind = settings.embedding_cache_mode()
     if kind == "off":
         return embedder
     if kind == "s3":
         store = S3CacheStore(
-            env.get("DOCUMENT_BUCKET", ""),
-            env.get("EMBEDDING_CACHE_PREFIX", "") or DEFAULT_PREFIX,
+            settings.document_bucket,
+            settings.embedding_cache_prefix,
             client=client,
         )
         return CachedEmbedder(embedder, store)

@@ -2,7 +2,7 @@
 
 Chosen because it stays correct with several writer processes (Ray workers): every write
 is a Lance commit with optimistic concurrency and retries, and `merge_insert("id")` makes
-upserts idempotent (see ../shared/NOTES.md, "Vector stores"). Each commit adds a table
+upserts idempotent (docs/design.md, "Facts the code relies on"). Each commit adds a table
 version, so the store compacts every `compact_every` writes and on `compact()`.
 
 Writers on a local path also take an exclusive file lock (`<uri>/.<table>.write-lock`)
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -82,21 +83,21 @@ class LanceDBStore:
         self.compact_every = compact_every  # 0 disables automatic compaction
         self.keep_versions = keep_versions
         self._writes = 0
-        self._db = None
-        self._table = None
+        # lancedb's connection and table (Any: lancedb and pyarrow are untyped here).
+        self._db: Any = None
+        self._table: Any = None
         self._lock_path = None if "://" in self.uri else os.path.join(self.uri, f".{table}.write-lock")
 
     @classmethod
-    def from_env(cls) -> "LanceDBStore":
-        return cls(
-            uri=os.environ.get("LANCEDB_URI") or ".docpipe/vectors",
-            table=os.environ.get("LANCEDB_TABLE") or "chunks",
-            dims=int(os.environ.get("EMBEDDING_DIMS") or 384),
-        )
+    def from_env(cls) -> LanceDBStore:
+        from ray_jobs.settings import StageSettings
+
+        settings = StageSettings.from_env()
+        return cls(uri=settings.lancedb_uri, table=settings.lancedb_table, dims=settings.embedding_dims)
 
     # ---- table -----------------------------------------------------------------------
 
-    def _schema(self):
+    def _schema(self) -> Any:
         import pyarrow as pa
 
         types = {"string": pa.string(), "int32": pa.int32()}
@@ -109,14 +110,14 @@ class LanceDBStore:
         )
 
     @property
-    def table(self):
+    def table(self) -> Any:
         """The LanceDB table, opened or created on first use."""
         if self._existing_table() is None:
             with self._write_lock():  # see the module docstring: creations race
                 self._table = self._checked(self._open() or self._create())
         return self._table
 
-    def _existing_table(self):
+    def _existing_table(self) -> Any:
         """The table if it exists, else None; never creates it, so a reader on a read-only
         mount (the Query function) can search before the first document is indexed."""
         if self._table is None:
@@ -131,7 +132,7 @@ class LanceDBStore:
                 self._table = self._checked(table)
         return self._table
 
-    def _checked(self, table):
+    def _checked(self, table: Any) -> Any:
         size = table.schema.field("vector").type.list_size
         if size != self.dims:
             raise ValueError(
@@ -140,7 +141,7 @@ class LanceDBStore:
             )
         return table
 
-    def _open(self):
+    def _open(self) -> Any:
         try:
             return self._db.open_table(self.table_name)
         except ValueError as e:  # lancedb 0.40: "Table '...' was not found"
@@ -148,10 +149,10 @@ class LanceDBStore:
                 raise
             return None
 
-    def _create(self):
+    def _create(self) -> Any:
         try:
             return self._db.create_table(self.table_name, schema=self._schema(), exist_ok=True)
-        except Exception as e:  # noqa: BLE001 - an unlocked (remote) creator won the race
+        except Exception as e:
             if "already exists" not in str(e).lower() and "conflict" not in str(e).lower():
                 raise
             return self._db.open_table(self.table_name)
@@ -185,6 +186,8 @@ class LanceDBStore:
         unique = sorted(set(ids))
         deleted = 0
         table = self.table if unique else None
+        if table is None:
+            return 0
         for start in range(0, len(unique), 1000):  # keeps each IN list (and SQL) bounded
             batch = unique[start : start + 1000]
             with self._write_lock():
@@ -201,7 +204,7 @@ class LanceDBStore:
         # set(): an id written concurrently through an unlocked (remote) URI can repeat.
         return sorted(set(q.to_arrow().column("id").to_pylist()))
 
-    def query(self, vector: list[float], top_k: int = 5, filter: dict | None = None) -> list[Match]:
+    def query(self, vector: list[float], top_k: int = 5, filter: dict[str, Any] | None = None) -> list[Match]:
         if len(vector) != self.dims:
             raise ValueError(f"query vector has {len(vector)} dims, expected {self.dims}")
         table = self._existing_table()
@@ -231,7 +234,7 @@ class LanceDBStore:
         ]
 
     def count(self) -> int:
-        return self.table.count_rows()
+        return int(self.table.count_rows())
 
     # ---- maintenance -----------------------------------------------------------------
 
@@ -251,12 +254,12 @@ class LanceDBStore:
         if self.compact_every and self._writes % self.compact_every == 0:
             try:
                 self.compact()
-            except Exception as e:  # noqa: BLE001 - the write itself succeeded
+            except Exception as e:
                 # Unlocked (remote) writers can make compaction conflict; the next one retries.
                 log.warning("LanceDB compaction of %s failed, will retry: %s", self.table_name, e)
 
     @contextmanager
-    def _write_lock(self):
+    def _write_lock(self) -> Iterator[None]:
         """Exclusive across processes on this host (and threads: each call opens its own
         file description). A no-op for remote URIs or where fcntl is missing."""
         if self._lock_path is None:
@@ -277,7 +280,7 @@ class LanceDBStore:
 
     # ---- helpers ---------------------------------------------------------------------
 
-    def _to_arrow(self, records: list[VectorRecord]):
+    def _to_arrow(self, records: list[VectorRecord]) -> Any:
         import numpy as np
         import pyarrow as pa
 
@@ -297,7 +300,7 @@ class LanceDBStore:
         return pa.Table.from_pydict(columns, schema=schema)
 
     @staticmethod
-    def _where(filter: dict | None) -> str:
+    def _where(filter: dict[str, Any] | None) -> str:
         """Equality conditions on metadata columns, ANDed. A list/tuple/set means IN, None
         means IS NULL; Pinecone's {"$eq": v} and {"$in": [...]} forms are accepted too, so
         one filter works with either backend."""

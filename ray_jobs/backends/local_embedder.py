@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,9 +50,11 @@ _ERF_DEN = (
 
 def default_model_dir() -> Path:
     """`LOCAL_EMBEDDING_MODEL_DIR`, else the `model/` directory inside the wheel."""
-    env = os.environ.get(MODEL_DIR_ENV)
-    if env:
-        return Path(env)
+    from ray_jobs.settings import StageSettings
+
+    configured = StageSettings.from_env().local_embedding_model_dir
+    if configured:
+        return Path(configured)
     from importlib.resources import files
 
     # Never the hub name: offline that stalls for a minute and then fails.
@@ -65,9 +68,12 @@ def default_threads() -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    for var in ("LOCAL_EMBEDDING_THREADS", "OMP_NUM_THREADS"):
+    from ray_jobs.settings import StageSettings
+
+    # OMP_NUM_THREADS is Ray's (a task's num_cpus), not docpipe's configuration.
+    for raw in (str(StageSettings.from_env().local_embedding_threads), os.environ.get("OMP_NUM_THREADS", "")):
         try:
-            n = int(os.environ.get(var, ""))
+            n = int(raw)
         except ValueError:
             continue
         if n > 0:
@@ -132,7 +138,7 @@ class LocalEmbedder:
 
     def __init__(
         self,
-        model_dir: str | os.PathLike | None = None,
+        model_dir: str | os.PathLike[str] | None = None,
         batch_size: int = 32,
         max_seq_length: int | None = None,
         threads: int | None = None,
@@ -148,11 +154,11 @@ class LocalEmbedder:
         self.load_seconds: float | None = None  # set by load()
         self._lock = threading.Lock()  # one embed()/load() at a time per instance
         self._loaded = False
-        self._blas = None  # threadpoolctl controller, if available and useful
+        self._blas: Any = None  # threadpoolctl controller, if available and useful
 
     # ---- loading ---------------------------------------------------------------------
 
-    def load(self) -> "LocalEmbedder":
+    def load(self) -> LocalEmbedder:
         """Read config, tokenizer and weights (idempotent; thread-safe)."""
         with self._lock:
             self._load_locked()
@@ -350,7 +356,7 @@ class LocalEmbedder:
 
         # Mean pooling over real tokens, then L2 normalisation (sentence-transformers'
         # Pooling + Normalize modules; the clamps match theirs).
-        summed = np.matmul(mask[:, None, :], h.reshape(B, T, D))[:, 0]
+        summed: np.ndarray = np.matmul(mask[:, None, :], h.reshape(B, T, D))[:, 0]
         summed /= np.maximum(mask.sum(axis=1, keepdims=True), np.float32(1e-9))
         norm = np.linalg.norm(summed, axis=1, keepdims=True)
         summed /= np.maximum(norm, np.float32(1e-12))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from typing import Any
 
 MAX_KEY_PHRASES = 8
 MAX_PHRASE_WORDS = 4
@@ -48,7 +49,7 @@ s t d ll m o re ve y ain aren couldn didn doesn hadn hasn haven isn ma mightn mu
 needn shan shouldn wasn weren won wouldn also get gets got go goes going gone says said
 shall upon within without among two three four five six seven eight nine ten first second
 new old per via
-""".split())
+""".split())  # noqa: SIM905 (a word list reads best as running text)
 
 # Words that only qualify numbers or dates: never a key phrase on their own.
 NUMERIC_WORDS = frozenset("""
@@ -56,7 +57,7 @@ january february march april may june july august september october november dec
 jan feb mar apr jun jul aug sep sept oct nov dec monday tuesday wednesday thursday friday
 saturday sunday thousand thousands million millions billion billions trillion bn mn
 percent pct usd eur gbp jpy chf cad aud cny inr
-""".split())
+""".split())  # noqa: SIM905
 
 _WORD = re.compile(r"[^\W\d_](?:[\w'’-]*[^\W_])?|\d+(?:[.,]\d+)*")
 # Phrase delimiters: sentence and clause punctuation, brackets, quotes, line breaks.
@@ -151,7 +152,7 @@ def key_phrases(text: str, top: int = MAX_KEY_PHRASES) -> list[str]:
     return [surface for _, _, surface in ranked[:top]]
 
 
-def entities(text: str) -> list[dict]:
+def entities(text: str) -> list[dict[str, str]]:
     """MONEY, PERCENT, DATE and ORGANIZATION entities of `text` (see the module docstring)."""
     found: list[tuple[int, int, str, str]] = []
     for kind, pattern in _ENTITY_RULES:
@@ -184,5 +185,5 @@ class LocalEnricher:
     def __init__(self, max_key_phrases: int = MAX_KEY_PHRASES):
         self.max_key_phrases = max_key_phrases
 
-    def enrich(self, texts: list[str]) -> list[dict]:
+    def enrich(self, texts: list[str]) -> list[dict[str, Any]]:
         return [{"key_phrases": key_phrases(t, self.max_key_phrases), "entities": entities(t)} for t in texts]

@@ -29,30 +29,31 @@ counts; callers should keep chunks far below the limit anyway.
 Empty strings are sent as a single space: the API rejects empty input, and one vector
 per input keeps the result aligned with ``texts``.
 
-Retries are ours, not the SDK's (``max_retries=0``): 429, 408, 409, 5xx and connection
-errors are retried up to ``max_attempts`` times with exponential backoff and jitter; a
-``retry-after-ms`` or ``retry-after`` header wins over the computed backoff. After the
-last attempt ``docpipe.errors.EmbeddingRateLimited`` is raised. A 429 whose code is
-``insufficient_quota`` is not transient and raises ``StageFailed`` at once, as does any
-other 4xx (a bug or a configuration error that retrying cannot fix). A 401 forgets the
-cached secret and tries once more (the key may have been rotated).
+Retries are the SDK's: the embedder sets the client's ``max_retries`` so that a request
+gets ``max_attempts`` attempts on 408, 409, 429, 5xx and connection errors, with
+exponential backoff and jitter, a ``retry-after-ms`` or ``retry-after`` header winning.
+When they run out ``docpipe.errors.EmbeddingRateLimited`` is raised (the ASL retries the
+stage). A 429 whose code is ``insufficient_quota`` raises ``StageFailed`` (not transient:
+the SDK cannot tell it from a rate limit, so it is found out after the client's
+attempts), as does any other 4xx (a bug or a configuration error that retrying cannot
+fix). A 401 forgets the cached secret and tries once more (the key may have been
+rotated).
 """
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import math
-import os
 import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
+from docpipe import aws
 from docpipe.errors import EmbeddingRateLimited, StageFailed
-
 from ray_jobs import tokens as tok
 from ray_jobs.backends import secrets
 from ray_jobs.backends.base import EmbeddingResult
@@ -200,14 +201,9 @@ class DynamoDBTokenBudget:
         self._jitter = jitter
 
     @property
-    def client(self):
+    def client(self) -> Any:
         if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            self._client = boto3.client(
-                "dynamodb", config=Config(retries={"max_attempts": 5, "mode": "standard"})
-            )
+            self._client = aws.client("dynamodb")
         return self._client
 
     @staticmethod
@@ -268,11 +264,12 @@ class DynamoDBTokenBudget:
 def token_budget_from_env(env: Mapping[str, str] | None = None, **kwargs: Any) -> TokenBudget:
     """``OPENAI_TPM_BUDGET`` unset/0 -> UnlimitedBudget; with ``TOKEN_BUDGET_TABLE`` ->
     DynamoDBTokenBudget (shared across workers); else InProcessTokenBudget."""
-    env = os.environ if env is None else env
-    tpm = int(env.get("OPENAI_TPM_BUDGET", "").strip() or 0)
+    from ray_jobs.settings import StageSettings
+
+    settings = StageSettings.from_env(env)
+    tpm, table = settings.openai_tpm_budget, settings.token_budget_table
     if tpm <= 0:
         return UnlimitedBudget()
-    table = env.get("TOKEN_BUDGET_TABLE", "").strip()
     if table:
         return DynamoDBTokenBudget(table, tpm, **kwargs)
     return InProcessTokenBudget(tpm, **kwargs)
@@ -286,30 +283,6 @@ class _Piece:
     owner: int  # index into the caller's texts
     text: str
     tokens: int
-
-
-def _retry_after_seconds(response: Any) -> float | None:
-    """Server-requested delay from ``retry-after-ms`` (OpenAI's) or ``retry-after``."""
-    if response is None:
-        return None
-    headers = getattr(response, "headers", None) or {}
-    raw_ms = headers.get("retry-after-ms")
-    if raw_ms is not None:
-        try:
-            return max(float(raw_ms) / 1000.0, 0.0)
-        except ValueError:
-            pass
-    raw = headers.get("retry-after")
-    if raw is not None:
-        try:
-            return max(float(raw), 0.0)
-        except ValueError:
-            try:  # HTTP-date form
-                when = email.utils.parsedate_to_datetime(raw)
-                return max(when.timestamp() - time.time(), 0.0)
-            except (TypeError, ValueError):
-                return None
-    return None
 
 
 def _normalise(vec: list[float]) -> list[float]:
@@ -329,16 +302,14 @@ class OpenAIEmbedder:
         budget: TokenBudget | None = None,
         price_per_mtok: float = DEFAULT_PRICE_PER_MTOK,
         max_attempts: int = 6,
-        base_delay: float = 0.5,
-        max_delay: float = 60.0,
-        sleep: Callable[[float], None] = time.sleep,
-        rng: Callable[[], float] = random.random,
         max_inputs_per_request: int = MAX_INPUTS_PER_REQUEST,
         max_tokens_per_request: int = MAX_TOKENS_PER_REQUEST,
         max_tokens_per_input: int = MAX_TOKENS_PER_INPUT,
         api_key_secret_arn: str | None = None,
     ) -> None:
-        self._client = client
+        self.max_attempts = max(1, max_attempts)
+        # The client's own retries make the attempts (a copy: the caller's client is not changed).
+        self._client = client.with_options(max_retries=self.max_attempts - 1)
         self.model = model
         default_dims = MODEL_DEFAULT_DIMS.get(model)
         if dims is None:
@@ -349,11 +320,6 @@ class OpenAIEmbedder:
         self._send_dimensions = self.dims != default_dims
         self.budget: TokenBudget = budget if budget is not None else UnlimitedBudget()
         self.price_per_mtok = price_per_mtok
-        self.max_attempts = max(1, max_attempts)
-        self.base_delay = base_delay
-        self.max_delay = max_delay
-        self._sleep = sleep
-        self._rng = rng
         self.max_inputs_per_request = max_inputs_per_request
         # A request must also fit in one minute's budget, or it could never be admitted
         # (a single input over it is sent alone; the budget admits it into an empty window).
@@ -373,9 +339,11 @@ class OpenAIEmbedder:
         client: Any = None,
         budget: TokenBudget | None = None,
         **kwargs: Any,
-    ) -> "OpenAIEmbedder":
-        env = os.environ if env is None else env
-        arn = env.get("OPENAI_API_KEY_SECRET_ARN", "").strip()
+    ) -> OpenAIEmbedder:
+        from ray_jobs.settings import StageSettings
+
+        settings = StageSettings.from_env(env)
+        arn = settings.openai_api_key_secret_arn
         if client is None:
             if not arn:
                 raise ValueError("OPENAI_API_KEY_SECRET_ARN is not set (keys never come from plain env vars)")
@@ -385,18 +353,16 @@ class OpenAIEmbedder:
                 # A callable is asked before every request: rotation is picked up once the
                 # secret cache expires, without rebuilding the client.
                 api_key=lambda: secrets.get_secret(arn, field="OPENAI_API_KEY"),
-                base_url=env.get("OPENAI_BASE_URL", "").strip() or None,
-                max_retries=0,  # retries are ours (see the module docstring)
-                timeout=float(env.get("OPENAI_TIMEOUT_SECONDS", "") or 120.0),
+                base_url=settings.openai_base_url or None,
+                timeout=settings.openai_timeout_seconds,
             )
-        dims_raw = env.get("OPENAI_EMBEDDING_DIMS", "").strip()
         return cls(
             client,
-            model=env.get("OPENAI_EMBEDDING_MODEL", "").strip() or DEFAULT_MODEL,
-            dims=int(dims_raw) if dims_raw else None,
+            model=settings.openai_embedding_model,
+            dims=settings.openai_embedding_dims or None,
             budget=budget if budget is not None else token_budget_from_env(env),
-            price_per_mtok=float(env.get("OPENAI_PRICE_PER_MTOK", "").strip() or DEFAULT_PRICE_PER_MTOK),
-            max_attempts=int(env.get("OPENAI_MAX_ATTEMPTS", "").strip() or 6),
+            price_per_mtok=settings.openai_price_per_mtok,
+            max_attempts=settings.openai_max_attempts,
             api_key_secret_arn=arn or None,
             **kwargs,
         )
@@ -443,58 +409,39 @@ class OpenAIEmbedder:
         return batches
 
     # -- calling --------------------------------------------------------------------------
-    def _delay(self, attempt: int, response: Any) -> float:
-        requested = _retry_after_seconds(response)
-        if requested is not None:
-            # Honour the server, plus up to 10% so workers told the same do not stampede.
-            return min(requested * (1.0 + 0.1 * self._rng()), self.max_delay)
-        backoff = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
-        return backoff * (0.5 + 0.5 * self._rng())  # "equal jitter"
-
-    def _create(self, inputs: list[str]) -> Any:
+    def _create(self, inputs: list[str], *, reauth: bool = True) -> Any:
+        """One request; when it raises, the client has made its attempts."""
         import openai
 
         kwargs: dict[str, Any] = {"model": self.model, "input": inputs}
         if self._send_dimensions:
             kwargs["dimensions"] = self.dims
-        last: Exception | None = None
-        refreshed_key = False
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                response = self._client.embeddings.create(**kwargs)
-                self.requests_sent += 1
-                return response
-            except openai.RateLimitError as exc:
-                if getattr(exc, "code", None) == "insufficient_quota":
-                    raise StageFailed(f"OpenAI quota exhausted: {exc.message}") from exc
-                last = exc
-            except openai.AuthenticationError as exc:
-                if self._secret_arn and not refreshed_key:
-                    secrets.invalidate(self._secret_arn)  # the key may have been rotated
-                    refreshed_key = True
-                    last = exc
-                    continue
-                raise StageFailed(f"OpenAI rejected the API key: {exc.message}") from exc
-            except openai.APIStatusError as exc:
-                if exc.status_code >= 500 or exc.status_code in (408, 409):
-                    last = exc
-                else:
-                    raise StageFailed(
-                        f"OpenAI embeddings request rejected ({exc.status_code}): {exc.message}"
-                    ) from exc
-            except openai.APIConnectionError as exc:
-                last = exc
-            if attempt < self.max_attempts:
-                delay = self._delay(attempt, getattr(last, "response", None))
-                log.warning(
-                    "OpenAI embeddings attempt %d/%d failed (%s); retrying in %.2f s",
-                    attempt, self.max_attempts, type(last).__name__, delay,
-                )
-                self._sleep(delay)
-        raise EmbeddingRateLimited(
-            f"OpenAI embeddings still failing after {self.max_attempts} attempts: "
-            f"{type(last).__name__}: {getattr(last, 'message', last)}"
-        )
+        try:
+            response = self._client.embeddings.create(**kwargs)
+        except openai.RateLimitError as exc:
+            if getattr(exc, "code", None) == "insufficient_quota":
+                raise StageFailed(f"OpenAI quota exhausted: {exc.message}") from exc
+            raise EmbeddingRateLimited(
+                f"OpenAI embeddings still rate limited after {self.max_attempts} attempts: {exc.message}"
+            ) from exc
+        except openai.AuthenticationError as exc:
+            if self._secret_arn and reauth:
+                secrets.invalidate(self._secret_arn)  # the key may have been rotated
+                return self._create(inputs, reauth=False)
+            raise StageFailed(f"OpenAI rejected the API key: {exc.message}") from exc
+        except openai.APIStatusError as exc:
+            if exc.status_code >= 500 or exc.status_code in (408, 409):
+                raise EmbeddingRateLimited(
+                    f"OpenAI embeddings still failing after {self.max_attempts} attempts "
+                    f"({exc.status_code}): {exc.message}"
+                ) from exc
+            raise StageFailed(f"OpenAI embeddings request rejected ({exc.status_code}): {exc.message}") from exc
+        except openai.APIConnectionError as exc:  # includes timeouts
+            raise EmbeddingRateLimited(
+                f"OpenAI embeddings unreachable after {self.max_attempts} attempts: {type(exc).__name__}: {exc.message}"
+            ) from exc
+        self.requests_sent += 1
+        return response
 
     def embed(self, texts: list[str]) -> EmbeddingResult:
         texts = list(texts)
@@ -523,7 +470,7 @@ class OpenAIEmbedder:
         # Recombine: one piece -> its vector as returned; several windows -> the
         # token-weighted mean, re-normalised.
         parts: list[list[tuple[_Piece, list[float]]]] = [[] for _ in texts]
-        for piece, vec in zip(pieces, piece_vectors):
+        for piece, vec in zip(pieces, piece_vectors, strict=True):
             parts[piece.owner].append((piece, vec))
         vectors: list[list[float]] = []
         for owned in parts:

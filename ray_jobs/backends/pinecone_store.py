@@ -8,7 +8,6 @@ Environment (``PineconeStore.from_env``):
 | PINECONE_INDEX_HOST          | the index's data-plane host, e.g. ``https://x.svc...``   |
 |                              | (``http://127.0.0.1:PORT`` for a local fake)             |
 | PINECONE_NAMESPACE           | default ``docpipe``                                      |
-| PINECONE_MAX_ATTEMPTS        | attempts per request on 429/5xx/connection, default 5    |
 
 Limits respected (Pinecone docs): an upsert carries at most 1000 vectors and 2 MB; a
 delete or fetch at most 1000 ids; a list page at most 100 ids; metadata at most 40 KB
@@ -16,19 +15,19 @@ per vector. ``upsert`` splits its records itself, estimating each record's JSON 
 so no request is ever sent over a limit (the SDK's own ``batch_size`` mode is not used:
 it reports a rejected batch only through ``has_errors`` instead of raising).
 
-Metadata rule: ``text`` is cut to ``max_text_chars`` (2,000, the contract in
-docs/architecture.md) and then, if the metadata's JSON is still over 40,000 bytes,
+Metadata rule: ``text`` is cut to ``max_text_chars`` (``identity.TEXT_IN_INDEX``, the
+contract in docs/architecture.md) and then, if the metadata's JSON is still over 40,000 bytes,
 cut further until it fits; other fields are never changed. ``None`` values are
 dropped (Pinecone rejects null metadata). Metadata still too large without any
 ``text`` raises ``StageFailed``.
 
-Retries: the SDK's HTTP transport already retries 429/5xx a few times (honouring
-``Retry-After``; it cannot be turned off on the data-plane client in 10.2). Around each
-request this class adds its own bounded attempts with exponential backoff and jitter,
-honouring the error's ``retry_after``; when they run out it raises
-``docpipe.errors.VectorStoreUnavailable``. A 401 forgets the cached secret and
-rebuilds the client once (rotated key). A 413 splits the batch in two. Other 4xx
-(wrong dimension, bad filter) raise ``StageFailed``: retrying cannot fix them.
+Retries: the SDK's own. Its data-plane transport makes 4 attempts on 408/429/5xx and
+connection errors, with jittered backoff that honours ``Retry-After`` (pinecone 10.2 has
+no setting for them on a REST ``Index``); when they fail, this class raises
+``docpipe.errors.VectorStoreUnavailable`` and the ASL retries the stage. A 401 forgets
+the cached secret and rebuilds the client once (rotated key). A 413 splits the batch in
+two. Other 4xx (wrong dimension, bad filter) raise ``StageFailed``: retrying cannot fix
+them.
 
 ``delete_prefix``: serverless indexes cannot delete by metadata filter, so ids are
 listed by prefix and deleted by id, at most 1000 per request.
@@ -38,13 +37,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import random
-import time
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
+from docpipe import identity
 from docpipe.errors import StageFailed, VectorStoreUnavailable
-
 from ray_jobs.backends import secrets
 from ray_jobs.backends.base import Match, VectorRecord
 
@@ -56,7 +53,6 @@ MAX_UPSERT_BYTES = 2_000_000
 MAX_METADATA_BYTES = 40_000  # under 40 KB whichever way a KB is counted
 MAX_IDS_PER_DELETE = 1000
 LIST_PAGE_SIZE = 100
-DEFAULT_TEXT_CHARS = 2000
 # Room for the request envelope ({"vectors":[...],"namespace":"..."}) and for the
 # SDK's serializer writing a float differently from json.dumps.
 _BYTES_HEADROOM = 0.95
@@ -66,7 +62,7 @@ def _compact(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def fit_metadata(metadata: Mapping[str, Any], *, max_text_chars: int = DEFAULT_TEXT_CHARS,
+def fit_metadata(metadata: Mapping[str, Any], *, max_text_chars: int = identity.TEXT_IN_INDEX,
                  max_bytes: int = MAX_METADATA_BYTES) -> dict[str, Any]:
     """Metadata Pinecone will accept: no None values, ``text`` cut to ``max_text_chars``
     and then further until the JSON is at most ``max_bytes``."""
@@ -103,14 +99,9 @@ class PineconeStore:
         namespace: str = DEFAULT_NAMESPACE,
         index_factory: Callable[[], Any] | None = None,
         on_auth_error: Callable[[], None] | None = None,
-        max_attempts: int = 5,
-        base_delay: float = 0.5,
-        max_delay: float = 30.0,
-        sleep: Callable[[float], None] = time.sleep,
-        rng: Callable[[], float] = random.random,
         max_batch_vectors: int = MAX_UPSERT_VECTORS,
         max_batch_bytes: int = MAX_UPSERT_BYTES,
-        max_text_chars: int = DEFAULT_TEXT_CHARS,
+        max_text_chars: int = identity.TEXT_IN_INDEX,
     ) -> None:
         if index is None and index_factory is None:
             raise ValueError("pass an Index or an index_factory")
@@ -118,21 +109,17 @@ class PineconeStore:
         self._index_factory = index_factory
         self._on_auth_error = on_auth_error
         self.namespace = namespace
-        self.max_attempts = max(1, max_attempts)
-        self.base_delay = base_delay
-        self.max_delay = max_delay
-        self._sleep = sleep
-        self._rng = rng
         self.max_batch_vectors = min(max_batch_vectors, MAX_UPSERT_VECTORS)
         self.max_batch_bytes = min(max_batch_bytes, MAX_UPSERT_BYTES)
         self.max_text_chars = max_text_chars
         self.requests_sent = 0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> "PineconeStore":
-        env = os.environ if env is None else env
-        arn = env.get("PINECONE_API_KEY_SECRET_ARN", "").strip()
-        host = env.get("PINECONE_INDEX_HOST", "").strip()
+    def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> PineconeStore:
+        from ray_jobs.settings import StageSettings
+
+        settings = StageSettings.from_env(env)
+        arn, host = settings.pinecone_api_key_secret_arn, settings.pinecone_index_host
         if not arn:
             raise ValueError("PINECONE_API_KEY_SECRET_ARN is not set (keys never come from plain env vars)")
         if not host:
@@ -143,11 +130,10 @@ class PineconeStore:
 
             return Pinecone(api_key=secrets.get_secret(arn, field="PINECONE_API_KEY")).Index(host=host)
 
-        kwargs.setdefault("max_attempts", int(env.get("PINECONE_MAX_ATTEMPTS", "").strip() or 5))
         return cls(
             index_factory=factory,
             on_auth_error=lambda: secrets.invalidate(arn),
-            namespace=env.get("PINECONE_NAMESPACE", "").strip() or DEFAULT_NAMESPACE,
+            namespace=settings.pinecone_namespace,
             **kwargs,
         )
 
@@ -158,59 +144,38 @@ class PineconeStore:
             self._index = self._index_factory()
         return self._index
 
-    # -- retry policy -------------------------------------------------------------------
-    def _delay(self, attempt: int, exc: Exception) -> float:
-        requested = getattr(exc, "retry_after", None)
-        if isinstance(requested, (int, float)) and requested > 0:
-            return min(requested * (1.0 + 0.1 * self._rng()), self.max_delay)
-        backoff = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
-        return backoff * (0.5 + 0.5 * self._rng())
-
-    def _call(self, what: str, fn: Callable[[Any], Any]) -> Any:
+    def _call(self, what: str, fn: Callable[[Any], Any], *, reauth: bool = True) -> Any:
+        """One request; when it raises, the SDK's transport has made its retries."""
         from pinecone.errors import (
             ApiError,
             PayloadTooLargeError,
             PineconeConnectionError,
             PineconeTimeoutError,
-            RateLimitError,
-            ServiceError,
             UnauthorizedError,
         )
 
-        last: Exception | None = None
-        rebuilt = False
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                result = fn(self.index)
-                self.requests_sent += 1
-                return result
-            except (RateLimitError, ServiceError, PineconeConnectionError, PineconeTimeoutError) as exc:
-                last = exc
-            except UnauthorizedError as exc:
-                if self._index_factory is not None and not rebuilt:
-                    if self._on_auth_error:
-                        self._on_auth_error()  # the key may have been rotated
-                    self._index = None
-                    rebuilt = True
-                    last = exc
-                    continue
-                raise StageFailed(f"Pinecone rejected the API key during {what}: {exc}") from exc
-            except PayloadTooLargeError:
-                raise  # the caller splits the batch
-            except ApiError as exc:
-                status = getattr(exc, "status_code", None) or 0
-                if status in (408,) or status >= 500:
-                    last = exc
-                else:
-                    raise StageFailed(f"Pinecone refused {what} ({status}): {exc}") from exc
-            if attempt < self.max_attempts:
-                delay = self._delay(attempt, last)
-                log.warning("Pinecone %s attempt %d/%d failed (%s); retrying in %.2f s",
-                            what, attempt, self.max_attempts, type(last).__name__, delay)
-                self._sleep(delay)
-        raise VectorStoreUnavailable(
-            f"Pinecone {what} still failing after {self.max_attempts} attempts: {type(last).__name__}: {last}"
-        )
+        try:
+            result = fn(self.index)
+        except UnauthorizedError as exc:
+            if reauth and self._index_factory is not None:
+                if self._on_auth_error:
+                    self._on_auth_error()  # the key may have been rotated
+                self._index = None
+                return self._call(what, fn, reauth=False)
+            raise StageFailed(f"Pinecone rejected the API key during {what}: {exc}") from exc
+        except PayloadTooLargeError:
+            raise  # the caller splits the batch
+        except (PineconeConnectionError, PineconeTimeoutError) as exc:
+            raise VectorStoreUnavailable(f"Pinecone {what} unreachable: {type(exc).__name__}: {exc}") from exc
+        except ApiError as exc:
+            status = getattr(exc, "status_code", None) or 0
+            if status in (408, 429) or status >= 500:
+                raise VectorStoreUnavailable(
+                    f"Pinecone {what} still failing after the SDK's retries ({status}): {exc}"
+                ) from exc
+            raise StageFailed(f"Pinecone refused {what} ({status}): {exc}") from exc
+        self.requests_sent += 1
+        return result
 
     # -- writes -------------------------------------------------------------------------
     def _record_dict(self, record: VectorRecord) -> dict[str, Any]:
@@ -262,7 +227,11 @@ class PineconeStore:
         ids = list(dict.fromkeys(ids))
         for start in range(0, len(ids), MAX_IDS_PER_DELETE):
             chunk = ids[start:start + MAX_IDS_PER_DELETE]
-            self._call("delete", lambda idx, chunk=chunk: idx.delete(ids=chunk, namespace=self.namespace))
+
+            def delete(idx: Any, chunk: list[str] = chunk) -> Any:
+                return idx.delete(ids=chunk, namespace=self.namespace)
+
+            self._call("delete", delete)
         return len(ids)
 
     def delete_prefix(self, prefix: str) -> int:
@@ -275,18 +244,19 @@ class PineconeStore:
         ids: list[str] = []
         token: str | None = None
         while True:
-            page = self._call(
-                "list",
-                lambda idx, token=token: idx.list_paginated(
+
+            def list_page(idx: Any, token: str | None = token) -> Any:
+                return idx.list_paginated(
                     prefix=prefix, limit=LIST_PAGE_SIZE, pagination_token=token, namespace=self.namespace
-                ),
-            )
+                )
+
+            page = self._call("list", list_page)
             ids.extend(item.id for item in page.vectors if item.id is not None)
             token = page.pagination.next if page.pagination is not None else None
             if not token:
                 return ids
 
-    def query(self, vector: list[float], top_k: int = 5, filter: dict | None = None) -> list[Match]:
+    def query(self, vector: list[float], top_k: int = 5, filter: dict[str, Any] | None = None) -> list[Match]:
         response = self._call(
             "query",
             lambda idx: idx.query(

@@ -1,99 +1,88 @@
-"""API keys from Secrets Manager, read at run time and cached in-process for a while.
+"""API keys from Secrets Manager, read at run time through Powertools' parameters cache.
 
 The environment only ever holds a secret's ARN (``OPENAI_API_KEY_SECRET_ARN``,
 ``PINECONE_API_KEY_SECRET_ARN``), never the key itself: env vars end up in Ray's job
-list, CloudFormation outputs and crash dumps. The TTL bounds how long a rotated key
-keeps being used; callers that get a 401 call ``invalidate()`` and read again.
+list, CloudFormation outputs and crash dumps. ``max_age`` bounds how long a rotated key
+keeps being used; callers that get a 401 call ``invalidate()`` and the next read goes to
+Secrets Manager.
 
-boto3 honours ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_SECRETSMANAGER`` by itself, so
-the local stack (moto) needs no code path of its own.
+The provider's client is ``docpipe.aws.client("secretsmanager")``, so the local stack
+(``AWS_ENDPOINT_URL``) and ``aws.reset_clients()`` in tests apply here too.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-import time
-from typing import Any, Callable
+from typing import Any
 
-DEFAULT_TTL_SECONDS = 300.0
+from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+from docpipe import aws
+
+DEFAULT_MAX_AGE_SECONDS = 300
 # Field names looked up, in order, when the SecretString is a JSON object, after the
 # caller's own (``OPENAI_API_KEY``, ``PINECONE_API_KEY``: the names the usual console
 # setup stores, often both in one secret).
 JSON_KEY_FIELDS = ("api_key", "token")
 
 _lock = threading.Lock()
-_cache: dict[tuple[str, str | None], tuple[float, str]] = {}
+_providers: dict[int, SecretsProvider] = {}  # by aws.generation(): a reset means a new world
+_stale: set[str] = set()  # secrets to read again, bypassing the cache (after a 401)
 
 
-def _default_client():
-    import boto3
+def _provider() -> SecretsProvider:
+    generation = aws.generation()
+    with _lock:
+        if generation not in _providers:
+            _providers.clear()
+            _providers[generation] = SecretsProvider(boto3_client=aws.client("secretsmanager"))
+        return _providers[generation]
 
-    return boto3.client("secretsmanager")
 
-
-def _parse(secret_string: str, arn_or_name: str, field: str | None = None) -> str:
-    text = secret_string.strip()
+def _field(raw: str, arn: str, field: str | None) -> str:
+    """The key in a SecretString: the whole string, or of a JSON object the ``field``
+    given, else its ``api_key`` / ``token`` field. (Powertools' ``transform="json"``
+    would refuse the plain-string form, which is as valid here.)"""
+    text = raw.strip()
     if text.startswith("{"):
         try:
-            doc: Any = json.loads(text)
+            parsed: Any = json.loads(text)
         except json.JSONDecodeError:
             return text  # a key that happens to start with "{": use it as is
-        if isinstance(doc, dict):
+        if isinstance(parsed, dict):
             names = ((field,) if field else ()) + JSON_KEY_FIELDS
             for name in names:
-                value = doc.get(name)
+                value = parsed.get(name)
                 if isinstance(value, str) and value:
                     return value
-            raise ValueError(
-                f"secret {arn_or_name!r} is a JSON object without a non-empty "
-                f"{' or '.join(names)!s} field"
-            )
+            raise ValueError(f"secret {arn!r} is a JSON object without a non-empty {' or '.join(names)!s} field")
     if not text:
-        raise ValueError(f"secret {arn_or_name!r} is empty")
+        raise ValueError(f"secret {arn!r} is empty")
     return text
 
 
-def get_secret(
-    arn_or_name: str,
-    *,
-    field: str | None = None,
-    ttl_seconds: float = DEFAULT_TTL_SECONDS,
-    client: Any = None,
-    clock: Callable[[], float] = time.monotonic,
-) -> str:
-    """The secret's value: its SecretString, or of a JSON SecretString the ``field``
-    given (e.g. ``OPENAI_API_KEY``), else its ``api_key`` / ``token`` field. Cached per
-    ARN and field for ``ttl_seconds``."""
-    if not arn_or_name:
+def get_secret(arn: str, *, field: str | None = None, max_age: int = DEFAULT_MAX_AGE_SECONDS) -> str:
+    """The API key held by secret ``arn`` (see ``_field``), at most ``max_age`` seconds old."""
+    if not arn:
         raise ValueError("no secret ARN given (the env var holding it is empty)")
-    now = clock()
     with _lock:
-        hit = _cache.get((arn_or_name, field))
-        if hit is not None and hit[0] > now:
-            return hit[1]
-    # Read outside the lock: a slow Secrets Manager call must not serialise every thread.
-    sm = client if client is not None else _default_client()
-    response = sm.get_secret_value(SecretId=arn_or_name)
-    raw = response.get("SecretString")
-    if raw is None:
-        binary = response.get("SecretBinary") or b""
-        raw = binary.decode("utf-8") if isinstance(binary, (bytes, bytearray)) else str(binary)
-    value = _parse(raw, arn_or_name, field)
-    with _lock:
-        _cache[(arn_or_name, field)] = (now + ttl_seconds, value)
-    return value
+        force = arn in _stale
+        _stale.discard(arn)
+    raw = _provider().get(arn, max_age=max_age, force_fetch=force)
+    if isinstance(raw, (bytes, bytearray)):  # a SecretBinary
+        raw = raw.decode("utf-8")
+    return _field(str(raw), arn, field)
 
 
-def invalidate(arn_or_name: str | None = None) -> None:
-    """Forget one cached secret (after a 401: the key was probably rotated), or all."""
+def invalidate(arn: str) -> None:
+    """Read ``arn`` from Secrets Manager on its next use (after a 401: probably rotated)."""
     with _lock:
-        if arn_or_name is None:
-            _cache.clear()
-        else:
-            for key in [k for k in _cache if k[0] == arn_or_name]:
-                del _cache[key]
+        _stale.add(arn)
 
 
 def clear_cache() -> None:
-    invalidate(None)
+    """Forget every cached secret (tests switching worlds)."""
+    with _lock:
+        _providers.clear()
+        _stale.clear()

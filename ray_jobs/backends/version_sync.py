@@ -1,6 +1,7 @@
 """Swap a document's vectors to a new processing version, on any ``VectorStore``.
 
-Order (DESIGN.md: "old versions' vectors are deleted only after the new ones are in"):
+Order (docs/design.md, "Identity and versions": the new version is written and verified,
+then the old versions' ids are deleted):
 1. upsert every record of the new version (ids are deterministic, so this is
    idempotent);
 2. list ``<document_id>#<new_version>#`` until every new id is listed (bounded polls:
@@ -26,20 +27,28 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+from docpipe import identity
 from docpipe.errors import StageFailed, VectorStoreUnavailable
-
 from ray_jobs.backends.base import VectorRecord, VectorStore
+from ray_jobs.backends.retry import Backoff
 
 log = logging.getLogger(__name__)
 
 
 def _version_of(vector_id: str, document_id: str) -> str | None:
-    parts = vector_id.split("#")
-    if len(parts) == 3 and parts[0] == document_id:
-        return parts[1]
-    return None
+    """The processing version of one of ``document_id``'s vector ids, else None."""
+    try:
+        doc_id, version, _ = identity.parse_vector_id(vector_id)
+    except ValueError:
+        return None
+    return version if doc_id == document_id else None
+
+
+def _old_versions(ids: list[str], document_id: str, new_version: str) -> list[str]:
+    return sorted({v for v in (_version_of(i, document_id) for i in ids) if v and v != new_version})
 
 
 def _delete(store: VectorStore, stale: list[str], keep: set[str], document_id: str, new_version: str) -> int:
@@ -49,9 +58,9 @@ def _delete(store: VectorStore, stale: list[str], keep: set[str], document_id: s
     if callable(delete_ids):
         return int(delete_ids(stale))
     deleted = 0
-    old_versions = sorted({v for v in (_version_of(i, document_id) for i in stale) if v and v != new_version})
+    old_versions = _old_versions(stale, document_id, new_version)
     for version in old_versions:
-        deleted += store.delete_prefix(f"{document_id}#{version}#")
+        deleted += store.delete_prefix(identity.vector_id_prefix(document_id, version))
     for vid in stale:
         if _version_of(vid, document_id) in old_versions:
             continue
@@ -78,28 +87,27 @@ def replace_document_version(
     """
     if "#" in document_id or "#" in new_version:
         raise ValueError("document_id and version must not contain '#'")
-    doc_prefix = f"{document_id}#"
-    new_prefix = f"{document_id}#{new_version}#"
+    doc_prefix = identity.vector_id_prefix(document_id)
+    new_prefix = identity.vector_id_prefix(document_id, new_version)
     foreign = [r.id for r in records if not r.id.startswith(new_prefix)]
     if foreign:
         raise ValueError(f"{len(foreign)} records are not of {new_prefix!r}, e.g. {foreign[0]!r}")
     keep = {r.id for r in records}
-
-    def pause(attempt: int) -> None:
-        sleep(min(max_delay, base_delay * (2 ** attempt)))
+    # Listings are eventually consistent (Pinecone): poll them with backoff.
+    polls = Backoff(attempts=verify_attempts, base_delay=base_delay, max_delay=max_delay, sleep=sleep)
 
     # 1. new version in (idempotent: same ids, same values).
     upserted = store.upsert(records) if records else 0
 
     # 2. every new id visible before anything old goes.
     missing: set[str] = set()
-    for attempt in range(verify_attempts):
+
+    def all_listed() -> bool:
+        nonlocal missing
         missing = keep - set(store.list_ids(new_prefix))
-        if not missing:
-            break
-        if attempt < verify_attempts - 1:
-            pause(attempt)
-    if missing:
+        return not missing
+
+    if not polls.until(all_listed):
         raise VectorStoreUnavailable(
             f"{len(missing)} of {len(keep)} new vectors of {new_prefix} not listed after the upsert; "
             "the old version was left in place"
@@ -107,20 +115,23 @@ def replace_document_version(
 
     # 3. everything else under the document goes.
     stale = [i for i in store.list_ids(doc_prefix) if i not in keep]
-    old_versions = sorted({v for v in (_version_of(i, document_id) for i in stale) if v and v != new_version})
+    old_versions = _old_versions(stale, document_id, new_version)
     deleted = _delete(store, stale, keep, document_id, new_version)
 
     # 4. confirm (listings may lag deletes); re-delete whatever is still listed.
-    for attempt in range(verify_attempts):
+    leftover: list[str] = []
+
+    def none_left() -> bool:
+        nonlocal leftover
         leftover = [i for i in store.list_ids(doc_prefix) if i not in keep]
-        if not leftover:
-            break
-        if attempt == verify_attempts - 1:
-            raise VectorStoreUnavailable(
-                f"{len(leftover)} superseded vectors of {document_id} still listed after delete, e.g. {leftover[0]}"
-            )
-        pause(attempt)
-        _delete(store, leftover, keep, document_id, new_version)
+        if leftover:
+            _delete(store, leftover, keep, document_id, new_version)
+        return not leftover
+
+    if not polls.until(none_left):
+        raise VectorStoreUnavailable(
+            f"{len(leftover)} superseded vectors of {document_id} still listed after delete, e.g. {leftover[0]}"
+        )
 
     log.info("document %s now at %s: %d vectors kept, %d superseded deleted (%s)",
              document_id, new_version, len(keep), deleted, ", ".join(old_versions) or "none")
