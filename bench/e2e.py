@@ -25,9 +25,11 @@ import socket
 import statistics
 import time
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 from bench.procs import Sampler, head_memory_mb, own_cpu_s
+from docpipe_local.executions import execution_history
 
 STAGES = ("extract", "embed")
 COMPUTE_KEYS = {"extract": ("extract_s", "chunk_s"), "embed": ("enrich_s", "embed_s", "load_s")}
@@ -97,16 +99,7 @@ class Clients:
         return out
 
     def history(self, arn: str) -> list[dict]:
-        events, token = [], None
-        while True:
-            kw = {"executionArn": arn, "maxResults": 1000, "includeExecutionData": True}
-            if token:
-                kw["nextToken"] = token
-            page = self.sfn.get_execution_history(**kw)
-            events += page["events"]
-            token = page.get("nextToken")
-            if not token:
-                return events
+        return execution_history(self.sfn, arn)
 
     def audit_count(self, document_id: str) -> int:
         resp = self.ddb.query(TableName=self.audit_table, KeyConditionExpression="document_id = :d",
@@ -179,7 +172,9 @@ def job_log_times(logs: str) -> dict:
             except ValueError:
                 continue
             if row.get("message") in ("stage started", "stage succeeded", "stage failed", "stage crashed"):
-                out[row["message"].replace(" ", "_")] = float(row["ts"])
+                # ray_jobs.log's Powertools timestamp, e.g. "2026-12-01 16:54:42,123+0000"
+                when = datetime.strptime(row["timestamp"], "%Y-%m-%d %H:%M:%S,%f%z")
+                out[row["message"].replace(" ", "_")] = when.timestamp()
     return out
 
 
@@ -200,7 +195,10 @@ def run_batch(c: Clients, files: list[Path], label: str, timeout: float = 1800.0
     from docpipe_local import ingest
 
     docs = ingest.plan(list(files), c.bucket, prefix)
-    by_prefix = {d.document_id[:24]: d for d in docs}
+    by_key = {d.key: d for d in docs}
+    # Executions started by EventBridge have generated names (as in AWS): each is mapped to
+    # its document once, by the object key in its input.
+    doc_of: dict[str, ingest.Doc | None] = {}
     head_before = head_memory_mb(c.state["ray_temp_dir"])
     sampler = Sampler([c.state["moto_pid"], c.state["ray_pid"]], markers=(c.state["ray_temp_dir"],)).start()
     bench_cpu0 = own_cpu_s()
@@ -215,7 +213,12 @@ def run_batch(c: Clients, files: list[Path], label: str, timeout: float = 1800.0
     while len(ends) < len(docs) and time.monotonic() < deadline:
         time.sleep(1.0)
         for e in c.executions():
-            d = by_prefix.get(e["name"][:24])
+            if e["status"] == "RUNNING":
+                continue
+            if e["executionArn"] not in doc_of:
+                event = json.loads(c.sfn.describe_execution(executionArn=e["executionArn"])["input"])
+                doc_of[e["executionArn"]] = by_key.get(event.get("detail", {}).get("object", {}).get("key"))
+            d = doc_of[e["executionArn"]]
             if d is None or e["status"] == "RUNNING" or d.document_id in ends:
                 continue
             if e["startDate"].timestamp() < uploaded_at[d.document_id] - 1:

@@ -9,10 +9,10 @@ what a user sees: the execution history, the tables, S3, the alert, the index.
 from __future__ import annotations
 
 import json
-
-import pytest
+import uuid
 
 from conftest import corpus_file, entered_states, executions_for, history, wait_for_execution
+
 from docpipe import identity
 
 GOOD = "py-pdf-sample-files/004-pdflatex-4-pages/pdflatex-4-pages.pdf"
@@ -40,7 +40,7 @@ def control(local_aws, key: str) -> list[dict]:
     items = clients["dynamodb"].query(TableName=stack.outputs["ControlTableName"],
                                       KeyConditionExpression="document_id = :d",
                                       ExpressionAttributeValues={":d": {"S": doc}})["Items"]
-    return [{k: list(v.values())[0] for k, v in i.items()} for i in items]
+    return [{k: next(iter(v.values())) for k, v in i.items()} for i in items]
 
 
 def documents_run(head) -> int:
@@ -58,8 +58,32 @@ def alerts_queue(local_aws) -> str:
     return url
 
 
+def state_strings(events: list[dict]) -> list[str]:
+    """Every string inside every state's input and output in the history."""
+    def leaves(value):
+        if isinstance(value, dict):
+            for v in value.values():
+                yield from leaves(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from leaves(v)
+        elif isinstance(value, str):
+            yield value
+
+    out = []
+    for e in events:
+        for details in (v for k, v in e.items() if k.endswith("EventDetails")):
+            for field in ("input", "output"):
+                if isinstance(details.get(field), str):
+                    try:
+                        out += leaves(json.loads(details[field]))
+                    except ValueError:
+                        out.append(details[field])
+    return out
+
+
 def test_happy_path_completes_with_chunks_vectors_and_audit(local_aws):
-    stack, clients, head = local_aws
+    stack, clients, _ = local_aws
     key = "input/papers/pdflatex 4 pages.pdf"
     desc, events = run_upload(local_aws, key, corpus_file(GOOD).read_bytes())
     assert desc["status"] == "SUCCEEDED", desc
@@ -84,7 +108,12 @@ def test_happy_path_completes_with_chunks_vectors_and_audit(local_aws):
 
     store = LanceDBStore.from_env()
     assert len(store.list_ids(identity.vector_id_prefix(doc, ver))) == int(item["vectors"])
-    # Only URIs and counts travel in the state: the whole output stays small.
+    # Only URIs and counts travel in the state (payload limit 256 KiB): no state's input
+    # or output carries the document's text, and the whole output stays small.
+    chunks_body = clients["s3"].get_object(Bucket=bucket, Key=f"chunks/{doc}/{ver}/chunks.jsonl")["Body"].read()
+    snippets = {" ".join(json.loads(line)["text"].split())[:40] for line in chunks_body.decode().splitlines()}
+    carried = " | ".join(" ".join(s.split()) for s in state_strings(events))
+    assert snippets and not [t for t in snippets if t in carried], "document text travelled in the state"
     assert len(desc["output"]) < 8000
 
 
@@ -96,6 +125,31 @@ def test_same_bytes_again_does_no_work(local_aws):
     assert entered_states(events) == ["RegisterDocument", "AlreadyProcessed", "NoWorkNeeded"]
     assert [i["status"] for i in control(local_aws, "input/a.pdf")] == ["COMPLETED"]
     assert len(local_aws[2].submissions) == 2, "no new Ray job for the duplicate"
+
+
+def test_redelivered_event_starts_a_second_execution_that_does_no_work(local_aws):
+    """EventBridge delivers at least once and names the executions it starts itself (a
+    UUID): the same event again is a second execution, and RegisterDocument's control
+    item makes it a no-op. The control item names the execution that did the work."""
+    from docpipe_local import eventbridge
+
+    stack, clients, head = local_aws
+    sfn = clients["stepfunctions"]
+    first, _ = run_upload(local_aws, "input/twice.pdf", corpus_file(GOOD).read_bytes())
+    assert first["status"] == "SUCCEEDED"
+    event = json.loads(first["input"])
+    eventbridge.deliver(event, event["account"])
+    arn = stack.outputs["IngestDocumentStateMachineArn"]
+    second = next(e for e in executions_for(sfn, arn, 2) if e["executionArn"] != first["executionArn"])
+    desc = wait_for_execution(sfn, second["executionArn"])
+    assert desc["status"] == "SUCCEEDED" and json.loads(desc["input"]) == event
+    assert entered_states(history(sfn, second["executionArn"])) == ["RegisterDocument", "AlreadyProcessed",
+                                                                      "NoWorkNeeded"]
+    for name in (first["name"], second["name"]):
+        assert str(uuid.UUID(name)) == name, "a generated name, as EventBridge's target gives"
+    [item] = control(local_aws, "input/twice.pdf")
+    assert item["status"] == "COMPLETED" and item["execution_arn"] == first["executionArn"]
+    assert documents_run(head) == 2, "extract and embed ran once"
 
 
 def test_encrypted_pdf_fails_with_report_alert_and_input_kept(local_aws):
@@ -149,8 +203,9 @@ def test_ray_head_unavailable_is_retried_then_completes(local_aws):
     local_aws[2].fail_next = 1
     desc, events = run_upload(local_aws, "input/retry.pdf", corpus_file(GOOD).read_bytes())
     assert desc["status"] == "SUCCEEDED"
-    extract_failures = [e for e in events if e["type"] in ("TaskFailed", "LambdaFunctionFailed")]
-    assert extract_failures and "RayHeadUnavailable" in json.dumps(extract_failures[0], default=str)
+    failed = [e for e in events if e["type"] == "TaskFailed"]
+    assert [e["taskFailedEventDetails"]["error"] for e in failed] == ["RayHeadUnavailable"]
+    assert entered_states(events).count("Extract") == 1, "the Retry re-ran the task inside the state"
     # The first POST (the extract service) answered 503; the state's retry sent the
     # document again under a new submission id, and the service ran that one.
     [item] = control(local_aws, "input/retry.pdf")
@@ -159,7 +214,6 @@ def test_ray_head_unavailable_is_retried_then_completes(local_aws):
 
 
 def test_new_content_replaces_old_version_vectors(local_aws):
-    stack, _, _ = local_aws
     run_upload(local_aws, "input/v.pdf", corpus_file(GOOD).read_bytes())
     other = corpus_file("py-pdf-sample-files/001-trivial/minimal-document.pdf").read_bytes()
     desc, _ = run_upload(local_aws, "input/v.pdf", other, nth=2)
@@ -200,7 +254,8 @@ def test_backfill_ingests_what_is_already_in_the_bucket_once(local_aws):
     results = json.loads(desc["output"])["results"]
     assert results["Bucket"] == bucket and results["Key"].startswith("backfill-results/")
     assert clients["s3"].head_object(Bucket=bucket, Key=results["Key"])["ContentLength"] > 0
-    statuses = {k: [i["status"] for i in control(local_aws, k)] for k in ("input/old/a.pdf", "input/old/b.pdf", "input/old/readme.txt")}
+    statuses = {k: [i["status"] for i in control(local_aws, k)]
+                for k in ("input/old/a.pdf", "input/old/b.pdf", "input/old/readme.txt")}
     assert statuses == {"input/old/a.pdf": ["COMPLETED"], "input/old/b.pdf": ["FAILED"], "input/old/readme.txt": ["SKIPPED"]}
     runs = documents_run(head)
     desc = backfill("second")

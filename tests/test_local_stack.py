@@ -18,8 +18,8 @@ from pathlib import Path
 
 import boto3
 import pytest
-
 from conftest import REPO, corpus_file, history, wait_for_execution
+
 from docpipe import identity
 
 pytestmark = [pytest.mark.ray, pytest.mark.e2e]
@@ -38,8 +38,8 @@ OUTCOMES = {
 
 
 def clients(state):
-    kw = dict(endpoint_url=state["endpoint"], region_name="us-east-1",
-              aws_access_key_id="testing", aws_secret_access_key="testing")
+    kw = {"endpoint_url": state["endpoint"], "region_name": "us-east-1",
+              "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
     return {n: boto3.client(n, **kw) for n in ("s3", "stepfunctions", "dynamodb", "lambda", "sqs", "sns")}
 
 
@@ -57,7 +57,7 @@ def control_items(state, key):
     items = c["dynamodb"].query(TableName=state["outputs"]["ControlTableName"],
                                 KeyConditionExpression="document_id = :d",
                                 ExpressionAttributeValues={":d": {"S": doc}})["Items"]
-    return [{k: list(v.values())[0] for k, v in i.items()} for i in items]
+    return [{k: next(iter(v.values())) for k, v in i.items()} for i in items]
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_failed_documents_have_error_reports_and_keep_their_upload(local_stack, 
         if status != "FAILED":
             continue
         key = f"input/{Path(rel).name}"
-        item = [i for i in control_items(local_stack, key) if i["status"] == "FAILED"][0]
+        item = next(i for i in control_items(local_stack, key) if i["status"] == "FAILED")
         report = json.loads(c["s3"].get_object(
             Bucket=bucket, Key=f"errors/{item['document_id']}/{item['processing_version']}/error.json")["Body"].read())
         assert report["error_code"] == code and report["s3_key"] == key
@@ -156,7 +156,7 @@ def set_function_env(state, name_part: str, **values):
     """A template parameter changed and deployed (what `sam deploy` does to a function's
     environment); returns a callable that puts the old environment back."""
     c = clients(state)
-    fn = [f for f in c["lambda"].list_functions()["Functions"] if name_part in f["FunctionName"]][0]
+    fn = next(f for f in c["lambda"].list_functions()["Functions"] if name_part in f["FunctionName"])
     env = fn["Environment"]["Variables"]
     c["lambda"].update_function_configuration(FunctionName=fn["FunctionName"],
                                               Environment={"Variables": {**env, **values}})
@@ -177,7 +177,7 @@ def test_killed_job_is_retried_after_its_heartbeat_timeout(local_stack):
         c["s3"].put_object(Bucket=local_stack["outputs"]["DocumentBucketName"], Key="input/killed.pdf", Body=body)
         pid = _wait_for_driver("ray_jobs.extract", timeout=60)
         os.kill(pid, signal.SIGKILL)
-        arn = _execution_for(c, local_stack, "input/killed.pdf")
+        arn = _execution_for(local_stack, "input/killed.pdf")
         desc = wait_for_execution(c["stepfunctions"], arn, timeout=240)
     finally:
         for undo in restore:
@@ -209,16 +209,16 @@ def _wait_for_driver(marker: str, timeout: float) -> int:
     raise AssertionError(f"no {marker} driver process appeared")
 
 
-def _execution_for(c, state, key: str) -> str:
-    doc = identity.document_id(state["outputs"]["DocumentBucketName"], key)
-    arn = state["outputs"]["IngestDocumentStateMachineArn"]
-    for _ in range(100):
-        execs = [e for e in c["stepfunctions"].list_executions(stateMachineArn=arn)["executions"]
-                 if e["name"].startswith(doc[:24])]
-        if execs:
-            return execs[0]["executionArn"]
+def _execution_for(state, key: str) -> str:
+    """The execution that registered the upload, from its control item: EventBridge-started
+    executions have generated names, so nothing else ties an execution to a document."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        arns = [i["execution_arn"] for i in control_items(state, key) if i.get("execution_arn")]
+        if arns:
+            return arns[0]
         time.sleep(0.1)
-    raise AssertionError("no execution started")
+    raise AssertionError(f"no control item with an execution_arn for {key}")
 
 
 def test_rerunning_stages_for_the_same_version_is_identical(local_stack, ingested, monkeypatch):
@@ -250,8 +250,8 @@ def test_rerunning_stages_for_the_same_version_is_identical(local_stack, ingeste
     rows_b = [json.loads(x) for x in vectors_before.splitlines()]
     rows_a = [json.loads(x) for x in vectors_after.splitlines()]
     assert [r["id"] for r in rows_a] == [r["id"] for r in rows_b]
-    for a, b in zip(rows_a, rows_b):  # same model; BLAS thread counts may differ in the last bits
-        assert max(abs(x - y) for x, y in zip(a["vector"], b["vector"])) < 1e-5
+    for a, b in zip(rows_a, rows_b, strict=True):  # same model; BLAS thread counts may differ in the last bits
+        assert max(abs(x - y) for x, y in zip(a["vector"], b["vector"], strict=True)) < 1e-5
     assert LanceDBStore.from_env().count() == count_before
 
 

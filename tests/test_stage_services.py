@@ -1,5 +1,5 @@
 """Stage services on the real local stack: moto server + a Ray head, documents handed to
-a long-lived Ray job per stage through its SQS queue (DESIGN.md "Ray execution model").
+a long-lived Ray job per stage through its SQS queue (docs/design.md, "Ray execution model").
 
 The session stack runs with StageHeartbeatSeconds=60, as the issue's burst was measured.
 Every test looks where a user looks: executions and their history, control items, S3
@@ -39,26 +39,24 @@ def upload_all(state, docs: dict[str, bytes]) -> None:
 
 
 def executions_by_key(state, keys, timeout: float) -> dict[str, dict]:
-    """key -> the newest execution of that key, once every one is terminal."""
+    """key -> the execution its newest control item names (`execution_arn`: executions
+    EventBridge starts have generated names), once every one is terminal."""
     c = clients(state)
     bucket = state["outputs"]["DocumentBucketName"]
-    prefixes = {identity.document_id(bucket, k)[:24]: k for k in keys}
+    prefixes = {identity.document_id(bucket, k): k for k in keys}
     deadline = time.monotonic() + timeout
     while True:
-        found: dict[str, dict] = {}
-        token = None
-        while True:
-            kw = {"stateMachineArn": state["outputs"]["IngestDocumentStateMachineArn"], "maxResults": 1000}
-            if token:
-                kw["nextToken"] = token
-            page = c["stepfunctions"].list_executions(**kw)
-            for e in page["executions"]:
-                key = prefixes.get(e["name"][:24])
-                if key and (key not in found or e["startDate"] > found[key]["startDate"]):
-                    found[key] = e
-            token = page.get("nextToken")
-            if not token:
-                break
+        arns: dict[str, tuple[str, str]] = {}  # key -> (updated_at, execution_arn)
+        for page in c["dynamodb"].get_paginator("scan").paginate(TableName=state["outputs"]["ControlTableName"]):
+            for item in page["Items"]:
+                key = prefixes.get(item["document_id"]["S"])
+                if key and "execution_arn" in item:
+                    mine = (item.get("updated_at", {}).get("S", ""), item["execution_arn"]["S"])
+                    arns[key] = max(arns.get(key, mine), mine)
+        pages = c["stepfunctions"].get_paginator("list_executions").paginate(
+            stateMachineArn=state["outputs"]["IngestDocumentStateMachineArn"])
+        by_arn = {e["executionArn"]: e for page in pages for e in page["executions"]}
+        found = {key: by_arn[arn] for key, (_, arn) in arns.items() if arn in by_arn}
         if len(found) == len(prefixes) and all(e["status"] in TERMINAL for e in found.values()):
             return found
         if time.monotonic() > deadline:

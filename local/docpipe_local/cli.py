@@ -440,11 +440,15 @@ def _execution_arn(execution: str, state, sfn) -> str:
     for e in execs:
         if e["name"] == execution:
             return e["executionArn"]
+    # EventBridge-started executions have generated names: the control item records the run.
     doc = _find_document(execution, state)
-    mine = [e for e in execs if e["name"].startswith(doc[:24])]
+    items = stackmod.client("dynamodb", state).query(
+        TableName=state["outputs"]["ControlTableName"], KeyConditionExpression="document_id = :d",
+        ExpressionAttributeValues={":d": {"S": doc}})["Items"]
+    mine = [(i.get("updated_at", {}).get("S", ""), i["execution_arn"]["S"]) for i in items if "execution_arn" in i]
     if not mine:
         _fail(f"no execution found for {execution!r}", 1)
-    return max(mine, key=lambda e: e["startDate"])["executionArn"]
+    return max(mine)[1]
 
 
 # ------------------------------------------------------------------------- invoke

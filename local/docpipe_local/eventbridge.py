@@ -5,6 +5,14 @@ AWS does not send) and cannot deliver to a Step Functions target. We replace tha
 function: the event below has exactly EventBridge's envelope and S3's detail, is matched
 against the rules created from template.yaml (moto's own pattern matcher), and each
 matching Step Functions target gets StartExecution with that event as input.
+
+As on AWS, where an EventBridge target cannot name the execution, every delivery starts
+an execution with a generated (UUID) name: a re-delivered event starts a second one, and
+the pipeline's own idempotency (RegisterDocument's conditional write to the control
+table) turns it into a no-op. Whoever needs a document's execution reads the
+`execution_arn` of its control item. (moto 5.2.5's executing engine does not generate a
+name when none is given: it names every such execution "None", so the second one is
+refused as ExecutionAlreadyExists. Hence the UUID is made here.)
 """
 
 from __future__ import annotations
@@ -16,15 +24,13 @@ import queue
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import boto3
 
-from docpipe import identity
-
 log = logging.getLogger("docpipe.local.eventbridge")
 _seq = itertools.count(1)
-_deliveries: "queue.Queue[tuple[str, dict]]" = queue.Queue()
+_deliveries: queue.Queue[tuple[str, dict]] = queue.Queue()
 _installed = False
 _client_kwargs: dict = {}
 _enabled = threading.Event()
@@ -49,7 +55,7 @@ def s3_object_created_event(account: str, region: str, bucket: str, key: str, si
         "detail-type": "Object Created",
         "source": "aws.s3",
         "account": account,
-        "time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "region": region,
         "resources": [f"arn:aws:s3:::{bucket}"],
         "detail": {
@@ -67,14 +73,21 @@ def s3_object_created_event(account: str, region: str, bucket: str, key: str, si
 def _on_s3_event(account_id, bucket, event_name, key) -> None:
     if not event_name.startswith("s3:ObjectCreated") or not _enabled.is_set():
         return
-    from moto.events.models import events_backends
-
     event = s3_object_created_event(account_id, bucket.region_name, bucket.name, key.name, key.size,
                                     key.etag.replace('"', ""), key.version_id,
                                     reason={"s3:ObjectCreated:Copy": "CopyObject",
                                             "s3:ObjectCreated:CompleteMultipartUpload": "CompleteMultipartUpload"
                                             }.get(event_name, "PutObject"))
-    backend = events_backends[account_id][bucket.region_name]
+    deliver(event, account_id)
+
+
+def deliver(event: dict, account_id: str) -> None:
+    """Match `event` against the account's rules and queue StartExecution for each
+    matching Step Functions target (EventBridge delivers at least once: tests call it
+    again with the same event)."""
+    from moto.events.models import events_backends
+
+    backend = events_backends[account_id][event["region"]]
     for bus in backend.event_buses.values():
         for rule in bus.rules.values():
             if rule.state != "ENABLED" or not rule.event_pattern.matches_event(event):
@@ -94,16 +107,14 @@ def _deliver_forever() -> None:
         # again when the process resets its clients (tests switch mocked AWS worlds).
         if sfn is None or made_at != aws.generation():
             sfn, made_at = boto3.client("stepfunctions", **_client_kwargs), aws.generation()
-        detail = event["detail"]
-        doc_id = identity.document_id(detail["bucket"]["name"], detail["object"]["key"])
-        name = identity.execution_name(doc_id, detail["object"]["sequencer"])
+        name = str(uuid.uuid4())  # AWS's name for an EventBridge-started execution
         for attempt in range(5):  # the target's RetryPolicy, in small
             try:
                 sfn.start_execution(stateMachineArn=arn, name=name, input=json.dumps(event))
                 break
             except sfn.exceptions.ExecutionAlreadyExists:
-                break  # a re-delivered event: StartExecution is idempotent by name
-            except Exception:  # noqa: BLE001 - keep delivering other events
+                break  # an earlier attempt of this delivery started it after all
+            except Exception:  # keep delivering other events
                 log.exception("StartExecution failed (attempt %d)", attempt + 1)
                 time.sleep(0.5 * 2 ** attempt)
 
