@@ -56,7 +56,7 @@ bench: setup ## benchmarks; table on stdout, raw figures in bench/results/
 
 checkov: ## checkov on the templates (own venv: its pins clash with the dev tools)
 	test -x .venv-checkov/bin/checkov || ($(PYTHON) -m venv .venv-checkov && .venv-checkov/bin/pip install --quiet -r requirements/checkov.txt)
-	.venv-checkov/bin/checkov -f template.yaml -f infra/ray-cluster.yaml --framework cloudformation --quiet --compact --skip-download
+	.venv-checkov/bin/checkov -f template.yaml $(addprefix -f ,$(wildcard infra/*.yaml)) --config-file .checkov.yaml --framework cloudformation --quiet --compact --skip-download
 
 image-check: ## the Ray image's Python env without Docker: clean 3.11 venv, its pins, import every job module
 	.ci/image-check

@@ -47,7 +47,7 @@ HOURS_PER_MONTH = 730
 BENCH_CORES = 2  # the machine the throughput was measured on
 
 OPENAI_DIMS = 1536
-PINECONE_BATCH_RECORDS = 65  # ~2 MB of JSON per upsert at 1536 dims (NOTES.md; PineconeStore.plan_batches)
+PINECONE_BATCH_RECORDS = 65  # ~2 MB of JSON per upsert at 1536 dims (docs/design.md; PineconeStore.plan_batches)
 S3_MULTIPART_CHUNK = 8 * 2**20  # boto3 download_file: ranged GETs of 8 MB above 8 MB
 
 

@@ -84,7 +84,7 @@ def _pdfium_page_text(doc: Any, index: int) -> str:
 
 
 def _pypdf_page_text(reader: pypdf.PdfReader, index: int) -> str:
-    # Plain mode: layout mode loses text on rotated pages (NOTES.md).
+    # Plain mode: layout mode loses text on rotated pages (docs/design.md, "Facts the code relies on").
     return reader.pages[index].extract_text() or ""
 
 

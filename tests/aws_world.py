@@ -34,7 +34,6 @@ from pathlib import Path
 import botocore.client
 import pytest
 from botocore.exceptions import ClientError
-
 from conftest import EVENTS, REPO, corpus_file, executions_for, history, local_aws_stack, wait_for_execution
 
 TREE = Path(os.environ.get("DOCPIPE_CHECK_TREE") or REPO)
@@ -84,6 +83,7 @@ class World:
 @contextlib.contextmanager
 def _recording(world: World, logical_ids: dict[str, str]):
     from aws_lambda_powertools.utilities import parameters
+
     from docpipe import rayjobs
     from docpipe_local import handlers
     from ray_jobs import service
@@ -253,7 +253,7 @@ def _direct(world: World) -> None:
         assert not errored
     head.fail_next = 1
     rayjobs._ensured.clear()
-    head.status = {k: "FAILED" for k in head.status}
+    head.status = dict.fromkeys(head.status, "FAILED")
     _, errored, _ = invoke_function(stack, "SubmitRayJob", {**event, "retry_count": 5})
     assert errored
 

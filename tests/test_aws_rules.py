@@ -2,7 +2,8 @@
 at a time and no code, so these are tests (issue #13). The single-template rules (S3
 lifecycle minimums, fixed names with Retain) are cfn-lint rules in lint/cfn_rules.
 
-1. Parameters passed to the nested stack: whatever the parent accepts, the nested stack
+1. Parameters passed to a nested stack (template.yaml -> infra/ray-cluster.yaml -> its
+   network and observability stacks): whatever the parent accepts, the nested stack
    must accept, else the deploy fails minutes later inside the nested stack. A regex
    inclusion check is undecidable in general for AWS's (Java) regexes with anchors and
    alternations, so counterexamples are searched: values generated from the parent's
@@ -13,7 +14,7 @@ lifecycle minimums, fixed names with Retain) are cfn-lint rules in lint/cfn_rule
    parent builds from its own resources (Ref/GetAtt) are checked as this stack resolves them.
 2. Alarms and dashboard metrics read what the code emits: the handlers' EMF (recorded by
    tests/aws_world.py while the pipeline ran on moto) gives (namespace, metric, dimension
-   set); every alarm of both templates and every dashboard metric on a namespace the code
+   set); every alarm of every template and every dashboard metric on a namespace the code
    publishes must match one exactly, since CloudWatch matches the full dimension set.
 """
 
@@ -26,7 +27,6 @@ import re._constants as C
 import re._parser as P
 
 import pytest
-
 from aws_world import TREE, world  # noqa: F401 - the shared session fixture
 from cfn_yaml import load as load_cfn
 from test_iam_covers_calls import nested_stack
@@ -153,12 +153,29 @@ def candidates(param: dict, rng: random.Random) -> set[str]:
     return {v for v in out if accepts(param, v)}
 
 
-def parent_and_nested():
-    parent = load_cfn(TREE / "template.yaml")
-    nested = load_cfn(TREE / "infra" / "ray-cluster.yaml")
-    cluster = parent["Resources"]["RayCluster"]
-    assert cluster["Properties"]["Location"] == "infra/ray-cluster.yaml"
-    return parent, nested, cluster["Properties"]["Parameters"]
+# (parent template, nested stack's logical id in it, nested template)
+NESTING = [("template.yaml", "RayCluster", "infra/ray-cluster.yaml"),
+           ("infra/ray-cluster.yaml", "Network", "infra/ray-network.yaml"),
+           ("infra/ray-cluster.yaml", "Observability", "infra/ray-observability.yaml")]
+
+
+def parent_and_nested(nesting=NESTING[0]):
+    parent_path, lid, nested_path = nesting
+    parent = load_cfn(TREE / parent_path)
+    nested = load_cfn(TREE / nested_path)
+    props = parent["Resources"][lid]["Properties"]
+    location = props.get("Location") or f"infra/{props['TemplateURL']}"  # TemplateURL: beside its parent
+    assert location == nested_path
+    return parent, nested, props["Parameters"]
+
+
+def nested_stacks(world):
+    """(template, the stack as deployed) for template.yaml and each nested stack under it."""
+    cluster = nested_stack(world.stack)
+    yield "template.yaml", world.stack
+    yield "infra/ray-cluster.yaml", cluster
+    for _, lid, path in NESTING[1:]:
+        yield path, nested_stack(cluster, lid)
 
 
 def _parent_param(expr, parent) -> str | None:
@@ -171,15 +188,17 @@ def _parent_param(expr, parent) -> str | None:
     return None
 
 
-def test_nested_stack_gets_every_parameter_it_needs_and_no_other():
-    _, nested, passed = parent_and_nested()
+@pytest.mark.parametrize("nesting", NESTING, ids=lambda n: n[1])
+def test_nested_stack_gets_every_parameter_it_needs_and_no_other(nesting):
+    _, nested, passed = parent_and_nested(nesting)
     unknown = sorted(set(passed) - set(nested["Parameters"]))
     missing = sorted(k for k, v in nested["Parameters"].items() if "Default" not in v and k not in passed)
     assert (unknown, missing) == ([], [])
 
 
-def test_parent_parameters_accept_nothing_the_nested_stack_rejects():
-    parent, nested, passed = parent_and_nested()
+@pytest.mark.parametrize("nesting", NESTING, ids=lambda n: n[1])
+def test_parent_parameters_accept_nothing_the_nested_stack_rejects(nesting):
+    parent, nested, passed = parent_and_nested(nesting)
     rng = random.Random(13)
     checked, problems = 0, []
     for name, expr in sorted(passed.items()):
@@ -201,11 +220,13 @@ def _constraint(param: dict) -> str:
                                                   "MaxValue", "MinLength", "MaxLength") if k in param)
 
 
-def test_values_the_parent_builds_pass_the_nested_constraints(world):
+@pytest.mark.parametrize("nesting", NESTING, ids=lambda n: n[1])
+def test_values_the_parent_builds_pass_the_nested_constraints(world, nesting):
     """Ref/GetAtt of the parent's own resources, as this stack resolves them (CloudFormation's
     generated names have the same shape: <stack>-<LogicalId>-<suffix>)."""
-    parent, nested, passed = parent_and_nested()
-    resolved = world.stack.properties("RayCluster")["Parameters"]
+    parent, nested, passed = parent_and_nested(nesting)
+    stack = world.stack if nesting[0] == "template.yaml" else nested_stack(world.stack)
+    resolved = stack.properties(nesting[1])["Parameters"]
     bad = {name: resolved[name] for name in passed
            if _parent_param(passed[name], parent) is None and not accepts(nested["Parameters"][name], str(resolved[name]))}
     assert bad == {}
@@ -236,7 +257,7 @@ def alarms(world) -> list[tuple[str, str, str, frozenset]]:
     """(template, alarm, namespace, metric, dimensions) of every alarm, each template's
     intrinsics resolved as deployed (the nested one with the parameters the parent passes)."""
     out = []
-    for where, stack in (("template.yaml", world.stack), ("infra/ray-cluster.yaml", nested_stack(world.stack))):
+    for where, stack in nested_stacks(world):
         for lid, res in stack.resources.items():
             if res["Type"] != "AWS::CloudWatch::Alarm":
                 continue
@@ -253,7 +274,7 @@ def dashboard_metrics(world) -> list[tuple[str, str, str, frozenset | tuple]]:
     """Metrics of every dashboard widget: plain entries [ns, name, dim, value, ...] and
     SEARCH('{ns,dim,...} MetricName="X"') expressions (a dimension-name set, no values)."""
     out = []
-    for where, stack in (("template.yaml", world.stack), ("infra/ray-cluster.yaml", nested_stack(world.stack))):
+    for where, stack in nested_stacks(world):
         for lid, res in stack.resources.items():
             if res["Type"] != "AWS::CloudWatch::Dashboard":
                 continue
@@ -273,7 +294,7 @@ def dashboard_metrics(world) -> list[tuple[str, str, str, frozenset | tuple]]:
                         plain = prev[:2] + plain[1:] if plain[0] == "." else prev[:len(prev) - len(plain) + 1] + plain[1:]
                     prev = plain
                     ns, name, rest = plain[0], plain[1], plain[2:]
-                    out.append((f"{where}:{lid}", ns, name, frozenset(zip(rest[::2], map(str, rest[1::2])))))
+                    out.append((f"{where}:{lid}", ns, name, frozenset(zip(rest[::2], map(str, rest[1::2]), strict=True))))
     return out
 
 

@@ -12,7 +12,6 @@ import textwrap
 
 import pytest
 from cfnlint.api import ManualArgs, lint
-
 from conftest import REPO
 
 RULES = str(REPO / "lint" / "cfn_rules")
@@ -68,7 +67,7 @@ def bucket(rules_yaml: str) -> str:
 def test_lifecycle_rule(rules, expected):
     got = findings(bucket(rules), "E9101")
     assert len(got) == len(expected), got
-    for msg, want in zip(got, expected):
+    for msg, want in zip(got, expected, strict=True):
         assert want in msg
 
 
@@ -101,7 +100,8 @@ def test_named_retained_rule(policy, named, count):
     assert len(findings(tpl, "E9102")) == count
 
 
-@pytest.mark.parametrize("path", ["template.yaml", "infra/ray-cluster.yaml"])
+@pytest.mark.parametrize("path", ["template.yaml", "infra/ray-cluster.yaml", "infra/ray-network.yaml",
+                                  "infra/ray-observability.yaml"])
 def test_repository_templates_pass_the_rules(path):
     """The same check `make lint` runs, so the suite catches a regression too."""
     matches = lint((REPO / path).read_text(), config=ManualArgs(append_rules=[RULES], regions=["us-east-1"]))

@@ -1,4 +1,5 @@
-"""Static checks of infra/ray-cluster.yaml (the nested Ray-on-Fargate stack) and its image.
+"""Static checks of infra/ray-cluster.yaml (the nested Ray-on-Fargate stack), the two stacks
+it nests (infra/ray-network.yaml, infra/ray-observability.yaml) and its image.
 
 No AWS account is needed: the template is read with a loader that knows CloudFormation's
 short tags, and cfn-lint / checkov run on the file as CI would run them.
@@ -13,11 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from cfn_yaml import load, run_checkov
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE_PATH = REPO / "infra" / "ray-cluster.yaml"
+NETWORK_PATH = REPO / "infra" / "ray-network.yaml"
+OBSERVABILITY_PATH = REPO / "infra" / "ray-observability.yaml"
+INFRA = [TEMPLATE_PATH, NETWORK_PATH, OBSERVABILITY_PATH]
 DOCKERFILE = REPO / "ray_jobs" / "Dockerfile"
 
 # Actions that AWS only authorises on "*" (no resource-level permissions), with the reason
@@ -45,6 +48,23 @@ READ_ONLY_VERBS = ("Get", "List", "Describe", "Detect", "BatchDetect", "BatchGet
 @pytest.fixture(scope="module")
 def template() -> dict:
     return load(TEMPLATE_PATH)
+
+
+@pytest.fixture(scope="module")
+def network() -> dict:
+    return load(NETWORK_PATH)
+
+
+@pytest.fixture(scope="module")
+def observability() -> dict:
+    return load(OBSERVABILITY_PATH)
+
+
+def child_output(child: dict, value):
+    """What `!GetAtt <Nested>.Outputs.<Name>` in ray-cluster.yaml stands for: the value of
+    that output in the nested template."""
+    _, attr = value["Fn::GetAtt"]
+    return child["Outputs"][attr.removeprefix("Outputs.")]["Value"]
 
 
 def resources(template: dict, rtype: str) -> dict[str, dict]:
@@ -157,13 +177,15 @@ def policy_statements(template: dict) -> list[tuple[str, dict]]:
 
 
 # ------------------------------------------------------------------------------ network
-def test_no_ingress_from_the_internet(template):
+def test_no_ingress_from_the_internet(network):
+    template = network
     for group, rule in ingress_rules(template):
         assert rule.get("CidrIp") != "0.0.0.0/0", f"{group} open to 0.0.0.0/0"
         assert rule.get("CidrIpv6") != "::/0", f"{group} open to ::/0"
 
 
-def test_ray_ports_only_from_security_groups(template):
+def test_ray_ports_only_from_security_groups(network):
+    template = network
     """Every ingress rule of the Ray tasks' group names a security group, never a CIDR."""
     rules = [r for g, r in ingress_rules(template) if g == "ClusterSecurityGroup"]
     assert rules
@@ -173,7 +195,8 @@ def test_ray_ports_only_from_security_groups(template):
             {"Ref": "ClusterSecurityGroup"}, {"Ref": "SubmitterSecurityGroup"})
 
 
-def test_jobs_api_reachable_only_from_cluster_and_submitter(template):
+def test_jobs_api_reachable_only_from_cluster_and_submitter(network):
+    template = network
     sources = set()
     for group, rule in ingress_rules(template):
         if group != "ClusterSecurityGroup" or rule["IpProtocol"] not in ("tcp", "-1"):
@@ -183,13 +206,13 @@ def test_jobs_api_reachable_only_from_cluster_and_submitter(template):
     assert sources == {"ClusterSecurityGroup", "SubmitterSecurityGroup"}
 
 
-def test_ray_ports_open_between_nodes(template):
+def test_ray_ports_open_between_nodes(template, network):
     """The ports pinned in the ray start commands are the ones opened within the group."""
-    self_ranges = [(r["FromPort"], r["ToPort"]) for g, r in ingress_rules(template)
+    self_ranges = [(r["FromPort"], r["ToPort"]) for g, r in ingress_rules(network)
                    if g == "ClusterSecurityGroup"
                    and r["SourceSecurityGroupId"] == {"Ref": "ClusterSecurityGroup"}]
     egress = [(r["Properties"]["FromPort"], r["Properties"]["ToPort"])
-              for r in resources(template, "AWS::EC2::SecurityGroupEgress").values()
+              for r in resources(network, "AWS::EC2::SecurityGroupEgress").values()
               if r["Properties"]["GroupId"] == {"Ref": "ClusterSecurityGroup"}
               and r["Properties"].get("DestinationSecurityGroupId") == {"Ref": "ClusterSecurityGroup"}]
     assert sorted(self_ranges) == sorted(egress)
@@ -201,7 +224,8 @@ def test_ray_ports_open_between_nodes(template):
         assert any(lo <= port <= hi for lo, hi in self_ranges), f"port {port} not open between nodes"
 
 
-def test_no_default_allow_all_egress(template):
+def test_no_default_allow_all_egress(network):
+    template = network
     """Each group declares inline egress (so CloudFormation drops the default allow-all)
     and no rule opens every port to everywhere."""
     for lid, sg in resources(template, "AWS::EC2::SecurityGroup").items():
@@ -214,16 +238,19 @@ def test_no_default_allow_all_egress(template):
             assert (rule["IpProtocol"], rule.get("FromPort"), rule.get("ToPort")) == ("tcp", 443, 443), rule
 
 
-def test_every_service_has_no_public_ip(template):
+def test_every_service_has_no_public_ip(template, network):
     services = resources(template, "AWS::ECS::Service")
     assert set(services) == {"HeadService", "WorkerService"}
     for lid, svc in services.items():
         cfg = svc["Properties"]["NetworkConfiguration"]["AwsvpcConfiguration"]
         assert cfg["AssignPublicIp"] == "DISABLED", lid
-        assert cfg["SecurityGroups"] == [{"Ref": "ClusterSecurityGroup"}], lid
+        (group,) = cfg["SecurityGroups"]
+        assert child_output(network, group) == {"Ref": "ClusterSecurityGroup"}, lid
+        assert child_output(network, cfg["Subnets"]["Fn::Split"][1])["Fn::If"][0] == "CreateVpc", lid
 
 
-def test_created_vpc_is_private_with_endpoints(template):
+def test_created_vpc_is_private_with_endpoints(network):
+    template = network
     subnets = resources(template, "AWS::EC2::Subnet")
     for lid, sn in subnets.items():
         assert sn["Properties"]["MapPublicIpOnLaunch"] is False, lid
@@ -246,7 +273,8 @@ def test_created_vpc_is_private_with_endpoints(template):
         "Fn::And": [{"Condition": "CreateVpc"}, {"Condition": "NeedsInternet"}]}
 
 
-def test_sqs_endpoint_in_the_created_vpc(template):
+def test_sqs_endpoint_in_the_created_vpc(network):
+    template = network
     """The stage services on the head long-poll SQS, SubmitRayJob sends to it, PublishBacklog
     reads queue depths: an interface endpoint like the others (private DNS, both private
     subnets, the endpoint group that admits the Ray tasks and the Lambdas)."""
@@ -266,10 +294,11 @@ def test_sqs_endpoint_in_the_created_vpc(template):
     assert sources == {"ClusterSecurityGroup", "SubmitterSecurityGroup", "QuerySecurityGroup"}
 
 
-def test_lambdas_in_the_vpc_reach_what_they_call(template):
+def test_lambdas_in_the_vpc_reach_what_they_call(template, network):
     """SubmitRayJob and PublishBacklog run in the private subnets with the submitter group:
     Secrets Manager (Ray token), CloudWatch (metrics), SQS by interface endpoint, DynamoDB and
     S3 by gateway endpoint on the subnets' route table, the Jobs API on the head."""
+    cluster, template = template, network
     by_service = {ep["Properties"]["ServiceName"]["Fn::Sub"].rsplit("}.", 1)[1]: ep["Properties"]
                   for ep in resources(template, "AWS::EC2::VPCEndpoint").values()}
     for svc in ("secretsmanager", "monitoring", "sqs", "states"):
@@ -294,14 +323,16 @@ def test_lambdas_in_the_vpc_reach_what_they_call(template):
         {"DestinationPrefixListId": {"Ref": "DynamoDbPrefixListId"}}))
     inline = props(template, "SubmitterSecurityGroup")["SecurityGroupEgress"]
     assert [(r["FromPort"], r["DestinationSecurityGroupId"]) for r in inline] == [(8265, {"Ref": "ClusterSecurityGroup"})]
-    outputs = template["Outputs"]
-    assert outputs["SubmitterSecurityGroupId"]["Value"] == {"Ref": "SubmitterSecurityGroup"}
-    assert "PrivateSubnetIds" in outputs
+    # What the parent attaches to the Lambdas (template.yaml reads these outputs).
+    outputs = cluster["Outputs"]
+    assert child_output(network, outputs["SubmitterSecurityGroupId"]["Value"]) == {"Ref": "SubmitterSecurityGroup"}
+    assert child_output(network, outputs["PrivateSubnetIds"]["Value"])["Fn::If"][1] == {
+        "Fn::Join": [",", [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]]}
 
 
 def test_head_found_through_cloud_map(template):
     ns = resources(template, "AWS::ServiceDiscovery::PrivateDnsNamespace")
-    assert list(ns.values())[0]["Properties"]["Name"] == {"Ref": "RayNamespaceName"}
+    assert next(iter(ns.values()))["Properties"]["Name"] == {"Ref": "RayNamespaceName"}
     assert props(template, "HeadDiscoveryService")["Name"] == "head"
     assert props(template, "HeadService")["ServiceRegistries"] == [
         {"RegistryArn": {"Fn::GetAtt": ["HeadDiscoveryService", "Arn"]}}]
@@ -386,11 +417,11 @@ def test_worker_environment_matches_the_code(template):
     assert not {"OPENAI_API_KEY", "PINECONE_API_KEY"} & set(env)
 
 
-def test_lancedb_shares_an_encrypted_efs_between_workers(template):
+def test_lancedb_shares_an_encrypted_efs_between_workers(template, network):
     """Several workers write one LanceDB table: that needs a shared POSIX filesystem whose
     locks work across hosts (lancedb_store.py takes no lock on s3:// URIs)."""
     worker_td = props(template, "WorkerTaskDefinition")
-    (volumes,) = [b for b in branches(worker_td["Volumes"])]
+    (volumes,) = branches(worker_td["Volumes"])
     efs = volumes[0]["EFSVolumeConfiguration"]
     assert efs["TransitEncryption"] == "ENABLED"
     assert efs["AuthorizationConfig"] == {"AccessPointId": {"Ref": "VectorAccessPoint"}, "IAM": "ENABLED"}
@@ -400,9 +431,12 @@ def test_lancedb_shares_an_encrypted_efs_between_workers(template):
     assert env["LANCEDB_URI"] == mount[0]["ContainerPath"]
     fs = template["Resources"]["VectorFileSystem"]
     assert fs["Condition"] == "UseLanceDb" and fs["Properties"]["Encrypted"] is True
-    nfs = props(template, "VectorFileSystemSecurityGroup")["SecurityGroupIngress"]
+    nfs = props(network, "VectorFileSystemSecurityGroup")["SecurityGroupIngress"]
     assert nfs == [{"Description": "NFS from the Ray tasks", "IpProtocol": "tcp", "FromPort": 2049,
                     "ToPort": 2049, "SourceSecurityGroupId": {"Ref": "ClusterSecurityGroup"}}]
+    for lid in ("VectorMountTargetA", "VectorMountTargetB"):
+        (group,) = props(template, lid)["SecurityGroups"]
+        assert child_output(network, group) == {"Ref": "VectorFileSystemSecurityGroup"}, lid
 
 
 def test_image_from_parameters_and_bootstrap_phase(template):
@@ -439,8 +473,8 @@ def test_head_reachable_by_ecs_exec(template):
 
 
 # ------------------------------------------------------------------------------ IAM
-def test_iam_statements_name_resources(template):
-    statements = policy_statements(template)
+def test_iam_statements_name_resources(template, network):
+    statements = policy_statements(template) + policy_statements(network)  # network: FlowLogRole
     assert len(statements) > 10
     for where, s in statements:
         assert s["Effect"] == "Allow", where
@@ -461,7 +495,7 @@ def test_iam_statements_name_resources(template):
 def worker_grants(template) -> dict[str, list]:
     grants: dict[str, list] = {}
     for where, s in policy_statements(template):
-        if where.startswith("WorkerTaskRole/") or where.startswith("Worker"):
+        if where.startswith(("WorkerTaskRole/", "Worker")):
             assert s["Effect"] == "Allow" and "NotResource" not in s and "NotAction" not in s, s
             for a in as_list(s["Action"]):
                 for r in as_list(s["Resource"]):
@@ -479,6 +513,7 @@ def test_worker_role_is_least_privilege(template):
     obj = "arn:${AWS::Partition}:s3:::${DocumentBucketName}/"
     assert grants == {
         "s3:GetObject": [obj + "input/*", obj + "jobs/*", obj + "chunks/*", obj + "embedding-cache/*"],
+        "s3:GetObjectVersion": [obj + "input/*"],  # extract reads the version it registered
         "s3:DeleteObject": [obj + "jobs/*"],
         "s3:PutObject": [obj + p + "/*" for p in ("extracted", "chunks", "enriched", "embeddings", "embedding-cache")],
         "s3:ListBucket": ["arn:${AWS::Partition}:s3:::${DocumentBucketName}"],
@@ -582,7 +617,7 @@ def test_embedding_cache_reaches_the_workers(template):
     """EmbeddingCache (default auto) goes parent -> nested -> EMBEDDING_CACHE of the workers,
     and the grant on embedding-cache/ exists exactly when ray_jobs/warm.py turns the cache
     on: every read was a 403 miss while the parent did not pass it."""
-    from ray_jobs.warm import embedding_cache_mode
+    from ray_jobs.settings import StageSettings
 
     parent = load(REPO / "template.yaml")
     nested = parent["Resources"]["RayCluster"]["Properties"]["Parameters"]
@@ -597,7 +632,8 @@ def test_embedding_cache_reaches_the_workers(template):
         for backend in template["Parameters"]["EmbeddingBackend"]["AllowedValues"]:
             params = {"EmbeddingCache": cache, "EmbeddingBackend": backend}
             granted = condition_true(template, {"Condition": "UseEmbeddingCache"}, params)
-            assert granted == (embedding_cache_mode({"EMBEDDING_CACHE": cache, "EMBEDDING_BACKEND": backend}) == "s3"), params
+            mode = StageSettings.from_env({"EMBEDDING_CACHE": cache, "EMBEDDING_BACKEND": backend}).embedding_cache_mode()
+            assert granted == (mode == "s3"), params
     (stmt,) = policy["Properties"]["PolicyDocument"]["Statement"]
     # What embedding_cache.py calls: get_object and put_object, under embedding-cache/.
     assert sorted(stmt["Action"]) == ["s3:GetObject", "s3:PutObject"]
@@ -681,12 +717,17 @@ def test_container_insights_enabled(template):
     assert {"Name": "containerInsights", "Value": "enabled"} in cluster["Properties"]["ClusterSettings"]
 
 
-def test_log_groups_have_retention_and_encryption(template):
+def test_log_groups_have_retention_and_encryption(template, network):
     groups = resources(template, "AWS::Logs::LogGroup")
     assert {"HeadLogGroup", "WorkerLogGroup", "ExecLogGroup"} <= set(groups)
-    for lid, lg in groups.items():
+    flow = resources(network, "AWS::Logs::LogGroup")
+    assert set(flow) == {"FlowLogGroup"}
+    for lid, lg in {**groups, **flow}.items():
         assert lg["Properties"].get("RetentionInDays") == {"Ref": "LogRetentionDays"}, lid
         assert "KmsKeyId" in lg["Properties"], lid
+    # The flow logs use the cluster's key too.
+    assert template["Resources"]["Network"]["Properties"]["Parameters"]["LogsKeyArn"] == {
+        "Fn::GetAtt": ["ClusterKey", "Arn"]}
     assert template["Parameters"]["LogRetentionDays"]["Default"] == 30
     for c in containers(template).values():
         opts = c["LogConfiguration"]["Options"]
@@ -752,7 +793,7 @@ def test_scale_in_only_after_a_sustained_empty_backlog(template):
     assert not alarm_breaches(in_["ComparisonOperator"], threshold, 1)
     # The two alarms never breach together at the defaults.
     out = props(template, "WorkerScaleOutAlarm")
-    for value in range(0, 5):
+    for value in range(5):
         assert not (alarm_breaches(out["ComparisonOperator"], p["ScaleOutPendingDocuments"]["Default"], value)
                     and alarm_breaches(in_["ComparisonOperator"], threshold, value)), value
     assert in_["Statistic"] == "Maximum"  # a minute with one document in it is not empty
@@ -764,27 +805,27 @@ def test_scale_in_only_after_a_sustained_empty_backlog(template):
     assert step and step["ScalingAdjustment"] == -1
 
 
-def test_pipeline_alarms_notify_the_topic(template):
+def test_pipeline_alarms_notify_the_topic(template, observability):
     expected = {
         "DocumentsFailedAlarm": ("DocumentsFailed", "Sum", 300, {"Ref": "DocumentsFailedAlarmThreshold"}),
         "PendingDocumentsAlarm": ("PendingDocuments", "Maximum", 300, {"Ref": "PendingDocumentsAlarmThreshold"}),
         "DailyCostAlarm": ("DailyCostUsd", "Maximum", 3600, {"Ref": "DailyCostAlarmUsd"}),
     }
     for lid, (metric, stat, period, threshold) in expected.items():
-        a = props(template, lid)
+        a = props(observability, lid)
         assert (a["MetricName"], a["Statistic"], a["Period"], a["Threshold"]) == (metric, stat, period, threshold), lid
         assert a["ComparisonOperator"] == "GreaterThanThreshold"
         assert a["AlarmActions"] == [{"Ref": "AlertsTopicArn"}]
         assert a["Namespace"] == {"Ref": "MetricsNamespace"}
-    assert props(template, "DocumentsFailedAlarm")["EvaluationPeriods"] == 1  # 5 failures in 5 minutes
+    assert props(observability, "DocumentsFailedAlarm")["EvaluationPeriods"] == 1  # 5 failures in 5 minutes
     p = template["Parameters"]
     assert (p["DocumentsFailedAlarmThreshold"]["Default"], p["PendingDocumentsAlarmThreshold"]["Default"]) == (5, 100)
 
 
-def test_dashboard_shows_the_pipeline_and_the_cluster(template):
-    (dash,) = resources(template, "AWS::CloudWatch::Dashboard").values()
-    body_template, variables = dash["Properties"]["DashboardBody"]["Fn::Sub"]
-    assert set(variables) == {"HeadServiceName", "WorkerServiceName"}
+def test_dashboard_shows_the_pipeline_and_the_cluster(template, observability):
+    (dash,) = resources(observability, "AWS::CloudWatch::Dashboard").values()
+    body_template = dash["Properties"]["DashboardBody"]["Fn::Sub"]
+    assert isinstance(body_template, str)  # every ${...} a parameter of the stack
     # Valid JSON once substituted (every ${...} stands for a string or a number).
     body = json.loads(re.sub(r"\$\{[^}]+\}", "1", body_template))
     text = json.dumps(body)
@@ -793,23 +834,69 @@ def test_dashboard_shows_the_pipeline_and_the_cluster(template):
         assert metric in text, metric
     assert "Stage}" in body_template  # stage durations split by the Stage dimension
     assert "${HeadServiceName}" in body_template and "${WorkerServiceName}" in body_template
-    assert template["Outputs"]["DashboardName"]["Value"] == {"Ref": "PipelineDashboard"}
+    assert child_output(observability, template["Outputs"]["DashboardName"]["Value"]) == {"Ref": "PipelineDashboard"}
+    # The services exist only with an image (RunCluster); before it the cluster passes a
+    # placeholder, and the head-down alarm is not created (it would alarm from the start).
+    passed = template["Resources"]["Observability"]["Properties"]["Parameters"]
+    for name, service in (("HeadServiceName", "HeadService"), ("WorkerServiceName", "WorkerService")):
+        assert passed[name] == {"Fn::If": ["RunCluster", {"Fn::GetAtt": [service, "Name"]}, "not-deployed"]}, name
+    head_down = observability["Resources"]["RayHeadDownAlarm"]
+    assert head_down["Condition"] == "HeadDeployed"
+    assert observability["Conditions"]["HeadDeployed"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "HeadServiceName"}, "not-deployed"]}]}
 
 
-def test_outputs_for_the_main_template(template):
+def test_outputs_for_the_main_template(template, network):
     outputs = template["Outputs"]
     for name in ("RayDashboardUrl", "SubmitterSecurityGroupId", "PrivateSubnetIds", "VpcId",
                  "EcrRepositoryUri", "ClusterName", "DashboardName", "RayEntrypointResources",
                  "RayServiceEntrypointResources"):
         assert name in outputs and "Condition" not in outputs[name], name
-    assert outputs["SubmitterSecurityGroupId"]["Value"] == {"Ref": "SubmitterSecurityGroup"}
+    assert child_output(network, outputs["SubmitterSecurityGroupId"]["Value"]) == {"Ref": "SubmitterSecurityGroup"}
 
 
-def test_no_output_shares_a_parameter_name(template):
+@pytest.mark.parametrize("path", INFRA, ids=lambda p: p.name)
+def test_no_output_shares_a_parameter_name(path):
     """SAM CLI (1.170) resolves output keys through the parameter table: an output named
     like a parameter gets renamed to that parameter's value, or crashes `sam build` of
     the parent (TypeError) when the value is a list."""
+    template = load(path)
     assert not set(template["Outputs"]) & set(template["Parameters"])
+
+
+def test_nested_stacks_are_files_beside_it_and_their_outputs_exist(template):
+    """The nested stacks' TemplateURLs are paths relative to ray-cluster.yaml (sam build
+    and sam package rewrite them); every `!GetAtt <Nested>.Outputs.X` names an output the
+    nested template declares, and one declared under a condition is read only by resources
+    under that same condition (CloudFormation fails the GetAtt otherwise; cfn-lint does not
+    look into nested outputs)."""
+    nested = {lid: load(TEMPLATE_PATH.parent / r["Properties"]["TemplateURL"])
+              for lid, r in resources(template, "AWS::CloudFormation::Stack").items()}
+    assert set(nested) == {"Network", "Observability"}
+    # Every security group and rule is in the network stack, where the checks above read them.
+    for rtype in ("AWS::EC2::SecurityGroup", "AWS::EC2::SecurityGroupIngress", "AWS::EC2::SecurityGroupEgress"):
+        assert not resources(template, rtype), rtype
+
+    def reads(value):
+        if isinstance(value, dict):
+            if "Fn::GetAtt" in value and value["Fn::GetAtt"][0] in nested:
+                yield value["Fn::GetAtt"][0], value["Fn::GetAtt"][1].removeprefix("Outputs.")
+            for v in value.values():
+                yield from reads(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from reads(v)
+
+    seen = set()
+    for where, item in [*template["Resources"].items(), *(("Outputs." + k, v) for k, v in template["Outputs"].items())]:
+        for stack, output in reads(item):
+            declared = nested[stack]["Outputs"]
+            assert output in declared, f"{where} reads {stack}.Outputs.{output}, which it does not declare"
+            cond = declared[output].get("Condition")
+            if cond:
+                assert item.get("Condition") == cond, f"{where} reads {stack}.Outputs.{output} (only with {cond})"
+            seen.add((stack, output))
+    assert ("Network", "ClusterSecurityGroupId") in seen and ("Observability", "DashboardName") in seen
 
 
 def test_required_parameters_have_no_default(template):
@@ -843,21 +930,24 @@ def test_cfn_lint_is_clean():
     cfn_lint = Path(sys.executable).parent / "cfn-lint"
     if not cfn_lint.exists():
         pytest.skip(f"{cfn_lint} not installed (requirements/dev.txt)")
-    proc = subprocess.run([str(cfn_lint), str(TEMPLATE_PATH)], capture_output=True, text=True,
+    # Together: cfn-lint checks the parameters ray-cluster.yaml passes to its nested stacks.
+    proc = subprocess.run([str(cfn_lint), *map(str, INFRA)], capture_output=True, text=True,
                           cwd=REPO, timeout=120)
     assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")
 
 
-def test_checkov_finds_nothing():
-    passed, failed, _, out = run_checkov(TEMPLATE_PATH)
+# Not ray-observability.yaml: checkov has no check on alarms or dashboards (it reports nothing).
+@pytest.mark.parametrize("path", [TEMPLATE_PATH, NETWORK_PATH], ids=lambda p: p.name)
+def test_checkov_finds_nothing(path):
+    passed, failed, _, out = run_checkov(path)
     assert passed > 0 and failed == 0, out
 
 
-def test_deploy_doc_names_the_real_log_groups(template):
+def test_deploy_doc_names_the_real_log_groups(template, network):
     """docs/deploy.md's `aws logs tail` commands name log groups this stack creates."""
     doc = (REPO / "docs" / "deploy.md").read_text()
-    created = {props(template, lid)["LogGroupName"]["Fn::Sub"].replace("${StackNamePrefix}", "$PREFIX")
-               for lid in resources(template, "AWS::Logs::LogGroup")}
+    created = {props(t, lid)["LogGroupName"]["Fn::Sub"].replace("${StackNamePrefix}", "$PREFIX")
+               for t in (template, network) for lid in resources(t, "AWS::Logs::LogGroup")}
     tailed = set(re.findall(r'aws logs tail "(/\$PREFIX/[^"]+)"', doc))
     assert tailed and tailed <= created, tailed - created
     for name in ("/$PREFIX/ray/head", "/$PREFIX/ray/worker"):

@@ -27,7 +27,7 @@ def name_properties(region: str, resource_type: str) -> list[str]:
     names = list(EXTRA_NAME_PROPERTIES.get(resource_type, []))
     try:
         schema = PROVIDER_SCHEMA_MANAGER.get_resource_schema(region, resource_type).schema
-    except Exception:  # noqa: BLE001 - unknown or custom type: only the explicit table
+    except Exception:
         return names
     read_only = set(schema.get("readOnlyProperties", []))
     for ptr in schema.get("primaryIdentifier", []):

@@ -87,7 +87,8 @@ class S3LifecycleTransitions(CloudFormationLintRule):
             noncurrent.append(("NoncurrentVersionTransition", None, rule["NoncurrentVersionTransition"]))
         yield from self._chain(current, "TransitionInDays", _int(rule.get("ExpirationInDays")), "ExpirationInDays")
         nce = rule.get("NoncurrentVersionExpiration")
-        nce_days = _int(nce.get("NoncurrentDays")) if isinstance(nce, dict) else _int(rule.get("NoncurrentVersionExpirationInDays"))
+        nce_days = (_int(nce.get("NoncurrentDays")) if isinstance(nce, dict)
+                    else _int(rule.get("NoncurrentVersionExpirationInDays")))
         yield from self._chain(noncurrent, "TransitionInDays", nce_days, "NoncurrentVersionExpiration")
 
     def _chain(self, transitions, days_key, expiration, expiration_key):
@@ -106,7 +107,7 @@ class S3LifecycleTransitions(CloudFormationLintRule):
         steps.sort(key=lambda s: s[0])
         prev_days, prev_cls = 0, "STANDARD"
         for days, cls, sub in steps:
-            if cls not in NEXT.get(prev_cls, set()) and prev_cls != "STANDARD" or \
+            if (cls not in NEXT.get(prev_cls, set()) and prev_cls != "STANDARD") or \
                     (prev_cls == "STANDARD" and cls not in NEXT["STANDARD"]):
                 yield (f"transition from {prev_cls} to {cls} is not supported by S3 lifecycle", sub)
             elif prev_cls != "STANDARD" and days <= prev_days:
