@@ -6,13 +6,12 @@ import json
 from collections.abc import Iterable
 from typing import Any, cast
 
-import boto3
-
+from docpipe import aws
 from docpipe.identity import parse_s3_uri, s3_uri
 
 
 def s3() -> Any:  # Any: boto3's stubs type a client per literal service name
-    return boto3.client("s3")
+    return aws.client("s3")
 
 
 def read_json(uri: str) -> dict[str, Any]:

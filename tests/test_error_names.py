@@ -54,6 +54,11 @@ NOT_ON_MOTO = {
     "Lambda.AWSLambdaException": "AWS's generic Lambda service error inside Step Functions; no Lambda API error code",
     "Lambda.SdkClientException": "a client-side failure of Step Functions' Lambda client on AWS; no API error code",
     "StepFunctions.SdkClientException": "a client-side failure of Step Functions' own client on AWS; no API error code",
+    # AWS docs (bp-lambda-serviceexception): "Unhandled errors in Lambda are reported as
+    # Lambda.Unknown ... out-of-memory errors and function timeouts". moto runs our handlers
+    # in-process; they cannot time out or be killed for memory. FinalizeDocument's retry of
+    # it is proven by tests/test_finalize_retry.py (a retry after a partial commit).
+    "Lambda.Unknown": "Lambda's report of a function that timed out or ran out of memory; moto's in-process handlers cannot",
     # moto's engine raises it (StepFunctions.<code>Exception) when StartExecution refuses, but
     # it runs a distributed Map's children without exposing them: no ListExecutions by map
     # run, no child history, and the child's Catch (Backfill) swallows the error.

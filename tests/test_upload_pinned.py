@@ -88,3 +88,59 @@ def test_record_failure_keeps_a_copy_of_the_registered_version(stack_with_upload
     assert not errored, failure
     copy_bucket, copy_key = identity.parse_s3_uri(failure["input_copy_uri"])
     assert clients["s3"].get_object(Bucket=copy_bucket, Key=copy_key)["Body"].read() == A.read_bytes()
+
+
+def _reads_of(key: str, monkeypatch) -> list[str]:
+    """The S3 operations RegisterDocument makes on `key`, recorded as it runs."""
+    calls: list[str] = []
+    original = botocore.client.BaseClient._make_api_call
+
+    def record(client, operation, params):
+        if params.get("Key") == key:
+            calls.append(operation)
+        return original(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", record)
+    return calls
+
+
+def test_an_upload_with_a_sha256_checksum_is_not_read_to_register_it(stack_with_upload, monkeypatch):
+    """S3 verified the SHA-256 at upload (docpipe ingest, `aws s3 cp --checksum-algorithm
+    SHA256`): RegisterDocument takes it from the HEAD and never downloads the upload."""
+    stack, clients, _, ev = stack_with_upload
+    bucket, key = ev["detail"]["bucket"]["name"], ev["detail"]["object"]["key"]
+    clients["s3"].put_object(Bucket=bucket, Key=key, Body=A.read_bytes(), ChecksumAlgorithm="SHA256")
+    calls = _reads_of(key, monkeypatch)
+    reg, errored, _ = invoke_function(stack, "RegisterDocument", ev)
+    monkeypatch.undo()
+    assert not errored and reg["decision"] == "PROCESS", reg
+    assert calls == ["HeadObject"]
+    assert reg["sha256"] == hashlib.sha256(A.read_bytes()).hexdigest()
+    assert reg["processing_version"] == identity.processing_version(reg["sha256"], identity.PIPELINE_VERSION)
+
+
+def test_an_upload_without_a_sha256_checksum_is_hashed_from_its_bytes(stack_with_upload, monkeypatch):
+    """A CRC32 (boto3's default) says nothing about the SHA-256: the version is read and hashed."""
+    stack, clients, _, ev = stack_with_upload
+    bucket, key = ev["detail"]["bucket"]["name"], ev["detail"]["object"]["key"]
+    clients["s3"].put_object(Bucket=bucket, Key=key, Body=A.read_bytes(), ChecksumAlgorithm="CRC32")
+    calls = _reads_of(key, monkeypatch)
+    reg, errored, _ = invoke_function(stack, "RegisterDocument", ev)
+    monkeypatch.undo()
+    assert not errored, reg
+    assert calls == ["HeadObject", "GetObject"]
+    assert reg["sha256"] == hashlib.sha256(A.read_bytes()).hexdigest()
+
+
+def test_a_multipart_checksum_is_not_taken_for_the_content_hash():
+    """A multipart upload's SHA-256 is a checksum of part checksums ("<b64>-<parts>")."""
+    import base64
+
+    from docpipe.documents import sha256_from_checksum
+
+    full = base64.b64encode(hashlib.sha256(b"x").digest()).decode()
+    assert sha256_from_checksum({"ChecksumSHA256": full}) == hashlib.sha256(b"x").hexdigest()
+    assert sha256_from_checksum({"ChecksumSHA256": full, "ChecksumType": "FULL_OBJECT"}) == hashlib.sha256(b"x").hexdigest()
+    assert sha256_from_checksum({"ChecksumSHA256": full + "-3", "ChecksumType": "COMPOSITE"}) == ""
+    assert sha256_from_checksum({"ChecksumSHA256": full, "ChecksumType": "COMPOSITE"}) == ""
+    assert sha256_from_checksum({"ChecksumCRC32": "ksWq1g=="}) == ""

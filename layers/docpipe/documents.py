@@ -11,6 +11,8 @@ machine's Catch records it as FAILED.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import hashlib
 from dataclasses import asdict, dataclass, field
@@ -69,7 +71,8 @@ def _head(s3: Any, bucket: str, key: str) -> tuple[str, dict[str, Any]]:
     candidates = [key] + ([unquote_plus(key)] if unquote_plus(key) != key else [])
     for candidate in candidates:
         try:
-            return candidate, s3.head_object(Bucket=bucket, Key=candidate)
+            # ChecksumMode: S3 returns the checksum it verified at upload, if any.
+            return candidate, s3.head_object(Bucket=bucket, Key=candidate, ChecksumMode="ENABLED")
         except ClientError as err:
             code = err.response.get("Error", {}).get("Code", "")
             if code in ("404", "NoSuchKey", "NotFound"):
@@ -83,6 +86,21 @@ def _head(s3: Any, bucket: str, key: str) -> tuple[str, dict[str, Any]]:
 def version_args(version_id: str) -> dict[str, str]:
     """Extra arguments of a read pinned to `version_id` (none for an unversioned object)."""
     return {"VersionId": version_id} if version_id else {}
+
+
+def sha256_from_checksum(head: dict[str, Any]) -> str:
+    """The upload's SHA-256 (hex) when S3 verified a full-object SHA-256 at upload
+    (`aws s3 cp --checksum-algorithm SHA256`, `docpipe ingest`), else "". A multipart
+    upload's SHA-256 is a checksum of part checksums ("<b64>-<parts>", type COMPOSITE):
+    not the content's hash."""
+    value = head.get("ChecksumSHA256") or ""
+    if not value or "-" in value or head.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
+        return ""
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return ""
+    return raw.hex() if len(raw) == hashlib.sha256().digest_size else ""
 
 
 def _sha256(s3: Any, bucket: str, key: str, version_id: str) -> str:
@@ -120,7 +138,8 @@ def identify(event: dict[str, Any], settings: Settings) -> Registration:
     if size > settings.max_document_bytes:
         raise TooLarge(f"s3://{bucket}/{real_key} is {size} bytes; the limit is "
                        f"{settings.max_document_bytes} (MAX_DOCUMENT_BYTES)")
-    base.sha256 = _sha256(s3, bucket, real_key, version_id)
+    # The upload is read once, by extract, when S3 already knows its SHA-256.
+    base.sha256 = sha256_from_checksum(head) or _sha256(s3, bucket, real_key, version_id)
     base.processing_version = identity.processing_version(base.sha256, settings.pipeline_version)
     return base
 

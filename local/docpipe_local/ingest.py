@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -84,7 +83,8 @@ def already_there(s3, bucket: str, doc: Doc) -> bool:
 def upload(s3, bucket: str, doc: Doc) -> None:
     data = doc.path.read_bytes()
     s3.put_object(Bucket=bucket, Key=doc.key, Body=data, Metadata={"sha256": hashlib.sha256(data).hexdigest()},
-                  ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode())
+                  # S3 verifies the SHA-256 and keeps it: RegisterDocument then hashes nothing.
+                  ChecksumAlgorithm="SHA256")
     doc.uploaded = True
 
 
