@@ -33,7 +33,7 @@ def extract_document(job: dict[str, Any], callback: TaskCallback | None = None) 
         path = os.path.join(tmp, "input.pdf")
         # The version registered (and hashed into `ver`), not whatever the key holds now;
         # a registration from before versions were recorded has none: the key as it is.
-        jobio.download(bucket, reg["key"], path, reg.get("s3_version_id") or "")
+        jobio.download(bucket, reg["s3_key"], path, reg.get("s3_version_id") or "")
         settings = StageSettings.from_env()
         # The parse runs in a time- and memory-limited child of this driver; Ray is
         # only started (in extract_pdf) for a document long enough to split into page

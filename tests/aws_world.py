@@ -262,7 +262,7 @@ def _direct(world: World) -> None:
     from ray_jobs import extract
 
     job = {"task_token": event["task_token"], "submission_id": "world-gone", "inputs": {},
-           "registration": {**reg, "key": "input/world/gone-before-extract.pdf"}}
+           "registration": {**reg, "s3_key": "input/world/gone-before-extract.pdf"}}
     clients["s3"].put_object(Bucket=bucket, Key="jobs/world-gone.json", Body=json.dumps(job).encode())
     with as_component(WORKER):
         assert extract.main(["--job", f"s3://{bucket}/jobs/world-gone.json"]) == 1

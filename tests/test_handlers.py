@@ -98,7 +98,7 @@ def test_register_document_url_encoded_key_is_found(stack_with_upload):
     ev["detail"]["object"]["key"] = "input/Q3+r%C3%A9sum%C3%A9+..%2Fx.pdf"
     result, errored, _ = invoke_function(stack, "RegisterDocument", ev)
     assert not errored, result
-    assert result["key"] == "input/Q3 résumé ../x.pdf" and result["decision"] == "PROCESS"
+    assert result["s3_key"] == "input/Q3 résumé ../x.pdf" and result["decision"] == "PROCESS"
 
 
 def test_submit_ray_job_small_document_goes_to_the_stage_queue_and_its_service(stack_with_upload):
@@ -232,10 +232,10 @@ def test_record_failure_writes_report_copy_and_status(stack_with_upload):
     bucket = reg["bucket"]
     base = f"errors/{reg['document_id']}/{reg['processing_version']}/"
     report = json.loads(clients["s3"].get_object(Bucket=bucket, Key=base + "error.json")["Body"].read())
-    assert report["error_code"] == code and report["s3_key"] == reg["key"]
+    assert report["error_code"] == code and report["s3_key"] == reg["s3_key"]
     copy = clients["s3"].get_object(Bucket=bucket, Key=base + "input.pdf")["Body"].read()
     assert copy == PDF
-    assert clients["s3"].get_object(Bucket=bucket, Key=reg["key"])["Body"].read() == PDF, "the upload survives"
+    assert clients["s3"].get_object(Bucket=bucket, Key=reg["s3_key"])["Body"].read() == PDF, "the upload survives"
 
 
 def test_record_failure_before_registration_identifies_from_the_event(stack_with_upload):

@@ -309,7 +309,7 @@ def test_vectors_jsonl_and_the_index_hold_the_same_numbers(aws_env):
         chunks_uri = jobio.write_jsonl(bucket, identity.artifact_key("chunks", document_id, version, "chunks.jsonl"),
                                        chunks)
         result = embed_document({"registration": {"document_id": document_id, "processing_version": version,
-                                                  "bucket": bucket, "key": key},
+                                                  "bucket": bucket, "s3_key": key},
                                  "inputs": {"chunks_uri": chunks_uri}})
         in_s3 = {row["id"]: row["vector"] for row in jobio.read_jsonl(result["embeddings_uri"])}
     rows = LanceDBStore.from_env().table.search().select(["id", "vector"]).limit(None).to_arrow().to_pylist()

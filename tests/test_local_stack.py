@@ -241,7 +241,7 @@ def test_rerunning_stages_for_the_same_version_is_identical(local_stack, ingeste
     from ray_jobs.extract import extract_document
 
     count_before = LanceDBStore.from_env().count()
-    reg = {"document_id": doc, "processing_version": ver, "bucket": bucket, "key": "input/tracemonkey.pdf"}
+    reg = {"document_id": doc, "processing_version": ver, "bucket": bucket, "s3_key": "input/tracemonkey.pdf"}
     extracted = extract_document({"registration": reg})
     embed_document({"registration": reg, "inputs": extracted})
     after = {k: c["s3"].get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}

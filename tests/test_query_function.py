@@ -60,7 +60,7 @@ def build_index(monkeypatch, backend_env: dict[str, str]) -> None:
                 for i, (a, b, t) in enumerate(chunks)]
         uri = jobio.write_jsonl(BUCKET, identity.artifact_key("chunks", doc, ver, "chunks.jsonl"), rows)
         embed_document({"registration": {"document_id": doc, "processing_version": ver,
-                                         "bucket": BUCKET, "key": key},
+                                         "bucket": BUCKET, "s3_key": key},
                         "inputs": {"chunks_uri": uri}})
     aws.reset_clients()
 

@@ -106,8 +106,8 @@ def test_events_name_what_the_demo_loaded(demo):
                 (head["ContentLength"], head["ETag"].strip('"')), name
         reg = state.get("registration") or event.get("registration")
         if reg:
-            control = item(demo, reg["key"])
-            assert reg["document_id"] == identity.document_id(bucket, reg["key"]), name
+            control = item(demo, reg["s3_key"])
+            assert reg["document_id"] == identity.document_id(bucket, reg["s3_key"]), name
             for field, value in (("processing_version", reg["processing_version"]), ("sha256", reg["sha256"]),
                                  ("size", reg["size"]), ("etag", reg["etag"])):
                 assert control[field] == value, (name, field)

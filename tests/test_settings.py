@@ -230,7 +230,7 @@ def test_a_malformed_setting_still_answers_the_token_naming_it(monkeypatch):
             s3.put_object(Bucket="docs", Key="input/a.pdf", Body=b"%PDF-1.4")
             job = {"task_token": "token-1", "submission_id": "s1", "inputs": {},
                    "registration": {"document_id": "d1", "processing_version": "v1-0", "bucket": "docs",
-                                    "key": "input/a.pdf"}}
+                                    "s3_key": "input/a.pdf"}}
             s3.put_object(Bucket="docs", Key="jobs/s1.json", Body=json.dumps(job).encode())
             assert runner.run("extract", extract_document, ["--job", "s3://docs/jobs/s1.json"]) == 1
     finally:

@@ -36,7 +36,7 @@ class Registration:
     document_id: str
     processing_version: str
     bucket: str
-    key: str
+    s3_key: str  # the name the control item, the error report and the vectors use too
     decision: str  # PROCESS | DUPLICATE | SKIPPED
     size: int = 0
     etag: str = ""
@@ -158,14 +158,14 @@ def register(event: dict[str, Any], settings: Settings, records: Records, execut
     if reg.decision == "SKIPPED":
         # One SKIPPED item per key (version "skipped"): a repeat upload just touches it.
         if not records.create({"document_id": reg.document_id, "processing_version": SKIPPED_VERSION,
-                               "status": "SKIPPED", "s3_key": reg.key, "error_code": reg.reason,
+                               "status": "SKIPPED", "s3_key": reg.s3_key, "error_code": reg.reason,
                                "execution_arn": execution_arn}):
             records.audit(reg.document_id, "skipped_again", "SKIPPED", "SKIPPED", {"reason": reg.reason})
         return reg
 
     item = {
         "document_id": reg.document_id, "processing_version": reg.processing_version,
-        "status": "PENDING", "current_stage": "registered", "s3_key": reg.key,
+        "status": "PENDING", "current_stage": "registered", "s3_key": reg.s3_key,
         "bucket": reg.bucket, "etag": reg.etag, "sha256": reg.sha256, "size": reg.size,
         "s3_version_id": reg.s3_version_id or None, "execution_arn": execution_arn, "attempt": 1,
     }

@@ -90,15 +90,15 @@ def record_failure(state: dict[str, Any], settings: Settings, records: Records, 
     s3 = aws.client("s3")
     base = identity.artifact_key("errors", reg.document_id, reg.processing_version, "")
     copy_uri = ""
-    if reg.key:
+    if reg.s3_key:
         try:  # server-side copy; the original stays where it is
             # The registered version: the bytes that failed, not what was written since.
             s3.copy_object(Bucket=reg.bucket, Key=base + "input.pdf", CopySource={
-                "Bucket": reg.bucket, "Key": reg.key, **version_args(reg.s3_version_id)})
+                "Bucket": reg.bucket, "Key": reg.s3_key, **version_args(reg.s3_version_id)})
             copy_uri = identity.s3_uri(reg.bucket, base + "input.pdf")
         except ClientError:
             copy_uri = ""  # the input is gone (DocumentNotFound): nothing to copy
-    failure = Failure(reg.document_id, reg.processing_version, reg.key, code, message, stage,
+    failure = Failure(reg.document_id, reg.processing_version, reg.s3_key, code, message, stage,
                       identity.s3_uri(reg.bucket, base + "error.json"), copy_uri, execution_arn,
                       now_iso())
     report = {**asdict(failure), "size": reg.size, "sha256": reg.sha256,
@@ -111,7 +111,7 @@ def record_failure(state: dict[str, Any], settings: Settings, records: Records, 
               "error_report": failure.report_uri}
     if existing is None:
         records.create({"document_id": reg.document_id, "processing_version": reg.processing_version,
-                        "s3_key": reg.key, "bucket": reg.bucket, "etag": reg.etag,
+                        "s3_key": reg.s3_key, "bucket": reg.bucket, "etag": reg.etag,
                         "size": reg.size, "current_stage": stage, **fields})
     else:
         retry = existing.get("status") == "FAILED" and existing.get("execution_arn") == execution_arn
