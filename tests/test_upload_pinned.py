@@ -8,6 +8,7 @@ import hashlib
 import json
 
 import botocore.client
+import pytest
 from conftest import REPO
 from test_handlers import stack_with_upload  # noqa: F401 - a fixture
 
@@ -104,32 +105,25 @@ def _reads_of(key: str, monkeypatch) -> list[str]:
     return calls
 
 
-def test_an_upload_with_a_sha256_checksum_is_not_read_to_register_it(stack_with_upload, monkeypatch):
-    """S3 verified the SHA-256 at upload (docpipe ingest, `aws s3 cp --checksum-algorithm
-    SHA256`): RegisterDocument takes it from the HEAD and never downloads the upload."""
+@pytest.mark.parametrize(("algorithm", "operations"), [
+    # S3 verified the SHA-256 at upload (docpipe ingest, `aws s3 cp --checksum-algorithm
+    # SHA256`): RegisterDocument takes it from the HEAD and never downloads the upload.
+    ("SHA256", ["HeadObject"]),
+    # A CRC32 (boto3's default) says nothing about the SHA-256: the version is read and hashed.
+    ("CRC32", ["HeadObject", "GetObject"]),
+])
+def test_the_upload_is_read_to_register_it_only_without_a_sha256_checksum(stack_with_upload, monkeypatch,
+                                                                          algorithm, operations):
     stack, clients, _, ev = stack_with_upload
     bucket, key = ev["detail"]["bucket"]["name"], ev["detail"]["object"]["key"]
-    clients["s3"].put_object(Bucket=bucket, Key=key, Body=A.read_bytes(), ChecksumAlgorithm="SHA256")
+    clients["s3"].put_object(Bucket=bucket, Key=key, Body=A.read_bytes(), ChecksumAlgorithm=algorithm)
     calls = _reads_of(key, monkeypatch)
     reg, errored, _ = invoke_function(stack, "RegisterDocument", ev)
     monkeypatch.undo()
     assert not errored and reg["decision"] == "PROCESS", reg
-    assert calls == ["HeadObject"]
+    assert calls == operations
     assert reg["sha256"] == hashlib.sha256(A.read_bytes()).hexdigest()
     assert reg["processing_version"] == identity.processing_version(reg["sha256"], identity.PIPELINE_VERSION)
-
-
-def test_an_upload_without_a_sha256_checksum_is_hashed_from_its_bytes(stack_with_upload, monkeypatch):
-    """A CRC32 (boto3's default) says nothing about the SHA-256: the version is read and hashed."""
-    stack, clients, _, ev = stack_with_upload
-    bucket, key = ev["detail"]["bucket"]["name"], ev["detail"]["object"]["key"]
-    clients["s3"].put_object(Bucket=bucket, Key=key, Body=A.read_bytes(), ChecksumAlgorithm="CRC32")
-    calls = _reads_of(key, monkeypatch)
-    reg, errored, _ = invoke_function(stack, "RegisterDocument", ev)
-    monkeypatch.undo()
-    assert not errored, reg
-    assert calls == ["HeadObject", "GetObject"]
-    assert reg["sha256"] == hashlib.sha256(A.read_bytes()).hexdigest()
 
 
 def test_a_multipart_checksum_is_not_taken_for_the_content_hash():
