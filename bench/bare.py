@@ -57,10 +57,6 @@ def _init(threads: int, lancedb_uri: str) -> None:
     _W["warmup_s"] = time.monotonic() - t0
 
 
-def _int_env(name: str, default: int) -> int:
-    return int(os.environ.get(name) or default)
-
-
 def process(path: str) -> dict:
     from docpipe import errors, identity
     from ray_jobs.backends.base import VectorRecord
@@ -68,6 +64,9 @@ def process(path: str) -> dict:
     from ray_jobs.chunking import chunk_pages
     from ray_jobs.embed import TEXT_IN_INDEX, batch_size
     from ray_jobs.pdf import extract_pdf
+    from ray_jobs.settings import StageSettings
+
+    settings = StageSettings.from_env()  # the same knobs and defaults as the extract stage
 
     data = Path(path).read_bytes()
     doc = identity.document_id("bench-bare", Path(path).name)
@@ -76,16 +75,15 @@ def process(path: str) -> dict:
     t = [time.monotonic()]
     try:
         result = extract_pdf(path, document_id=doc, processing_version=ver,
-                             backend=os.environ.get("PDF_BACKEND", "auto"),
-                             timeout_s=float(os.environ.get("PDF_TIMEOUT_SECONDS", "300")),
-                             max_memory_mb=_int_env("PDF_MAX_MEMORY_MB", 2048),
-                             parallel_threshold_pages=_int_env("PDF_PARALLEL_THRESHOLD_PAGES", 200))
+                             backend=settings.pdf_backend, timeout_s=settings.pdf_timeout_seconds,
+                             max_memory_mb=settings.pdf_max_memory_mb,
+                             parallel_threshold_pages=settings.pdf_parallel_threshold_pages)
         t.append(time.monotonic())
         if result.pages_with_text == 0:
             raise errors.PdfNoText("no page has text")
         chunks = chunk_pages(result.pages, document_id=doc, processing_version=ver,
-                             max_tokens=_int_env("CHUNK_MAX_TOKENS", 400),
-                             overlap_tokens=_int_env("CHUNK_OVERLAP_TOKENS", 50))
+                             max_tokens=settings.chunk_max_tokens,
+                             overlap_tokens=settings.chunk_overlap_tokens)
         t.append(time.monotonic())
         texts = [c["text"] for c in chunks]
         for start in range(0, len(texts), 64):

@@ -46,12 +46,13 @@ from botocore.config import Config
 
 from docpipe import aws
 from ray_jobs.backends.base import Embedder, EmbeddingResult
+from ray_jobs.settings import StageSettings
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
-DEFAULT_PREFIX = "embedding-cache/"
+DEFAULT_PREFIX = StageSettings.embedding_cache_prefix
 
 
 def cache_key(model: str, dims: int, text: str) -> str:
@@ -218,8 +219,6 @@ class CachedEmbedder:
 def wrap_with_cache_from_env(embedder: Embedder, env: Mapping[str, str] | None = None, *, client: Any = None) -> Embedder:
     """Wrap ``embedder`` as ``EMBEDDING_CACHE`` says (``auto`` resolved by
     ray_jobs.settings): ``off`` returns it unchanged; ``s3`` caches under ``s3://$DOCUMENT_BUCKET/$EMBEDDING_CACHE_PREFIX``."""
-    from ray_jobs.settings import StageSettings
-
     settings = StageSettings.from_env(env)
     kind = settings.embedding_cache_mode()
     if kind == "off":

@@ -57,10 +57,11 @@ from docpipe.errors import EmbeddingRateLimited, StageFailed
 from ray_jobs import tokens as tok
 from ray_jobs.backends import secrets
 from ray_jobs.backends.base import EmbeddingResult
+from ray_jobs.settings import StageSettings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "text-embedding-3-small"
+DEFAULT_MODEL = StageSettings.openai_embedding_model
 MODEL_DEFAULT_DIMS = {
     "text-embedding-3-small": 1536,
     "text-embedding-3-large": 3072,
@@ -69,7 +70,7 @@ MODEL_DEFAULT_DIMS = {
 MAX_INPUTS_PER_REQUEST = 2048
 MAX_TOKENS_PER_REQUEST = 300_000
 MAX_TOKENS_PER_INPUT = 8192
-DEFAULT_PRICE_PER_MTOK = 0.02  # text-embedding-3-small list price, USD
+DEFAULT_PRICE_PER_MTOK = StageSettings.openai_price_per_mtok
 BUDGET_METRIC_TYPE = "openai_tokens"
 
 
@@ -264,8 +265,6 @@ class DynamoDBTokenBudget:
 def token_budget_from_env(env: Mapping[str, str] | None = None, **kwargs: Any) -> TokenBudget:
     """``OPENAI_TPM_BUDGET`` unset/0 -> UnlimitedBudget; with ``TOKEN_BUDGET_TABLE`` ->
     DynamoDBTokenBudget (shared across workers); else InProcessTokenBudget."""
-    from ray_jobs.settings import StageSettings
-
     settings = StageSettings.from_env(env)
     tpm, table = settings.openai_tpm_budget, settings.token_budget_table
     if tpm <= 0:
@@ -340,7 +339,6 @@ class OpenAIEmbedder:
         budget: TokenBudget | None = None,
         **kwargs: Any,
     ) -> OpenAIEmbedder:
-        from ray_jobs.settings import StageSettings
 
         settings = StageSettings.from_env(env)
         arn = settings.openai_api_key_secret_arn

@@ -44,10 +44,11 @@ from docpipe import identity
 from docpipe.errors import StageFailed, VectorStoreUnavailable
 from ray_jobs.backends import secrets
 from ray_jobs.backends.base import Match, VectorRecord
+from ray_jobs.settings import StageSettings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NAMESPACE = "docpipe"
+DEFAULT_NAMESPACE = StageSettings.pinecone_namespace
 MAX_UPSERT_VECTORS = 1000
 MAX_UPSERT_BYTES = 2_000_000
 MAX_METADATA_BYTES = 40_000  # under 40 KB whichever way a KB is counted
@@ -116,8 +117,6 @@ class PineconeStore:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> PineconeStore:
-        from ray_jobs.settings import StageSettings
-
         settings = StageSettings.from_env(env)
         arn, host = settings.pinecone_api_key_secret_arn, settings.pinecone_index_host
         if not arn:
