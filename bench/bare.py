@@ -62,7 +62,7 @@ def process(path: str) -> dict:
     from ray_jobs.backends.base import VectorRecord
     from ray_jobs.backends.version_sync import replace_document_version
     from ray_jobs.chunking import chunk_pages
-    from ray_jobs.embed import TEXT_IN_INDEX, batch_size
+    from ray_jobs.embed import batch_size
     from ray_jobs.pdf import extract_pdf
     from ray_jobs.settings import StageSettings
 
@@ -97,7 +97,7 @@ def process(path: str) -> dict:
         records = [VectorRecord(identity.vector_id(doc, ver, c["chunk_index"]), list(map(float, v)), {
             "document_id": doc, "processing_version": ver, "chunk_index": c["chunk_index"],
             "page_start": c["page_start"], "page_end": c["page_end"], "s3_key": f"input/{Path(path).name}",
-            "text": c["text"][:TEXT_IN_INDEX]}) for c, v in zip(chunks, vectors, strict=True)]
+            "text": c["text"][:identity.TEXT_IN_INDEX]}) for c, v in zip(chunks, vectors, strict=True)]
         replace_document_version(_W["store"], records, doc, ver)
         t.append(time.monotonic())
     except errors.DocpipeError as err:
