@@ -134,11 +134,25 @@ class StageService:
         resp = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10,
                                         WaitTimeSeconds=wait_s)
         messages = resp.get("Messages", [])
+        if messages and self.signalled.is_set():
+            # SIGTERM came while this receive was waiting: hand the messages straight back
+            # (visible now) instead of holding documents this process will never run.
+            self._release(messages)
+            return 0
         for msg in messages:
             self._take(msg)
         if messages:
             self.last_activity = time.monotonic()
         return len(messages)
+
+    def _release(self, messages: list[dict[str, Any]]) -> None:
+        try:
+            self.sqs.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+                for i, m in enumerate(messages)])
+        except ClientError as err:  # they come back when their visibility timeout ends
+            emit_warning(message="messages not released", stage=self.stage, code=err.response["Error"]["Code"])
+        emit(message="messages released", stage=self.stage, count=len(messages), reason="SIGTERM")
 
     def _take(self, msg: dict[str, Any]) -> None:
         try:

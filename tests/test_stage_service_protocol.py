@@ -130,3 +130,19 @@ def test_sigterm_answers_held_documents_with_job_interrupted_and_the_state_retri
     [msg] = msgs
     assert json.loads(msg["Body"])["submission_id"].endswith("-r1")
     move_on(clients, stack, arn)  # end it: answer the retry's token
+
+
+def test_a_message_received_after_sigterm_is_handed_back_not_held(waiting_document):
+    """SIGTERM lands while the receive thread waits in a long poll: what that poll returns
+    goes back to the queue, visible at once, for the next service (not held by a process
+    that is leaving, hidden for the visibility timeout)."""
+    stack, clients, arn, queue = waiting_document
+    signalled = threading.Event()
+    submitted = []
+    service = service_on(queue, lambda stage, job: submitted.append(job) or Future(), signalled=signalled)
+    signalled.set()
+    assert service.receive_once(1) == 0
+    assert submitted == [] and service.held == {}
+    msgs = clients["sqs"].receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1)["Messages"]
+    assert len(msgs) == 1 and json.loads(msgs[0]["Body"])["submission_id"]
+    move_on(clients, stack, arn)
