@@ -21,6 +21,7 @@ from pathlib import Path
 from bench import cost
 from bench.gen import generate
 from bench.procs import Sampler, own_cpu_s
+from docpipe.costs import PRICES_AS_OF
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS_DIR = REPO.parent / "shared" / "corpus"
@@ -220,7 +221,7 @@ def scaling(e2e: dict, bare: dict | None, peer: dict | None) -> dict:
 
 
 def costs(e2e: dict, bare: dict | None) -> dict:
-    out = {"prices_as_of": cost.PRICES_AS_OF, "fixed_monthly": cost.fixed_monthly(), "per_document": {}}
+    out = {"prices_as_of": PRICES_AS_OF, "fixed_monthly": cost.fixed_monthly(), "per_document": {}}
     # Lambda time per document with nothing else running: the least of the workloads'
     # medians (the local stack serialises Lambdas, so a batch's durations include waiting).
     medians = []
