@@ -232,15 +232,6 @@ class Records:
             })
         return updates
 
-    def add_metrics(self, counters: dict[str, dict[str, float]], date: str | None = None) -> None:
-        """counters: {metric_type: {field: amount}}, added atomically to today's items."""
-        for update in self._metric_updates(counters, date or today()):
-            try:
-                self.ddb.update_item(**update)
-            except ClientError as err:
-                _throttle_guard(err)
-                raise
-
     def add_metrics_once(self, document_id: str, version: str, counters: dict[str, dict[str, float]], *,
                          marker: str, token: str | None = None, date: str | None = None) -> bool:
         """Add `counters` to the day's items unless this control item's `marker` says they
