@@ -61,9 +61,8 @@ def process(path: str) -> dict:
     from docpipe import errors, identity
     from ray_jobs.backends.base import VectorRecord
     from ray_jobs.backends.version_sync import replace_document_version
-    from ray_jobs.chunking import chunk_pages
-    from ray_jobs.embed import batch_size
-    from ray_jobs.pdf import extract_pdf
+    from ray_jobs.embed import ENRICH_BATCH, batch_size
+    from ray_jobs.extract import chunk, extract_pages
     from ray_jobs.settings import StageSettings
 
     settings = StageSettings.from_env()  # the same knobs and defaults as the extract stage
@@ -74,20 +73,15 @@ def process(path: str) -> dict:
     row = {"file": Path(path).name, "bytes": len(data), "worker_pid": os.getpid(), "warmup_s": _W["warmup_s"]}
     t = [time.monotonic()]
     try:
-        result = extract_pdf(path, document_id=doc, processing_version=ver,
-                             backend=settings.pdf_backend, timeout_s=settings.pdf_timeout_seconds,
-                             max_memory_mb=settings.pdf_max_memory_mb,
-                             parallel_threshold_pages=settings.pdf_parallel_threshold_pages)
+        result = extract_pages(path, doc, ver, settings)
         t.append(time.monotonic())
         if result.pages_with_text == 0:
             raise errors.PdfNoText("no page has text")
-        chunks = chunk_pages(result.pages, document_id=doc, processing_version=ver,
-                             max_tokens=settings.chunk_max_tokens,
-                             overlap_tokens=settings.chunk_overlap_tokens)
+        chunks = chunk(result.pages, doc, ver, settings)
         t.append(time.monotonic())
         texts = [c["text"] for c in chunks]
-        for start in range(0, len(texts), 64):
-            _W["enricher"].enrich(texts[start:start + 64])
+        for start in range(0, len(texts), ENRICH_BATCH):
+            _W["enricher"].enrich(texts[start:start + ENRICH_BATCH])
         t.append(time.monotonic())
         vectors = []
         n = batch_size()

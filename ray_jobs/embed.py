@@ -18,7 +18,8 @@ from docpipe import identity
 from docpipe.errors import VectorStoreUnavailable
 from ray_jobs import jobio
 from ray_jobs.callback import TaskCallback
-from ray_jobs.runner import emit, main_exit, run
+from ray_jobs.log import emit
+from ray_jobs.runner import main_exit, run
 
 ENRICH_BATCH = 64  # texts per enrich call: small (Comprehend takes 25 per request)
 

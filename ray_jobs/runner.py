@@ -12,8 +12,6 @@ from ray_jobs import jobio
 from ray_jobs.callback import TaskCallback
 from ray_jobs.log import emit, setup_process
 
-__all__ = ["emit", "main_exit", "run"]
-
 
 def run(stage: str, work: Callable[[dict[str, Any], TaskCallback], dict[str, Any]],
         argv: Sequence[str] | None = None) -> int:

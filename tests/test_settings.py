@@ -182,7 +182,7 @@ def test_warm_objects_follow_the_configuration(monkeypatch, tmp_path):
 # ------------------------------------------------------------------------ one log shape
 def test_ray_side_log_lines_have_the_functions_shape():
     """Powertools JSON on stdout, service "docpipe" as template.yaml gives the functions."""
-    code = ("from ray_jobs.runner import emit\n"
+    code = ("from ray_jobs.log import emit\n"
             "from ray_jobs.log import emit_error\n"
             "emit(message='stage started', stage='extract', name='doc', pid=7)\n"
             "emit_error('callback rejected', code='InvalidToken')\n")
