@@ -246,7 +246,8 @@ def test_record_failure_before_registration_identifies_from_the_event(stack_with
     state = {**s3_event, "error": {"Error": "EmptyDocument", "Cause": cause}}
     result, errored, _ = invoke_function(stack, "RecordFailure", {"state": state, "execution_arn": ev["execution_arn"]})
     assert not errored, result
-    assert result["error_code"] == "EmptyDocument" and result["error_message"] == "zero bytes"
+    assert result["error_code"] == "EmptyDocument" and result["error_message"].startswith("zero bytes — ")
+    assert "upload the file again" in result["error_message"], "what happened, then what to do"
     assert result["stage"] == "register"
     assert result["document_id"] == identity.document_id(ev["detail"]["bucket"]["name"], ev["detail"]["object"]["key"])
 

@@ -67,7 +67,8 @@ def ingested(local_stack, tmp_path_factory):
     for rel in OUTCOMES:
         src = corpus_file(rel)
         (folder / src.name).symlink_to(src)
-    out = run_cli("ingest", str(folder), "--timeout", "600")
+    # Files, not the folder: each keeps its base name (input/<name>), as these tests expect.
+    out = run_cli("ingest", *map(str, sorted(folder.iterdir())), "--timeout", "600")
     return out, folder
 
 
@@ -133,7 +134,7 @@ def test_second_ingest_of_the_same_files_does_no_new_work(local_stack, ingested)
     c = clients(local_stack)
     arn = local_stack["outputs"]["IngestDocumentStateMachineArn"]
     before = len(c["stepfunctions"].list_executions(stateMachineArn=arn)["executions"])
-    out = run_cli("ingest", str(ingested[1]), "--timeout", "120")
+    out = run_cli("ingest", *map(str, sorted(ingested[1].iterdir())), "--timeout", "120")
     assert "summary" in out.stdout
     after = len(c["stepfunctions"].list_executions(stateMachineArn=arn)["executions"])
     assert after == before, "same bytes at the same keys: nothing uploaded, nothing started"

@@ -1,7 +1,9 @@
 """RecordFailure: FAILED + error code, errors/ report with a copy of the input, audit, metric.
 
 Event: {"state": <the state at the Catch, with "error": {"Error", "Cause"}>, "execution_arn": str}
-Returns the failure summary that NotifyFailure publishes to SNS.
+Returns the failure summary that NotifyFailure publishes to SNS; its error_code and
+error_message (what happened, then what to do) also become the execution's error and
+cause (the DocumentFailed Fail state's ErrorPath and CausePath).
 """
 
 from docpipe.config import Settings

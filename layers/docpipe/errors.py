@@ -2,7 +2,8 @@
 
 A Lambda that raises one reports it as `errorType`; a Ray job that raises one sends it
 as the `error` of SendTaskFailure. The ASL's Retry and Catch match on these names, and
-tests/test_error_names.py provokes every one of those names on moto's engine.
+tests/test_error_names.py provokes every one of those names on moto's engine. What a
+user should do about each code is docpipe.failures.HINTS, added to every recorded message.
 """
 
 

@@ -1,7 +1,7 @@
 """Recording a failed document: where the user looks, and nothing lost.
 
-FAILED + a stable error code and message in the control item, an audit item, a
-failures metric, `errors/<doc>/<ver>/error.json` and a copy of the input beside it.
+FAILED + a stable error code and a message (what happened, then what to do: HINTS) in
+the control item, an audit item, a failures metric, `errors/<doc>/<ver>/error.json` and a copy of the input beside it.
 The upload under input/ is never touched.
 """
 
@@ -39,6 +39,60 @@ class Failure:
     input_copy_uri: str
     execution_arn: str
     failed_at: str
+
+
+# What to do about each code: appended to the message wherever a user reads it (control
+# item, errors/ report, alert, the execution's cause). Every code of docpipe.errors has
+# one, plus StageTimeout (Step Functions' timeouts folded into one code).
+HINTS: dict[str, str] = {
+    "EmptyDocument": "the upload has zero bytes (an interrupted upload or copy?); upload the file again",
+    "TooLarge": "the file is over the size limit (template parameter MaxDocumentBytes) or parsing it went "
+                "over the Ray workers' memory limit (PDF_MAX_MEMORY_MB); raise the limit the message names, "
+                "or split the PDF, and upload it again",
+    "DocumentNotFound": "the object was deleted or renamed before docpipe read it; upload it again if it "
+                        "should be indexed",
+    "PdfEncrypted": "the PDF needs a password docpipe does not have; upload a copy without the password "
+                    "(e.g. `qpdf --decrypt --password=PASSWORD in.pdf out.pdf`)",
+    "PdfMalformed": "the file is damaged or not a PDF; open it in a PDF viewer and re-export (or print) it "
+                    "to a new PDF, or try `qpdf in.pdf out.pdf`, and upload that",
+    "PdfNoText": "the pages are scanned images without a text layer, and docpipe does not run OCR; OCR it "
+                 "first (e.g. `ocrmypdf in.pdf out.pdf`) and upload the result",
+    "PdfTimeout": "parsing took longer than PDF_TIMEOUT_SECONDS (Ray workers, default 300 s); raise it "
+                  "for very large documents or split the PDF, then upload it again",
+    "StageTimeout": "the Ray stage holding the document went silent or ran past ExtractTimeoutSeconds / "
+                    "EmbedTimeoutSeconds (killed, out of memory, node lost); check the stage services "
+                    "(`docpipe stack status`) and their Ray job logs, then run the Backfill "
+                    "(`docpipe backfill`) to try it again",
+    "RayHeadUnavailable": "the Ray Jobs API (RayDashboardUrl) stayed unreachable through the retries; check "
+                          "the Ray head, then run the Backfill (`docpipe backfill`) to try it again",
+    "StoreThrottled": "DynamoDB or S3 kept throttling through the retries; run the Backfill "
+                      "(`docpipe backfill`) later to try it again",
+    "EmbeddingRateLimited": "the embedding API kept answering 429 (rate limit); lower the concurrency or "
+                            "raise the account's limit, then run the Backfill (`docpipe backfill`)",
+    "EnrichmentThrottled": "Amazon Comprehend kept throttling; raise its quota or set "
+                           "EnrichmentBackend=local, then run the Backfill (`docpipe backfill`)",
+    "VectorStoreUnavailable": "the vector store refused writes or was unreachable; check it (Pinecone host "
+                              "and key, or the LanceDB path), then run the Backfill (`docpipe backfill`)",
+    "RayJobRejected": "the Ray Jobs API refused the submission (a 4xx: token, entrypoint or resources); "
+                      "check RayTokenSecretArn and RayEntrypointResources against the cluster",
+    "JobInterrupted": "the Ray job was stopped (scale-in, preemption or a stopped cluster) before it "
+                      "finished; run the Backfill (`docpipe backfill`) to try it again",
+    "StageFailed": "an unexpected error inside a stage; see the audit trail (`docpipe status FILE`), the "
+                   "execution (`docpipe graph FILE`) and the stage's Ray job log",
+}
+# Any other name (a Lambda's own failure such as Lambda.Unknown, an engine error).
+DEFAULT_HINT = ("see the execution's history (`docpipe graph FILE`, or the Step Functions console) and "
+                "the failed function's log")
+
+
+def hint_for(code: str) -> str:
+    return HINTS.get(code, DEFAULT_HINT)
+
+
+def explain(code: str, cause: str) -> str:
+    """What happened (the cause, if any) and what to do: never empty."""
+    cause = cause.strip().rstrip(".;")
+    return f"{cause} — {hint_for(code)}" if cause else hint_for(code)
 
 
 def parse_error(error: dict[str, Any] | None) -> tuple[str, str]:
@@ -81,7 +135,8 @@ def _event_object(state: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
 
 def record_failure(state: dict[str, Any], settings: Settings, records: Records, execution_arn: str) -> Failure:
     reg = _registration(state, settings)
-    code, message = parse_error(state.get("error"))
+    code, cause = parse_error(state.get("error"))
+    message = explain(code, cause)
     existing = records.get(reg.document_id, reg.processing_version)
     # SubmitRayJob records the stage it started; before that, registration failed.
     stage = (existing or {}).get("current_stage") or "register"

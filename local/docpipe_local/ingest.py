@@ -32,20 +32,40 @@ class Doc:
         return self.status in TERMINAL
 
 
-def find_pdfs(paths: list[str]) -> list[Path]:
-    found: list[Path] = []
+@dataclass(frozen=True)
+class Source:
+    """A PDF to upload and its name below the prefix: the path relative to the parent of
+    the folder it was found in (the folder's own name included), or a single file's
+    base name. Always with `/`, on every OS."""
+
+    path: Path
+    name: str
+
+
+def find_pdfs(paths: list[str]) -> list[Source]:
+    found: list[Source] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found += sorted(x for x in p.rglob("*") if x.is_file() and x.suffix.lower() == ".pdf")
+            top = p.resolve().name  # `docpipe ingest reports/` and `ingest .` keep the folder's name
+            for x in sorted(x for x in p.rglob("*") if x.is_file() and x.suffix.lower() == ".pdf"):
+                found.append(Source(x, "/".join(filter(None, (top, *x.relative_to(p).parts)))))
         elif p.is_file():
-            found.append(p)
+            found.append(Source(p, p.name))
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
     return found
 
 
-def key_for(path: Path, prefix: str) -> str:
-    return f"{prefix.rstrip('/')}/{path.name}"
+def demo_files() -> list[str]:
+    """The samples `docpipe demo` ingests, as single files: keys input/<name>, the
+    documents events/*.json name."""
+    from docpipe_local import paths
+
+    return sorted(str(p) for p in (paths.REPO / "samples").glob("*.pdf"))
+
+
+def key_for(name: str, prefix: str) -> str:
+    return f"{prefix.rstrip('/')}/{name}"
 
 
 def sha256_of(path: Path) -> str:
@@ -56,13 +76,21 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def plan(paths: list[Path], bucket: str, prefix: str, pipeline_version: str = "v1") -> list[Doc]:
-    docs, seen = [], set()
-    for p in paths:
-        key = key_for(p, prefix)
+def plan(sources: list[Source] | list[Path], bucket: str, prefix: str, pipeline_version: str = "v1") -> list[Doc]:
+    """One Doc per upload. A bare Path is a single file argument (its base name)."""
+    docs: list[Doc] = []
+    seen: dict[str, Path] = {}
+    for src in sources:
+        if isinstance(src, Path):
+            src = Source(src, src.name)
+        key = key_for(src.name, prefix)
         if key in seen:
-            raise ValueError(f"two files would upload to the same key {key!r}: rename one")
-        seen.add(key)
+            if seen[key].resolve() == src.path.resolve():
+                continue  # the same file named twice (`ingest a.pdf a.pdf`)
+            raise ValueError(f"{seen[key]} and {src.path} would both upload to {key!r}: "
+                             "rename one, or pass their folders instead")
+        seen[key] = src.path
+        p = src.path
         sha = sha256_of(p)
         version = identity.processing_version(sha, pipeline_version) if p.stat().st_size else \
             identity.processing_version(hashlib.sha256(b"").hexdigest(), pipeline_version)

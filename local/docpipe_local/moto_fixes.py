@@ -1,11 +1,16 @@
-"""Fixes to moto: the Step Functions engine's `states:startExecution` integration, and
-the server's request dispatch.
+"""Fixes to moto: the Step Functions engine's `states:startExecution` integration,
+SendTaskFailure's cause, and the server's request dispatch.
 
 AWS takes the optimized integration's parameters in PascalCase (StateMachineArn, Input,
 Name) and answers in PascalCase (ExecutionArn, Status, Output). moto's vendored engine
 passes them to boto3 unchanged (boto3 wants stateMachineArn: KeyError) and returns
 boto3's camelCase. We translate both ways, so backfill.asl.json runs locally exactly as
 written for AWS.
+
+SendTaskFailure: moto's `StepFunctionResponse.send_task_failure` passes only `error` to
+the backend and drops `cause`, so the short message a Ray stage sends with its error code
+never reached the Catch (and RecordFailure recorded an empty message). We pass both, as
+AWS does.
 
 The server's dispatcher lists moto's package directory (os.listdir + isdir of ~150
 entries) on every request, under one lock: measured as 8% of the local stack's CPU in a
@@ -40,6 +45,16 @@ def install() -> None:
 
     StateTaskServiceSfn._normalise_parameters = normalise_parameters
     StateTaskServiceSfn._normalise_response = normalise_response
+
+    from moto.core.responses import EmptyResult
+    from moto.stepfunctions.responses import StepFunctionResponse
+
+    def send_task_failure(self):
+        self.stepfunction_backend.send_task_failure(
+            self._get_param("taskToken"), error=self._get_param("error"), cause=self._get_param("cause"))
+        return EmptyResult()
+
+    StepFunctionResponse.send_task_failure = send_task_failure
 
     from moto import backends
 
