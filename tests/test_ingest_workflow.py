@@ -152,6 +152,28 @@ def test_redelivered_event_starts_a_second_execution_that_does_no_work(local_aws
     assert documents_run(head) == 2, "extract and embed ran once"
 
 
+def test_failure_that_cannot_be_recorded_still_alerts_and_ends_with_the_stage_error(local_aws, monkeypatch):
+    """RecordFailure itself fails (here: every control-table read raises): the alert still
+    goes out and the execution ends FAILED with the stage's error, not a JSONPath error."""
+    from docpipe.records import Records
+
+    _, clients, _ = local_aws
+    queue = alerts_queue(local_aws)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("control table unreachable")
+
+    monkeypatch.setattr(Records, "get", broken)
+    desc, events = run_upload(local_aws, "input/unrecorded.pdf", corpus_file(ENCRYPTED).read_bytes())
+    assert desc["status"] == "FAILED"
+    assert entered_states(events)[-4:] == ["RecordFailure", "FailureNotRecorded", "NotifyFailure", "DocumentFailed"]
+    assert desc["error"] == "PdfEncrypted"
+    assert "recording the failure failed too (RuntimeError)" in desc["cause"]
+    alert = json.loads(clients["sqs"].receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"][0]["Body"])
+    assert alert["error_code"] == "PdfEncrypted" and alert["recorded"] is False
+    assert alert["record_error"]["Error"] == "RuntimeError"
+
+
 def test_encrypted_pdf_fails_with_report_alert_and_input_kept(local_aws):
     stack, clients, _ = local_aws
     queue = alerts_queue(local_aws)
