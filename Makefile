@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 # sam build needs python3.12 for the python3.12 runtime (pyenv keeps both here).
 export PYENV_VERSION ?= 3.11.7:3.12.1
 
-.PHONY: help setup demo test test-fast lint build bench checkov image-check stack-start stack-stop clean
+.PHONY: help setup browser demo test test-fast lint build bench checkov image-check stack-start stack-stop clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -30,7 +30,17 @@ setup: $(STAMP) ## install the pinned Python and Node tools into .venv and node_
 demo: setup ## start the local stack, ingest samples/, run a query (stack keeps running)
 	$(BIN)/docpipe demo
 
-test: setup ## run the whole test suite
+# The console's browser tests drive Debian's Chromium (tests/test_console_browser.py): pinned to
+# the major version Playwright's protocol was checked with; apt keeps the security builds of it.
+CHROMIUM_VERSION := 156.*
+browser: ## install Debian's chromium for the browser tests (apt-get: root or sudo)
+	@if chromium --version 2>/dev/null | grep -q '^Chromium 156\.'; then exit 0; fi; \
+	sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq \
+	  --no-install-recommends 'chromium=$(CHROMIUM_VERSION)' >/dev/null || \
+	  { echo "could not install Debian's chromium $(CHROMIUM_VERSION): the console's browser tests need it" >&2; exit 1; }
+
+test: setup browser ## run the whole test suite
 	$(BIN)/pytest -q
 
 test-fast: setup ## tests without the Ray and end-to-end ones

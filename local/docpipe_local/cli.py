@@ -8,6 +8,7 @@
     docpipe graph EXECUTION              execution graph as SVG + HTML
     docpipe invoke FUNCTION -e EVENT     one function in-process (like `sam local invoke`)
     docpipe events                       events/*.json filled in for the running stack
+    docpipe console [--port N]           the web console: executions, documents, search
     docpipe demo                         start the stack, ingest the samples, query them
 
 Exit codes: 0 success, 1 some document failed / nothing found, 2 usage or stack
@@ -29,12 +30,12 @@ from rich.table import Table
 
 from docpipe_local import paths
 from docpipe_local import stack as stackmod
+from docpipe_local.console.command import console as console_command  # `console` is the rich Console here
 
 console = Console(stderr=False)
 err = Console(stderr=True)
 STATUS_STYLE = {"COMPLETED": "green", "PARTIAL": "yellow", "FAILED": "red", "SKIPPED": "grey50",
                 "PENDING": "cyan", "PROCESSING": "blue", "UPLOADING": "cyan", "DUPLICATE": "green"}
-SAMPLES = paths.REPO / "samples"
 
 
 def _fail(message: str, code: int = 2):
@@ -144,7 +145,7 @@ def _progress_table(docs, started) -> Table:
 def _summary(docs, started) -> Table:
     from collections import Counter
 
-    t = Table(title="summary")
+    t = Table()
     t.add_column("what")
     t.add_column("value", justify="right")
     for status, n in sorted(Counter(d.status for d in docs).items()):
@@ -154,10 +155,33 @@ def _summary(docs, started) -> Table:
     for stage, values in _stage_durations(docs).items():
         t.add_row(f"time {stage} (sum)", f"{sum(values):.2f} s")
     t.add_row("wall time", f"{time.monotonic() - started:.1f} s")
-    for d in docs:
-        if d.status == "FAILED":
-            t.add_row(f"[red]failed[/red] {d.key}", f"{d.item.get('error_code')}: {str(d.item.get('error_message', ''))[:60]}")
     return t
+
+
+def _failures(docs) -> Table | None:
+    """Each failed document with its code and its whole message (what happened, what to
+    do), wrapped to the terminal's width, never cut."""
+    failed = [d for d in docs if d.status == "FAILED"]
+    if not failed:
+        return None
+    t = Table(title=f"failed documents ({len(failed)})", title_justify="left", show_lines=True)
+    t.add_column("document", overflow="fold")
+    t.add_column("code", style="red", no_wrap=True)
+    t.add_column("what happened — what to do", overflow="fold")
+    for d in failed:
+        t.add_row(d.key, str(d.item.get("error_code", "")), str(d.item.get("error_message") or ""))
+    return t
+
+
+def print_summary(out: Console, docs, started) -> None:
+    """Below the live table, set apart by a blank line and a rule: totals, then failures."""
+    out.print()
+    out.rule("[bold]summary[/bold]")
+    out.print(_summary(docs, started))
+    failures = _failures(docs)
+    if failures is not None:
+        out.print()
+        out.print(failures)
 
 
 def run_ingest(paths_in, prefix="input/", timeout=900.0, quiet=False) -> list:
@@ -170,7 +194,10 @@ def run_ingest(paths_in, prefix="input/", timeout=900.0, quiet=False) -> list:
     files = ingest.find_pdfs(list(paths_in))
     if not files:
         _fail("no PDF files found in the given paths", 1)
-    docs = ingest.plan(files, bucket, prefix, state.get("parameters", {}).get("PipelineVersion", "v1"))
+    try:
+        docs = ingest.plan(files, bucket, prefix, state.get("parameters", {}).get("PipelineVersion", "v1"))
+    except ValueError as e:  # two arguments would upload to the same key
+        _fail(str(e))
     started = time.monotonic()
     live_console = Console(quiet=True) if quiet else console
     with Live(_progress_table(docs, started), console=live_console, refresh_per_second=4,
@@ -193,8 +220,10 @@ def run_ingest(paths_in, prefix="input/", timeout=900.0, quiet=False) -> list:
                     ingest.refresh(ddb, table, d)
             live.update(_progress_table(docs, started))
             time.sleep(0.5)
+    if not live_console.is_terminal:
+        live_console.line()  # Live ends its table's last line itself only on a terminal
     if not quiet:
-        console.print(_summary(docs, started))
+        print_summary(console, docs, started)
     return docs
 
 
@@ -204,7 +233,13 @@ def run_ingest(paths_in, prefix="input/", timeout=900.0, quiet=False) -> list:
 @click.option("--timeout", default=900.0, show_default=True, help="seconds to follow before giving up")
 def ingest(paths_in, prefix, timeout):
     """Upload PDFs (files or folders) to the local stack and follow every document to a
-    terminal status, with a live table per document and stage and a summary.
+    terminal status, with a live table per document and stage and a summary (each
+    failure with its code and what to do).
+
+    A file is uploaded as PREFIX/<its name>; a folder keeps its structure, its own name
+    included: `docpipe ingest reports/` uploads reports/2023/q1.pdf as
+    input/reports/2023/q1.pdf. Two arguments that would upload to the same key are an
+    error.
 
     Ctrl-C stops following (uploaded documents keep processing); running the same
     command again resumes without uploading or processing anything twice."""
@@ -252,14 +287,13 @@ def backfill(prefix, concurrency, timeout):
 
 
 # ------------------------------------------------------------------------- status
-def _find_document(target: str, state) -> str:
-    from docpipe import identity
+def _document_id(target: str, state, ddb) -> str:
+    from docpipe_local import lookup
 
-    bucket = state["outputs"]["DocumentBucketName"]
-    if len(target) == 32 and all(c in "0123456789abcdef" for c in target):
-        return target
-    key = target if target.startswith("input/") else f"input/{Path(target).name}"
-    return identity.document_id(bucket, key)
+    try:
+        return lookup.document_id_for(target, state, ddb)
+    except lookup.AmbiguousDocument as e:
+        _fail(str(e))
 
 
 @main.command()
@@ -267,10 +301,9 @@ def _find_document(target: str, state) -> str:
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of tables")
 def status(document, as_json):
     """Without DOCUMENT: every document's latest status. With DOCUMENT (a document_id,
-    an S3 key or a file name): its control items and audit trail."""
-    from boto3.dynamodb.types import TypeDeserializer
-
-    from docpipe.records import plain
+    an S3 key such as input/reports/2023/q1.pdf, the key below input/ such as
+    reports/2023/q1.pdf, or a file's path or name): its control items and audit trail."""
+    from docpipe_local import lookup
 
     try:
         state = stackmod.running_state()
@@ -278,10 +311,8 @@ def status(document, as_json):
         _fail(str(e))
     ddb = stackmod.client("dynamodb", state)
     out = state["outputs"]
-    de = TypeDeserializer()
-    conv = lambda items: [plain({k: de.deserialize(v) for k, v in i.items()}) for i in items]  # noqa: E731
     if not document:
-        items = conv(ddb.scan(TableName=out["ControlTableName"]).get("Items", []))
+        items = lookup.all_control_items(ddb, out["ControlTableName"])
         if as_json:
             console.print_json(json.dumps(items, default=str))
             return
@@ -294,11 +325,9 @@ def status(document, as_json):
                       i.get("current_stage", ""), str(i.get("chunks", "")), i.get("error_code", ""))
         console.print(t)
         return
-    doc = _find_document(document, state)
-    items = conv(ddb.query(TableName=out["ControlTableName"], KeyConditionExpression="document_id = :d",
-                           ExpressionAttributeValues={":d": {"S": doc}}).get("Items", []))
-    audit = conv(ddb.query(TableName=out["AuditTableName"], KeyConditionExpression="document_id = :d",
-                           ExpressionAttributeValues={":d": {"S": doc}}).get("Items", []))
+    doc = _document_id(document, state, ddb)
+    items = lookup.control_items(ddb, out["ControlTableName"], doc)
+    audit = lookup.audit_items(ddb, out["AuditTableName"], doc)
     if not items:
         _fail(f"no document {document!r} (document_id {doc}) in the control table", 1)
     if as_json:
@@ -416,8 +445,10 @@ def query(text, top_k, filter_pairs, stack_name, region, as_json):
 @click.option("--out", "out_dir", default=None, type=click.Path(), help="output folder (default $DOCPIPE_HOME/graphs)")
 def graph(execution, out_dir):
     """Draw an execution as the Step Functions console does: states coloured by outcome,
-    with durations and retries. EXECUTION is an execution ARN, an execution name, a
-    document_id or an uploaded file's key/name (its latest execution)."""
+    with durations and retries. EXECUTION is an execution ARN, an execution name (of
+    IngestDocument or Backfill), or a document as `docpipe status` takes it (document_id,
+    S3 key, key below input/, file path or name): its latest execution."""
+    from docpipe_local import lookup
     from docpipe_local.graph import fetch_execution, write_graph
 
     try:
@@ -425,30 +456,16 @@ def graph(execution, out_dir):
     except stackmod.StackError as e:
         _fail(str(e))
     sfn = stackmod.client("stepfunctions", state)
-    arn = _execution_arn(execution, state, sfn)
+    try:
+        arn = lookup.execution_arn_for(execution, state, sfn, stackmod.client("dynamodb", state))
+    except lookup.AmbiguousDocument as e:
+        _fail(str(e))
+    if arn is None:
+        _fail(f"no execution found for {execution!r}", 1)
     definition, events, name = fetch_execution(sfn, arn)
     out = Path(out_dir or paths.home() / "graphs")
     files = write_graph(definition, events, out, name, execution_name=name)
     console.print(f"{files['status']}: {files['svg']}\n  {files['html']}")
-
-
-def _execution_arn(execution: str, state, sfn) -> str:
-    if execution.startswith("arn:aws:states:"):
-        return execution
-    sm_arn = state["outputs"]["IngestDocumentStateMachineArn"]
-    execs = sfn.list_executions(stateMachineArn=sm_arn)["executions"]
-    for e in execs:
-        if e["name"] == execution:
-            return e["executionArn"]
-    # EventBridge-started executions have generated names: the control item records the run.
-    doc = _find_document(execution, state)
-    items = stackmod.client("dynamodb", state).query(
-        TableName=state["outputs"]["ControlTableName"], KeyConditionExpression="document_id = :d",
-        ExpressionAttributeValues={":d": {"S": doc}})["Items"]
-    mine = [(i.get("updated_at", {}).get("S", ""), i["execution_arn"]["S"]) for i in items if "execution_arn" in i]
-    if not mine:
-        _fail(f"no execution found for {execution!r}", 1)
-    return max(mine)[1]
 
 
 # ------------------------------------------------------------------------- invoke
@@ -520,6 +537,8 @@ def _write_events(state, out_dir=None) -> None:
 def demo(keep, paths_in):
     """Start the local stack (if needed), ingest the sample documents (or PATHs), and
     run a query against what was indexed."""
+    from docpipe_local import ingest as uploads
+
     started_here = False
     if not stackmod.status()["running"]:
         try:
@@ -528,7 +547,7 @@ def demo(keep, paths_in):
         except stackmod.StackError as e:
             _fail(str(e))
     try:
-        docs = run_ingest(paths_in or [str(SAMPLES)])
+        docs = run_ingest(paths_in or uploads.demo_files())
         question = "What was the revenue growth?"
         console.print(f"\n[bold]docpipe query[/bold] {question!r}")
         hits = search(question, 3)
@@ -542,6 +561,11 @@ def demo(keep, paths_in):
             stackmod.stop(echo=console.print)
     failed_unexpectedly = [d for d in docs if d.status == "FAILED" and "broken" not in d.key]
     sys.exit(1 if failed_unexpectedly or not hits else 0)
+
+
+
+# ------------------------------------------------------------------------- console
+main.add_command(console_command)
 
 
 if __name__ == "__main__":
