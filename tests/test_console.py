@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote
 
 import pytest
 from conftest import corpus_file, executions_for, history, local_aws_stack, set_aws_env, wait_for_execution
+from fakes import FakeHTTPServer
 
 from docpipe import identity
 
@@ -25,39 +24,23 @@ GOOD_KEY, FAILED_KEY = "input/console/good one.pdf", "input/console/secret.pdf"
 RAY_TOKEN = "console-test-ray-token"
 
 
-class FakeRayLogs:
+class FakeRayLogs(FakeHTTPServer):
     """The two Ray Jobs API reads the console makes (job list, one job's logs), with
     the bearer token checked as a token-auth head does."""
 
     def __init__(self, token: str, jobs: list[dict], logs: dict[str, str]):
-        fake = self
+        super().__init__()
         self.jobs, self.logs, self.token = jobs, logs, token
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                if self.headers.get("Authorization") != f"Bearer {fake.token}":
-                    return self._send(401, {"error": "Unauthenticated"})
-                if self.path.rstrip("/") == "/api/jobs":
-                    return self._send(200, fake.jobs)
-                m = re.fullmatch(r"/api/jobs/([^/]+)/logs", self.path)
-                if m and m.group(1) in fake.logs:
-                    return self._send(200, {"logs": fake.logs[m.group(1)]})
-                return self._send(404, {"error": "not found"})
-
-            def _send(self, code, payload):
-                data = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def handle(self, method, path, query, body, headers):
+        if headers.get("Authorization") != f"Bearer {self.token}":
+            return 401, {}, {"error": "Unauthenticated"}
+        if path.rstrip("/") == "/api/jobs":
+            return 200, {}, self.jobs
+        m = re.fullmatch(r"/api/jobs/([^/]+)/logs", path)
+        if m and m.group(1) in self.logs:
+            return 200, {}, {"logs": self.logs[m.group(1)]}
+        return 404, {}, {"error": "not found"}
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +65,14 @@ def world(tmp_path_factory):
                                 key=lambda e: e["startDate"])[-1]
                 wait_for_execution(sfn, newest["executionArn"])
                 arns[key] = newest["executionArn"]
-            logs = FakeRayLogs(RAY_TOKEN, [], {})
+            logs = FakeRayLogs(RAY_TOKEN, [], {}).start()
             state = {"endpoint": "in-process moto", "ray_url": logs.url, "home": str(tmp / "home"),
                      "outputs": stack.outputs}
             app = create_app(state, client_factory=lambda service: boto3.client(service, region_name="us-east-1"))
             try:
                 yield stack, clients, app.test_client(), logs, arns
             finally:
-                logs.server.shutdown()
+                logs.stop()
                 for e in sfn.list_executions(stateMachineArn=stack.outputs["IngestDocumentStateMachineArn"])["executions"]:
                     wait_for_execution(sfn, e["executionArn"])  # a run-again still going
 

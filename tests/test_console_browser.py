@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import REPO, corpus_file, history, wait_for_execution
+from conftest import REPO, _free_port, corpus_file, history, wait_for_execution
 from test_local_stack import _execution_for, clients, control_items, set_function_env
 
 from docpipe import identity
@@ -34,13 +34,6 @@ SMALL = "py-pdf-sample-files/004-pdflatex-4-pages/pdflatex-4-pages.pdf"
 LONG = "pdfplumber/tests/pdfs/chelsea_pdta.pdf"  # 65 pages: runs long enough to be watched
 SUCCEEDED_FILL = "#e6f6ea"  # docpipe_local.graph.render COLORS["succeeded"]["fill"]
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
