@@ -254,14 +254,6 @@ def entered_states(events: list[dict]) -> list[str]:
     return [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def local_stack(tmp_path_factory):
     """The real local stack, once per test session: moto server + Ray head (token auth)
@@ -271,7 +263,7 @@ def local_stack(tmp_path_factory):
     os.environ["DOCPIPE_HOME"] = str(home)
     from docpipe_local import stack
 
-    state = stack.start(moto_port=_free_port(), ray_port=_free_port(), gcs_port=_free_port(),
+    state = stack.start(moto_port=stack.free_port(), ray_port=stack.free_port(), gcs_port=stack.free_port(),
                         parameters={"StageHeartbeatSeconds": "60"}, echo=lambda *_: None)
     try:
         yield state

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import REPO, _free_port, corpus_file, history, wait_for_execution
+from conftest import REPO, corpus_file, history, wait_for_execution
 from test_local_stack import _execution_for, clients, control_items, set_function_env
 
 from docpipe import identity
+from docpipe_local.stack import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.e2e]
 
@@ -38,7 +39,7 @@ SUCCEEDED_FILL = "#e6f6ea"  # docpipe_local.graph.render COLORS["succeeded"]["fi
 
 @pytest.fixture(scope="module")
 def console_url(local_stack):
-    port = _free_port()
+    port = free_port()
     log = Path(local_stack["home"]) / "console-test.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "docpipe_local.cli", "console", "--port", str(port)],

@@ -563,7 +563,6 @@ def demo(keep, paths_in):
     sys.exit(1 if failed_unexpectedly or not hits else 0)
 
 
-
 # ------------------------------------------------------------------------- console
 main.add_command(console_command)
 

@@ -129,12 +129,9 @@ def refresh(ddb, table: str, doc: Doc) -> None:
         if not items:
             return
         item = items[0]
-    from boto3.dynamodb.types import TypeDeserializer
+    from docpipe_local.lookup import plain_items
 
-    from docpipe.records import plain
-
-    de = TypeDeserializer()
-    doc.item = plain({k: de.deserialize(v) for k, v in item.items()})
+    [doc.item] = plain_items([item])
     doc.status = doc.item.get("status", doc.status)
     doc.stage = doc.item.get("current_stage", "")
     if doc.done and doc.finished is None:

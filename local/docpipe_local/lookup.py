@@ -17,6 +17,8 @@ from typing import Any
 from docpipe import identity
 
 PREFIX = "input/"  # where uploads start executions (the EventBridge rule's prefix)
+# The stack outputs naming the state machines whose executions users look up, by kind.
+STATE_MACHINES = {"ingest": "IngestDocumentStateMachineArn", "backfill": "BackfillStateMachineArn"}
 
 
 class AmbiguousDocument(LookupError):
@@ -28,7 +30,8 @@ class AmbiguousDocument(LookupError):
         self.keys = keys
 
 
-def _plain(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def plain_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """DynamoDB items (wire format) as plain dicts."""
     from boto3.dynamodb.types import TypeDeserializer
 
     from docpipe.records import plain
@@ -41,7 +44,7 @@ def _items_of(ddb, table: str, document_id: str) -> list[dict[str, Any]]:
     pages = ddb.get_paginator("query").paginate(
         TableName=table, KeyConditionExpression="document_id = :d",
         ExpressionAttributeValues={":d": {"S": document_id}}, ConsistentRead=True)
-    return _plain([i for page in pages for i in page.get("Items", [])])
+    return plain_items([i for page in pages for i in page.get("Items", [])])
 
 
 def control_items(ddb, table: str, document_id: str) -> list[dict[str, Any]]:
@@ -57,7 +60,7 @@ def audit_items(ddb, table: str, document_id: str) -> list[dict[str, Any]]:
 def all_control_items(ddb, table: str) -> list[dict[str, Any]]:
     """The whole control table (every document's versions), as plain dicts."""
     pages = ddb.get_paginator("scan").paginate(TableName=table)
-    return _plain([i for page in pages for i in page.get("Items", [])])
+    return plain_items([i for page in pages for i in page.get("Items", [])])
 
 
 def _has_items(ddb, table: str, document_id: str) -> bool:
@@ -124,7 +127,13 @@ def document_id_for(target: str, state: dict[str, Any], ddb) -> str:
     return identity.document_id(bucket, keys[-1])
 
 
-def _executions(sfn, state_machine_arn: str):
+def state_machines(outputs: dict[str, Any]) -> dict[str, str]:
+    """kind ("ingest" | "backfill") -> state machine ARN, for those the stack has."""
+    return {kind: outputs[out] for kind, out in STATE_MACHINES.items() if outputs.get(out)}
+
+
+def list_executions(sfn, state_machine_arn: str):
+    """Every execution of one state machine (all pages), newest first."""
     for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=state_machine_arn):
         yield from page["executions"]
 
@@ -136,11 +145,10 @@ def execution_arn_for(target: str, state: dict[str, Any], sfn, ddb) -> str | Non
     if target.startswith("arn:aws:states:"):
         return target
     outputs = state["outputs"]
-    for key in ("IngestDocumentStateMachineArn", "BackfillStateMachineArn"):
-        if outputs.get(key):
-            for e in _executions(sfn, outputs[key]):
-                if e["name"] == target:
-                    return str(e["executionArn"])
+    for sm_arn in state_machines(outputs).values():
+        for e in list_executions(sfn, sm_arn):
+            if e["name"] == target:
+                return str(e["executionArn"])
     doc = document_id_for(target, state, ddb)
     runs = [(i.get("updated_at", ""), i["execution_arn"])
             for i in control_items(ddb, outputs["ControlTableName"], doc) if i.get("execution_arn")]

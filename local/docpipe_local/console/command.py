@@ -31,7 +31,7 @@ def console(host: str, port: int):
     130 stopped with Ctrl-C."""
     from werkzeug.serving import make_server
 
-    from docpipe_local.console.app import create_app
+    from docpipe_local.console.app import LOOPBACK, create_app
 
     try:
         state = stackmod.running_state()
@@ -41,7 +41,7 @@ def console(host: str, port: int):
         server = make_server(host, port, create_app(state, bind_host=host), threaded=True)
     except (OSError, SystemExit):  # werkzeug says why (in use, no such address), then exits 1
         _fail(f"cannot listen on {host}:{port}; pick another --port (or --host)")
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if host not in LOOPBACK:
         click.echo(f"warning: listening on {host}: anyone who reaches it can read documents and start executions",
                    err=True)
     shown = f"[{host}]" if ":" in host else host

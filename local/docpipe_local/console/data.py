@@ -25,8 +25,8 @@ import requests
 from botocore.exceptions import ClientError
 
 from docpipe import identity
-from docpipe.records import plain
-from docpipe_local.graph import build_graph, fetch_execution, render_svg
+from docpipe_local import lookup
+from docpipe_local.graph import build_graph, read_execution, render_svg
 from docpipe_local.graph.text import fmt_duration
 
 STATUSES = ("RUNNING", "SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED")
@@ -274,21 +274,15 @@ class Console:
 
     # ------------------------------------------------------------------ executions
 
-    def machines(self) -> dict[str, str]:
-        return {kind: self.outputs[out] for kind, out in (("ingest", "IngestDocumentStateMachineArn"),
-                                                           ("backfill", "BackfillStateMachineArn"))
-                if self.outputs.get(out)}
-
     def all_executions(self) -> list[ExecutionRow]:
         """Every execution of both state machines, newest first, with the file when the
         control table knows it."""
         sfn = self.aws("stepfunctions")
         rows = []
-        for kind, sm_arn in self.machines().items():
-            for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=sm_arn):
-                for e in page["executions"]:
-                    rows.append(ExecutionRow(e["executionArn"], e["name"], e["status"], kind,
-                                             e.get("startDate"), e.get("stopDate")))
+        for kind, sm_arn in lookup.state_machines(self.outputs).items():
+            for e in lookup.list_executions(sfn, sm_arn):
+                rows.append(ExecutionRow(e["executionArn"], e["name"], e["status"], kind,
+                                         e.get("startDate"), e.get("stopDate")))
         known = self._control_files()
         for row in rows:
             if row.arn in known:
@@ -352,12 +346,12 @@ class Console:
         """One execution: its graph (SVG), a row per state (redacted input/output), its file."""
         sfn = self.aws("stepfunctions")
         try:
-            desc = sfn.describe_execution(executionArn=arn)
-            definition, events, name = fetch_execution(sfn, arn)
+            desc, definition, events = read_execution(sfn, arn)
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in _NOT_FOUND_CODES:
                 raise NotFound(f"no execution {arn}") from err
             raise
+        name = desc.get("name") or arn.rsplit(":", 1)[-1]
         tokens = history_tokens(events)
         events = redact_history(events, tokens)
         graph = build_graph(definition, events, execution_name=name, execution_arn=arn)
@@ -370,7 +364,7 @@ class Console:
         with self._lock:
             self._inputs[arn] = desc.get("input") or ""
         bucket, key = file_of_input(desc.get("input"))
-        machine = next((k for k, v in self.machines().items() if v == desc.get("stateMachineArn")), "")
+        machine = next((k for k, v in lookup.state_machines(self.outputs).items() if v == desc.get("stateMachineArn")), "")
         doc = identity.document_id(bucket or self.bucket, key) if key and machine != "backfill" else ""
         start, stop = desc.get("startDate"), desc.get("stopDate")
         return {
@@ -385,18 +379,9 @@ class Console:
 
     # ------------------------------------------------------------------ documents
 
-    def _query(self, table: str, document_id: str) -> list[dict]:
-        from boto3.dynamodb.types import TypeDeserializer
-
-        de = TypeDeserializer()
-        pages = self.aws("dynamodb").get_paginator("query").paginate(
-            TableName=table, KeyConditionExpression="document_id = :d",
-            ExpressionAttributeValues={":d": {"S": document_id}})
-        return [plain({k: de.deserialize(v) for k, v in item.items()}) for page in pages for item in page.get("Items", [])]
-
     def control_items(self, document_id: str) -> list[dict]:
         """Every processing version of the document, latest first."""
-        items = self._query(self.outputs["ControlTableName"], document_id)
+        items = lookup.control_items(self.aws("dynamodb"), self.outputs["ControlTableName"], document_id)
         return sorted(items, key=lambda i: str(i.get("updated_at") or i.get("created_at") or ""), reverse=True)
 
     def document(self, document_id: str) -> dict[str, Any]:
@@ -406,7 +391,8 @@ class Console:
         mine = [r for r in executions if r.document_id == document_id]
         if not control and not mine:
             raise NotFound(f"no document {document_id} (no control item, no execution)")
-        audit = self._query(self.outputs["AuditTableName"], document_id) if self.outputs.get("AuditTableName") else []
+        audit = (lookup.audit_items(self.aws("dynamodb"), self.outputs["AuditTableName"], document_id)
+                 if self.outputs.get("AuditTableName") else [])
         latest = control[0] if control else {}
         failed = next((i for i in control if i.get("status") == "FAILED"), None)
         key = latest.get("s3_key") or (mine[0].key if mine else "")
@@ -502,16 +488,15 @@ class Console:
         import os
 
         from docpipe_local import paths
-
-        os.environ.setdefault("LANCEDB_URI", str(paths.vectors_dir()))
+        from docpipe_local.cli import search as search_index  # `docpipe query`'s local search
         from ray_jobs.search import check
-        from ray_jobs.search import search as search_index
 
         check(text, top_k, None)  # a bad request says so before any index is opened
-        if "://" not in os.environ["LANCEDB_URI"] and not Path(os.environ["LANCEDB_URI"]).exists():
+        uri = os.environ.get("LANCEDB_URI") or str(paths.vectors_dir())  # where search_index reads
+        if "://" not in uri and not Path(uri).exists():
             raise NotFound("no vector index yet: ingest documents first (`docpipe ingest PATH`)")
 
-        hits = search_index(text, top_k, None)
+        hits = search_index(text, top_k)
         return [{**h, "citation": citation(h), "snippet": snippet(str(h.get("text", "")), text)} for h in hits]
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "StateRun",
     "build_graph",
     "fetch_execution",
+    "read_execution",
     "render_html",
     "render_svg",
     "write_graph",
@@ -60,11 +61,16 @@ def write_graph(
 
 def fetch_execution(sfn_client: Any, execution_arn: str) -> tuple[dict, list[dict], str]:
     """(definition, full history, execution name) for one execution, via a boto3 client."""
+    desc, definition, events = read_execution(sfn_client, execution_arn)
+    return definition, events, desc.get("name") or execution_arn.rsplit(":", 1)[-1]
+
+
+def read_execution(sfn_client: Any, execution_arn: str) -> tuple[dict, dict, list[dict]]:
+    """(DescribeExecution's answer, the definition it ran, its full history)."""
     desc = sfn_client.describe_execution(executionArn=execution_arn)
     try:
         # the definition the execution actually ran (versions/aliases), when supported
         sm = sfn_client.describe_state_machine_for_execution(executionArn=execution_arn)
     except Exception:  # older emulators lack it
         sm = sfn_client.describe_state_machine(stateMachineArn=desc["stateMachineArn"])
-    events = execution_history(sfn_client, execution_arn)
-    return json.loads(sm["definition"]), events, desc.get("name") or execution_arn.rsplit(":", 1)[-1]
+    return desc, json.loads(sm["definition"]), execution_history(sfn_client, execution_arn)
