@@ -16,6 +16,9 @@ lifecycle minimums, fixed names with Retain) are cfn-lint rules in lint/cfn_rule
    tests/aws_world.py while the pipeline ran on moto) gives (namespace, metric, dimension
    set); every alarm of every template and every dashboard metric on a namespace the code
    publishes must match one exactly, since CloudWatch matches the full dimension set.
+3. Reads a service makes with the caller's permissions: Textract's asynchronous text
+   detection reads the upload from the document bucket (template.yaml) as the Ray worker
+   role (infra/ray-cluster.yaml) that started it, in the stack's region.
 """
 
 from __future__ import annotations
@@ -334,3 +337,53 @@ def test_every_dashboard_metric_is_emitted(world):
             missing.append(f"{board}: {ns}/{name} {dims}")
     assert checked >= 4, checked
     assert missing == []
+
+
+# ---------------------------------------------------------------- 3. reads on the caller's behalf
+TEXTRACT_ACTIONS = ("textract:DetectDocumentText", "textract:StartDocumentTextDetection",
+                    "textract:GetDocumentTextDetection")
+
+
+def cluster_with(world, **parameters):
+    """infra/ray-cluster.yaml as this stack deploys it, with some of the values the parent
+    passes replaced (a backend the recorded run did not use) and its conditions re-evaluated."""
+    cluster = nested_stack(world.stack)
+    cluster.parameters = {**cluster.parameters, **parameters}
+    for name, expr in load_cfn(TREE / "infra/ray-cluster.yaml").get("Conditions", {}).items():
+        cluster.conditions[name] = bool(cluster.resolve(expr))  # in order: later ones read earlier ones
+    return cluster
+
+
+def test_textract_reads_the_upload_with_the_worker_role(world):
+    """StartDocumentTextDetection has Textract read the upload itself, with the caller's
+    permissions (Textract API reference, S3Object: the caller must be allowed to access the
+    object, and the bucket must be in Textract's region; Service Authorization Reference:
+    dependent action s3:GetObject). Naming the registered VersionId makes it a read of that
+    version (s3:GetObjectVersion), and an SSE-KMS bucket would need kms:Decrypt on its key.
+    With OcrBackend=textract the deployed worker role allows every part of it; the head's role
+    and a stack with local OCR have no Textract action at all."""
+    from test_iam_covers_calls import matching, role_statements
+
+    stack = world.stack
+    bucket = stack.physical_name("DocumentBucket")
+    sse = [r["ServerSideEncryptionByDefault"] for r in
+           stack.properties("DocumentBucket")["BucketEncryption"]["ServerSideEncryptionConfiguration"]]
+    keys = [d.get("KMSMasterKeyID", "alias/aws/s3") for d in sse if d["SSEAlgorithm"].startswith("aws:kms")]
+    textract = cluster_with(world, OcrBackend="textract")
+    assert textract.parameters["DocumentBucketName"] == bucket
+    workers = role_statements(textract, "WorkerTaskRole")
+    upload = f"arn:aws:s3:::{bucket}/input/scans/report.pdf"
+    for version in (None, "3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY"):
+        needs = [(a, "*", {}) for a in TEXTRACT_ACTIONS]
+        needs.append(("s3:GetObjectVersion" if version else "s3:GetObject", upload, {}))
+        needs += [("kms:Decrypt", key, {}) for key in keys]
+        assert [n for n in needs if not matching(workers, *n)] == [], version
+    # The workers call Textract in the stack's region, where the bucket is.
+    (container,) = textract.properties("WorkerTaskDefinition")["ContainerDefinitions"]
+    env = {e["Name"]: e["Value"] for e in container["Environment"]}
+    assert env["AWS_REGION"] == env["AWS_DEFAULT_REGION"] == stack.region
+    assert env["OCR_BACKEND"] == "textract"
+    head = role_statements(textract, "HeadTaskRole")
+    local = role_statements(cluster_with(world, OcrBackend="local"), "WorkerTaskRole")
+    for statements in (head, local):
+        assert [a for a in TEXTRACT_ACTIONS if matching(statements, a, "*", {})] == []

@@ -160,3 +160,22 @@ def test_conventions_users_bring_from_the_console_setup():
     pattern = re.compile(params["RayTokenSecretArn"]["AllowedPattern"])
     assert pattern.match("arn:aws:secretsmanager:us-east-1:123456789012:secret:docpipe/ray-token-AbC123")
     assert not pattern.match("arn:aws:secretsmanager:us-east-1:123456789012:secret:docpipe/ray-token")
+
+
+def test_ocr_backend_reaches_the_functions_and_the_ray_cluster(cfn):
+    """OcrBackend (default local: no per-page bill unless chosen) is every function's
+    OCR_BACKEND, which SubmitRayJob and PublishBacklog forward to the Ray jobs, and with the
+    stack's own cluster a parameter of the nested stack (the workers' grant and endpoint).
+    The price the parameter states is the one the jobs' cost figures use."""
+    import re
+
+    from ray_jobs.settings import StageSettings
+
+    param = yaml_parse(TEMPLATE.read_text())["Parameters"]["OcrBackend"]
+    assert (param["Default"], param["AllowedValues"]) == ("local", ["none", "local", "textract"])
+    for name in ("SubmitRayJobFunction", "PublishBacklogFunction"):
+        assert cfn[name]["Properties"]["Environment"]["Variables"]["OCR_BACKEND"] == {"Ref": "OcrBackend"}
+    if "RayCluster" in cfn:
+        assert cfn["RayCluster"]["Properties"]["Parameters"]["OcrBackend"] == {"Ref": "OcrBackend"}
+    (per_thousand,) = re.findall(r"\$([\d.]+) per 1,000 pages", param["Description"])
+    assert float(per_thousand) / 1000 == StageSettings().textract_price_per_page

@@ -40,7 +40,13 @@ STAR_ONLY_ACTIONS = {
     "ec2:DeleteNetworkInterface": "Lambda in a VPC (AWSLambdaVPCAccessExecutionRole grants them on *)",
     "ec2:AssignPrivateIpAddresses": "Lambda in a VPC (AWSLambdaVPCAccessExecutionRole grants them on *)",
     "ec2:UnassignPrivateIpAddresses": "Lambda in a VPC (AWSLambdaVPCAccessExecutionRole grants them on *)",
+    # Service Authorization Reference, Amazon Textract: no resource types for these actions.
+    "textract:DetectDocumentText": "Textract defines no resource types for it",
+    "textract:StartDocumentTextDetection": "Textract defines no resource types for it",
+    "textract:GetDocumentTextDetection": "Textract defines no resource types for it",
 }
+TEXTRACT_ACTIONS = ["textract:DetectDocumentText", "textract:StartDocumentTextDetection",
+                    "textract:GetDocumentTextDetection"]
 READ_ONLY_VERBS = ("Get", "List", "Describe", "Detect", "BatchDetect", "BatchGet", "Query", "Scan")
 
 
@@ -407,7 +413,7 @@ def test_worker_environment_matches_the_code(template):
     for name, param in {"DOCUMENT_BUCKET": "DocumentBucketName", "CONTROL_TABLE": "ControlTableName",
                         "AUDIT_TABLE": "AuditTableName", "METRICS_TABLE": "MetricsTableName",
                         "EMBEDDING_BACKEND": "EmbeddingBackend", "VECTOR_STORE_BACKEND": "VectorStoreBackend",
-                        "ENRICHMENT_BACKEND": "EnrichmentBackend",
+                        "ENRICHMENT_BACKEND": "EnrichmentBackend", "OCR_BACKEND": "OcrBackend",
                         "OPENAI_API_KEY_SECRET_ARN": "OpenAIKeySecretArn",
                         "PINECONE_API_KEY_SECRET_ARN": "PineconeKeySecretArn",
                         "PINECONE_INDEX_HOST": "PineconeIndexHost",
@@ -507,7 +513,7 @@ def test_worker_role_is_least_privilege(template):
     """Exactly the calls of ray_jobs/ (tests/test_iam_covers_calls.py records them): read the
     upload, the job file and the chunks; write the four stage outputs; remove the job file;
     the embedding cache; answer task tokens; protect its own task; the backends' secrets,
-    Comprehend's three calls and the EFS mount. No DynamoDB, no CloudWatch, no errors/:
+    Comprehend's three calls, Textract's three and the EFS mount. No DynamoDB, no CloudWatch, no errors/:
     the records, metrics and error reports are the Lambdas'."""
     grants = worker_grants(template)
     obj = "arn:${AWS::Partition}:s3:::${DocumentBucketName}/"
@@ -524,6 +530,7 @@ def test_worker_role_is_least_privilege(template):
         "comprehend:DetectPiiEntities": ["*"],
         "comprehend:BatchDetectEntities": ["*"],
         "comprehend:BatchDetectKeyPhrases": ["*"],
+        **{a: ["*"] for a in TEXTRACT_ACTIONS},
         "secretsmanager:GetSecretValue": [{"Ref": "OpenAIKeySecretArn"}, {"Ref": "PineconeKeySecretArn"}],
         "elasticfilesystem:ClientMount": [{"Fn::GetAtt": ["VectorFileSystem", "Arn"]}],
         "elasticfilesystem:ClientWrite": [{"Fn::GetAtt": ["VectorFileSystem", "Arn"]}],
@@ -643,6 +650,65 @@ def test_embedding_cache_reaches_the_workers(template):
                if where.startswith("WorkerTaskRole/") and "s3:ListBucket" in as_list(s["Action"])]
     assert [(s["Resource"], s.get("Condition")) for s in listing] == [
         ({"Fn::Sub": "arn:${AWS::Partition}:s3:::${DocumentBucketName}"}, None)]
+
+
+def test_ocr_backend_reaches_the_workers_and_textract_is_granted_only_with_it(template, network):
+    """OcrBackend goes parent -> nested -> network, and becomes the workers' OCR_BACKEND (the
+    drivers and tasks of every job get the functions' value in runtime_env: FORWARDED_ENV).
+    With textract the worker role, and no other, may call Textract's three text-detection
+    actions; with none or local the grant does not exist. StartDocumentTextDetection reads
+    the upload with the caller's permissions (Textract API, S3Object): the workers' read of
+    input/ (s3:GetObject, s3:GetObjectVersion for a VersionId) covers it for every backend."""
+    from docpipe.config import FORWARDED_ENV
+    from ray_jobs.ocr import OCR_BACKENDS
+    from ray_jobs.settings import StageSettings
+
+    parent = load(REPO / "template.yaml")
+    mine, theirs, net = (t["Parameters"]["OcrBackend"] for t in (template, parent, network))
+    assert mine["AllowedValues"] == theirs["AllowedValues"] == net["AllowedValues"] == list(OCR_BACKENDS)
+    assert mine["Default"] == theirs["Default"] == StageSettings().ocr_backend == "local"
+    assert parent["Resources"]["RayCluster"]["Properties"]["Parameters"]["OcrBackend"] == {"Ref": "OcrBackend"}
+    assert props(template, "Network")["Parameters"]["OcrBackend"] == {"Ref": "OcrBackend"}
+    assert parent["Globals"]["Function"]["Environment"]["Variables"]["OCR_BACKEND"] == {"Ref": "OcrBackend"}
+    assert "OCR_BACKEND" in FORWARDED_ENV
+    assert environment(containers(template)["ray-worker"])["OCR_BACKEND"] == {"Ref": "OcrBackend"}
+
+    policy = template["Resources"]["WorkerTextractPolicy"]
+    assert policy["Properties"]["Roles"] == [{"Ref": "WorkerTaskRole"}]
+    (stmt,) = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert (stmt["Effect"], sorted(stmt["Action"]), stmt["Resource"]) == ("Allow", sorted(TEXTRACT_ACTIONS), "*")
+    assert "Condition" not in stmt
+    for backend in mine["AllowedValues"]:
+        exists = condition_true(template, {"Condition": policy["Condition"]}, {"OcrBackend": backend})
+        assert exists == (backend == "textract"), backend
+    granted = [where for where, s in policy_statements(template) + policy_statements(network)
+               if any(a.startswith("textract:") for a in as_list(s["Action"]))]
+    assert granted == ["WorkerTextractPolicy"]  # not the head (no stage code), not the Query function
+    upload = {"Fn::Sub": "arn:${AWS::Partition}:s3:::${DocumentBucketName}/input/*"}
+    reads = {a for where, s in policy_statements(template) if where.startswith("WorkerTaskRole/")
+             and upload in as_list(s["Resource"]) and "Condition" not in s for a in as_list(s["Action"])}
+    assert {"s3:GetObject", "s3:GetObjectVersion"} <= reads
+
+
+@pytest.mark.parametrize("endpoint, service, parameter, backend", [
+    ("ComprehendEndpoint", "comprehend", "EnrichmentBackend", "comprehend"),
+    ("TextractEndpoint", "textract", "OcrBackend", "textract")])
+def test_aws_backend_endpoint_exactly_with_its_backend_in_the_created_vpc(network, endpoint, service, parameter,
+                                                                           backend):
+    """The created VPC has no NAT for AWS backends: the workers reach Comprehend and Textract
+    through an interface endpoint like the others (private DNS, both private subnets, the
+    endpoint group), created when the stack makes the VPC and the backend is chosen."""
+    ep = network["Resources"][endpoint]
+    p, states = ep["Properties"], props(network, "StatesEndpoint")
+    assert p["ServiceName"] == {"Fn::Sub": f"com.amazonaws.${{AWS::Region}}.{service}"}
+    assert p["VpcEndpointType"] == "Interface" and p["PrivateDnsEnabled"] is True
+    for key in ("VpcId", "SubnetIds", "SecurityGroupIds"):
+        assert p[key] == states[key], key
+    for vpc in ("", "vpc-0123456789abcdef0"):
+        for choice in network["Parameters"][parameter]["AllowedValues"]:
+            params = {"ExistingVpcId": vpc, parameter: choice}
+            created = condition_true(network, {"Condition": ep["Condition"]}, params)
+            assert created == (vpc == "" and choice == backend), params
 
 
 def test_workers_on_fargate_spot_by_parameter(template):

@@ -24,7 +24,7 @@ T = TypeVar("T")
 # any configuration, and a template parameter change needs no new Ray image. Names and
 # ARNs only, never secret values or credentials (the jobs read the secrets themselves).
 # tests/test_settings.py checks this list against what ray_jobs.settings reads.
-FORWARDED_ENV = ("EMBEDDING_BACKEND", "VECTOR_STORE_BACKEND", "ENRICHMENT_BACKEND",
+FORWARDED_ENV = ("EMBEDDING_BACKEND", "VECTOR_STORE_BACKEND", "ENRICHMENT_BACKEND", "OCR_BACKEND",
                  "OPENAI_API_KEY_SECRET_ARN", "PINECONE_API_KEY_SECRET_ARN",
                  "PINECONE_INDEX_HOST", "PINECONE_NAMESPACE", "OPENAI_EMBEDDING_MODEL",
                  "OPENAI_BASE_URL", "EMBEDDING_CACHE", "DOCUMENT_BUCKET")
