@@ -37,6 +37,13 @@ The next chunk starts with the last whole pieces of the previous chunk that fit 
 ``overlap_tokens`` (none if its last piece alone is bigger), and always adds at least
 one new piece. Whitespace-only chunks are skipped. The output is a pure function of the
 input: the same pages and arguments give identical chunks.
+
+Sections
+--------
+Pages that carry a ``locator`` (DOCX, HTML, Markdown and text files: each "page" is a
+section under one heading) are chunked one section at a time, so no chunk spans two
+sections and a chunk's ``locator`` names exactly where it comes from. PDF pages are
+chunked across page breaks (``page_start``..``page_end`` cite the span).
 """
 
 from __future__ import annotations
@@ -288,10 +295,20 @@ def chunk_pages(pages: list[dict[str, Any]], *, document_id: str, processing_ver
         page_starts.append(pos)
         pos += len(p.get("text") or "") + len(PAGE_SEPARATOR)
 
-    chunker = _Chunker(doc, max_tokens)
-    chunker.split(0, len(doc))
+    if any(p.get("locator") for p in ordered):
+        # Sections (DOCX/HTML/Markdown/text): no chunk spans two, so each chunk's
+        # locator is the one place it comes from and its citation is exact.
+        spans: list[tuple[int, int, int]] = []
+        for p, start in zip(ordered, page_starts, strict=True):
+            section = _Chunker(doc, max_tokens)
+            section.split(start, start + len(p.get("text") or ""))
+            spans += section.merge(overlap_tokens)
+    else:
+        chunker = _Chunker(doc, max_tokens)
+        chunker.split(0, len(doc))
+        spans = chunker.merge(overlap_tokens)
     rows: list[dict[str, Any]] = []
-    for s, e, count in chunker.merge(overlap_tokens):
+    for s, e, count in spans:
         text = doc[s:e]
         rows.append({
             "document_id": document_id,
@@ -301,6 +318,9 @@ def chunk_pages(pages: list[dict[str, Any]], *, document_id: str, processing_ver
             "page_end": numbers[bisect.bisect_right(page_starts, e - 1) - 1],
             "char_start": s,
             "char_end": e,
+            # The chunk's section (DOCX/HTML/Markdown/text pages carry one; PDF pages do
+            # not: their page numbers are the locator).
+            "locator": ordered[bisect.bisect_right(page_starts, s) - 1].get("locator") or "",
             "text": text,
             "token_count": count,
             "content_hash": hashlib.sha256(text.encode("utf-8")).hexdigest(),

@@ -84,6 +84,8 @@ def embed_document(job: dict[str, Any], callback: TaskCallback | None = None) ->
     records = [VectorRecord(i, v, {
         "document_id": document_id, "processing_version": version, "chunk_index": c["chunk_index"],
         "page_start": c["page_start"], "page_end": c["page_end"], "s3_key": registration["s3_key"],
+        # Only a section has one (DOCX/HTML/Markdown/text); Pinecone stores no nulls.
+        **({"locator": c["locator"]} if c.get("locator") else {}),
         "text": c["text"][:identity.TEXT_IN_INDEX]}) for i, c, v in zip(ids, chunks, vectors, strict=True)]
     try:
         sync = warm.replace_document_version(records, document_id, version)

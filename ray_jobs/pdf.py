@@ -57,10 +57,17 @@ class ExtractResult:
     pages_with_text: int
     pages_without_text: int
     page_errors: int  # pages that failed while others succeeded (their `error` is set)
-    extractor: str  # "pdfium" | "pypdf": the extractor of most pages
+    extractor: str  # "pdfium" | "pypdf" | "ocr-<engine>" | a format's: the extractor of most pages
     seconds: float  # wall clock of the whole extraction
     ranges: int = 1  # page ranges extracted (> 1 only on the parallel Ray path)
     stats: dict[str, int] = field(default_factory=dict)  # pages per extractor
+
+    def recount(self) -> None:
+        """Counts and extractor again from the rows, after OCR filled some of them."""
+        self.pages_with_text = sum(1 for r in self.pages if r["has_text"])
+        self.pages_without_text = self.page_count - self.pages_with_text
+        self.stats = dict(sorted(Counter(r["extractor"] for r in self.pages).items()))
+        self.extractor = main_extractor(self.stats)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -73,6 +80,13 @@ class ExtractResult:
             "ranges": self.ranges,
             "stats": dict(self.stats),
         }
+
+
+def main_extractor(stats: dict[str, int]) -> str:
+    """The extractor of most pages ("pdfium" on a tie with pypdf; OCR engines count too)."""
+    if not stats:
+        return "pdfium"
+    return max(sorted(stats), key=lambda name: (stats[name], name == "pdfium"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -130,14 +144,13 @@ def extract_pdf(path: str, *, document_id: str, processing_version: str, backend
         })
     with_text = sum(1 for r in rows if r["has_text"])
     stats = Counter(r["extractor"] for r in rows)
-    main = max(("pdfium", "pypdf"), key=lambda name: (stats.get(name, 0), name == "pdfium"))
     return ExtractResult(
         pages=rows,
         page_count=page_count,
         pages_with_text=with_text,
         pages_without_text=page_count - with_text,
         page_errors=len(failed),
-        extractor=main,
+        extractor=main_extractor(stats),
         seconds=time.monotonic() - started,
         ranges=ranges,
         stats=dict(sorted(stats.items())),

@@ -9,7 +9,8 @@ index once.
 
 A hit is ``{"id", "score", **metadata}``: the vector id, the cosine similarity and the
 chunk's metadata of docs/architecture.md (document_id, processing_version, chunk_index,
-page_start, page_end, s3_key, text).
+page_start, page_end, s3_key, locator, text). `where_in_document` and `citation` say
+where a hit is the same way everywhere (CLI, console).
 """
 
 from __future__ import annotations
@@ -38,6 +39,23 @@ def search(text: object, top_k: object = DEFAULT_TOP_K, filter: object = None) -
     vector = warm.embedder().embed([text]).vectors[0]
     matches = warm.vector_store().query([float(v) for v in vector], top_k=top_k, filter=where)
     return [{"id": m.id, "score": float(m.score), **_integers(m.metadata)} for m in matches]
+
+
+def where_in_document(hit: dict[str, Any]) -> str:
+    """"section Setup › Install" for a DOCX/HTML/Markdown/text hit (its locator), "page 3"
+    or "pages 3–4" for a PDF's; "" when the hit says neither."""
+    if hit.get("locator"):
+        return f"section {hit['locator']}" if not str(hit["locator"]).startswith("lines ") else str(hit["locator"])
+    start, end = hit.get("page_start"), hit.get("page_end")
+    if start is None:
+        return ""
+    return f"page {start}" if end in (None, start) else f"pages {start}–{end}"
+
+
+def citation(hit: dict[str, Any]) -> str:
+    """The document and the place in it: "input/report.pdf, pages 3–4"."""
+    where = where_in_document(hit)
+    return f"{hit.get('s3_key', '')}, {where}" if where else str(hit.get("s3_key", ""))
 
 
 def _integers(metadata: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from docpipe import costs
 from docpipe.config import env_var, read_env
 
 CACHE_MODES = ("auto", "off", "s3")
@@ -65,6 +66,20 @@ class StageSettings:
     pdf_timeout_seconds: float = env_var("PDF_TIMEOUT_SECONDS", 300.0)
     pdf_max_memory_mb: int = env_var("PDF_MAX_MEMORY_MB", 2048)
     pdf_parallel_threshold_pages: int = env_var("PDF_PARALLEL_THRESHOLD_PAGES", 200)
+    # --- OCR of pages without a text layer (ray_jobs/ocr.py; docs/formats-and-ocr.md) -----
+    # none | local (an offline engine in the Ray image) | textract (Amazon Textract).
+    ocr_backend: str = env_var("OCR_BACKEND", "local", parse=str.lower)
+    ocr_engine: str = env_var("OCR_ENGINE", "rapidocr", parse=str.lower)  # local: rapidocr | tesseract
+    ocr_dpi: int = env_var("OCR_DPI", 150)
+    ocr_max_pages: int = env_var("OCR_MAX_PAGES", 500)  # pages OCR'd per document; the rest stay without text
+    ocr_timeout_seconds: float = env_var("OCR_TIMEOUT_SECONDS", 1800.0)  # per document, all its pages
+    ocr_min_confidence: float = env_var("OCR_MIN_CONFIDENCE", 0.5)  # lines below it are dropped (0..1)
+    ocr_threads: int = env_var("OCR_THREADS", 0)  # 0 = Ray's OMP_NUM_THREADS, else 1
+    ocr_parallel_threshold_pages: int = env_var("OCR_PARALLEL_THRESHOLD_PAGES", 8)  # more: Ray tasks
+    textract_price_per_page: float = env_var("TEXTRACT_PRICE_PER_PAGE", costs.TEXTRACT_PER_PAGE)  # list price, USD
+    textract_async_min_pages: int = env_var("TEXTRACT_ASYNC_MIN_PAGES", 2)
+    textract_max_attempts: int = env_var("TEXTRACT_MAX_ATTEMPTS", 6)
+    textract_poll_seconds: float = env_var("TEXTRACT_POLL_SECONDS", 5.0)
     chunk_max_tokens: int = env_var("CHUNK_MAX_TOKENS", 400)
     chunk_overlap_tokens: int = env_var("CHUNK_OVERLAP_TOKENS", 50)
 

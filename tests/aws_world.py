@@ -30,6 +30,7 @@ import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import botocore.client
 import pytest
@@ -39,6 +40,8 @@ from conftest import EVENTS, REPO, corpus_file, executions_for, history, local_a
 TREE = Path(os.environ.get("DOCPIPE_CHECK_TREE") or REPO)
 GOOD = "py-pdf-sample-files/004-pdflatex-4-pages/pdflatex-4-pages.pdf"
 ENCRYPTED = "pdfplumber/tests/pdfs/password-example.pdf"
+SCAN_TWO_PAGES = "unstructured/label-party/holistic-src/M_Romney_1040_2011-p15-p16.pdf"
+SCAN_ONE_PAGE = "unstructured/example-docs/pdf/single_table.pdf"
 WORKER, HEAD = "RayWorker", "RayHead"
 
 _local = threading.local()
@@ -75,6 +78,7 @@ class World:
     calls: list[Call] = field(default_factory=list)
     emf: list[tuple[str, dict]] = field(default_factory=list)  # (function, EMF record)
     histories: dict[str, list[list[dict]]] = field(default_factory=dict)  # state machine id -> histories
+    textract: Any = None  # the FakeTextract the workers' OCR calls reach
 
     def of(self, name: str) -> list[Call]:
         return [c for c in self.calls if c.component == name]
@@ -163,12 +167,18 @@ def _pipeline(world: World) -> None:
     _run_upload(world, "input/world/good.pdf", good, 1)  # PROCESS ... COMPLETED
     _run_upload(world, "input/world/encrypted.pdf", corpus_file(ENCRYPTED).read_bytes(), 2)  # FAILED, alert
     _run_upload(world, "input/world/good.pdf", good, 3)  # same bytes: DUPLICATE
+    # Scans read by Textract (OcrBackend=textract, its wire-level fake): a two-page scan as
+    # one asynchronous job on the upload in S3, a one-page scan with a synchronous call.
+    world.textract.script_job({1: ["Self-Employment Tax"], 2: ["Foreign Tax Credit"]})
+    world.textract.answer_sync(["Processing total chunks", "Base 128 64,058"])
+    _run_upload(world, "input/world/scan-two-pages.pdf", corpus_file(SCAN_TWO_PAGES).read_bytes(), 4)
+    _run_upload(world, "input/world/scan-one-page.pdf", corpus_file(SCAN_ONE_PAGE).read_bytes(), 5)
     # A document too large for the stage services: its own Ray job per stage, on a worker.
     lam, fn = world.clients["lambda"], world.stack.physical_name("SubmitRayJobFunction")
     env = lam.get_function_configuration(FunctionName=fn)["Environment"]["Variables"]
     lam.update_function_configuration(FunctionName=fn, Environment={"Variables": {**env, "STAGE_SERVICE_MAX_BYTES": "0"}})
     try:
-        _run_upload(world, "input/world/own-job.pdf", good, 4)
+        _run_upload(world, "input/world/own-job.pdf", good, 6)
     finally:
         lam.update_function_configuration(FunctionName=fn, Environment={"Variables": env})
 
@@ -347,11 +357,18 @@ def _build_world():
     mp.delenv("AWS_PROFILE", raising=False)
     mp.setattr(template, "load", _load_from(TREE))
     aws.reset_clients()
+    from fakes.textract import FakeTextract
+
+    textract = FakeTextract().start()
     try:
         # The S3 embedding cache on (as EmbeddingBackend=openai turns it on): the workers'
-        # grant on embedding-cache/ is then proven by the calls the stages make.
-        with local_aws_stack(parameters={"EmbeddingCache": "s3"}) as (stack, clients, head):
-            w = World(stack, clients, head)
+        # grant on embedding-cache/ is then proven by the calls the stages make; the same
+        # for Textract (OcrBackend=textract) and its read of the upload.
+        mp.setenv("AWS_ENDPOINT_URL_TEXTRACT", textract.url)
+        mp.setenv("TEXTRACT_POLL_SECONDS", "0.2")
+        aws.reset_clients()
+        with local_aws_stack(parameters={"EmbeddingCache": "s3", "OcrBackend": "textract"}) as (stack, clients, head):
+            w = World(stack, clients, head, textract=textract)
             ids = {stack.physical_name(lid): lid.removesuffix("Function")
                    for lid in stack.of_type("AWS::Lambda::Function")}
             _tag_own_jobs(head)
@@ -361,6 +378,7 @@ def _build_world():
                 _stop_services(head)
                 _direct(w)
     finally:
+        textract.stop()
         mp.undo()
         aws.reset_clients()
         shutil.rmtree(lancedb, ignore_errors=True)

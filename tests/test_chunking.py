@@ -14,7 +14,7 @@ from ray_jobs.tokens import count_tokens
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
 CHUNK_KEYS = {"document_id", "processing_version", "chunk_index", "page_start", "page_end", "char_start",
-              "char_end", "text", "token_count", "content_hash"}
+              "char_end", "locator", "text", "token_count", "content_hash"}
 
 SENTENCES = [
     "The pipeline turns uploaded PDF files into cited chunks in a vector index.",
@@ -207,3 +207,16 @@ def test_chunks_of_a_real_extracted_pdf_are_valid():
     # Every page's text is covered by a chunk that names that page.
     for p in res.pages:
         assert any(c["page_start"] <= p["page_number"] <= c["page_end"] for c in chunks)
+
+
+def test_sections_are_chunked_apart_and_each_chunk_names_its_section():
+    pages = [{"page_number": 1, "text": "Setup\n\nInstall the agent first.", "locator": "Guide › Setup"},
+             {"page_number": 2, "text": "Usage\n\nRun the agent daily.", "locator": "Guide › Usage"}]
+    # Both sections would fit in one 400-token chunk; they still get one each.
+    chunks = chunk_pages(pages, document_id="doc1", processing_version="v1-test")
+    assert [(c["text"], c["locator"], c["page_start"], c["page_end"]) for c in chunks] == [
+        ("Setup\n\nInstall the agent first.", "Guide › Setup", 1, 1),
+        ("Usage\n\nRun the agent daily.", "Guide › Usage", 2, 2)]
+    assert_valid(pages, chunks, 400)
+    pdf_pages = [{"page_number": 1, "text": "A page of a PDF."}]
+    assert [c["locator"] for c in chunk_pages(pdf_pages, document_id="d", processing_version="v")] == [""]

@@ -55,12 +55,12 @@ def folder(tmp_path, files: dict[str, str]):
 def test_a_folder_keeps_its_structure_and_its_name(tmp_path, monkeypatch):
     folder(tmp_path, {"reports/2023/q1.pdf": GOOD, "reports/2024/q1.pdf": ENCRYPTED, "loose.pdf": GOOD})
     monkeypatch.chdir(tmp_path)
-    docs = ingest.plan(ingest.find_pdfs(["reports/", str(tmp_path / "loose.pdf")]), BUCKET, "input/")
+    docs = ingest.plan(ingest.find_documents(["reports/", str(tmp_path / "loose.pdf")]), BUCKET, "input/")
     assert [d.key for d in docs] == ["input/reports/2023/q1.pdf", "input/reports/2024/q1.pdf", "input/loose.pdf"]
     assert [d.document_id for d in docs] == [identity.document_id(BUCKET, d.key) for d in docs]
     # `.` is the folder it names, by its own name.
     monkeypatch.chdir(tmp_path / "reports")
-    assert [d.key for d in ingest.plan(ingest.find_pdfs(["."]), BUCKET, "input/")] == \
+    assert [d.key for d in ingest.plan(ingest.find_documents(["."]), BUCKET, "input/")] == \
         ["input/reports/2023/q1.pdf", "input/reports/2024/q1.pdf"]
 
 
@@ -73,7 +73,7 @@ def test_two_arguments_for_the_same_key_are_refused_naming_both(aws_env, tmp_pat
     assert str(tmp_path / "a/q1.pdf") in message and str(tmp_path / "b/q1.pdf") in message
     assert "input/q1.pdf" in message
     # The same file twice is one upload, not a collision.
-    assert len(ingest.plan(ingest.find_pdfs([str(tmp_path / "a/q1.pdf")] * 2), BUCKET, "input/")) == 1
+    assert len(ingest.plan(ingest.find_documents([str(tmp_path / "a/q1.pdf")] * 2), BUCKET, "input/")) == 1
 
 
 # --- lookups: more than one page of everything ----------------------------------------------

@@ -179,6 +179,24 @@ def comprehend_throttles(stack, monkeypatch):
     return w, upload(w, "input/comprehend-throttled.pdf", pdf())
 
 
+@provokes("OcrThrottled")
+def textract_throttles(stack, monkeypatch):
+    """OcrBackend=textract and Textract throttles every call: the scanned page's
+    DetectDocumentText runs out of the client's attempts."""
+    from fakes.textract import FakeTextract
+
+    from docpipe import aws
+
+    textract = stack.enter_context(FakeTextract())
+    textract.throttle_next("DetectDocumentText", 1000)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_TEXTRACT", textract.url)
+    monkeypatch.setenv("TEXTRACT_MAX_ATTEMPTS", "2")
+    aws.reset_clients()
+    w = world(stack, {"OcrBackend": "textract"})
+    return w, upload(w, "input/textract-throttled.pdf",
+                     corpus_file("unstructured/example-docs/pdf/loremipsum-flat.pdf").read_bytes())
+
+
 @provokes("VectorStoreUnavailable")
 def pinecone_refuses_upserts(stack, monkeypatch):
     monkeypatch.setenv("PINECONE_MAX_ATTEMPTS", "1")

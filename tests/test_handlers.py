@@ -67,7 +67,9 @@ def test_register_document_new_bytes_are_a_new_version(stack_with_upload):
     assert second["processing_version"] != first["processing_version"]
 
 
-@pytest.mark.parametrize("key,reason", [("other/report.pdf", "NotInInputPrefix"), ("input/notes.txt", "NotAPdfKey")])
+@pytest.mark.parametrize("key,reason", [("other/report.pdf", "NotInInputPrefix"),
+                                        ("input/budget.xlsx", "UnsupportedType"),
+                                        ("input/README", "UnsupportedType")])
 def test_register_document_skips_keys_that_are_not_ours(stack_with_upload, key, reason):
     stack, clients, _, ev = stack_with_upload
     ev = json.loads(json.dumps(ev))
@@ -76,6 +78,22 @@ def test_register_document_skips_keys_that_are_not_ours(stack_with_upload, key, 
     assert not errored and result["decision"] == "SKIPPED" and result["reason"] == reason
     item = control_item(clients, stack, result["document_id"], "skipped")
     assert item["status"] == "SKIPPED" and item["error_code"] == reason
+    if reason == "UnsupportedType":  # the message names what is supported
+        assert "not a supported type" in item["error_message"] and ".docx" in item["error_message"]
+
+
+@pytest.mark.parametrize("key,document_type", [("input/notes/Guide.DOCX", "docx"), ("input/site/index.htm", "html"),
+                                               ("input/notes.md", "markdown"), ("input/notes.txt", "text"),
+                                               ("input/scan.pdf", "pdf")])
+def test_register_document_routes_by_type(stack_with_upload, key, document_type):
+    stack, clients, _, ev = stack_with_upload
+    ev = json.loads(json.dumps(ev))
+    ev["detail"]["object"]["key"] = key
+    clients["s3"].put_object(Bucket=ev["detail"]["bucket"]["name"], Key=key, Body=b"some content")
+    result, errored, _ = invoke_function(stack, "RegisterDocument", ev)
+    assert not errored and result["decision"] == "PROCESS" and result["document_type"] == document_type
+    item = control_item(clients, stack, result["document_id"], result["processing_version"])
+    assert item["status"] == "PENDING" and item["document_type"] == document_type
 
 
 def test_register_document_zero_bytes_raises_empty_document(stack_with_upload):
@@ -203,6 +221,28 @@ def test_finalize_document_completes_and_counts(stack_with_upload):
     spent = {k: float(v["N"]) for k, v in by_type["costs"].items() if "N" in v}
     assert spent["compute_usd"] == pytest.approx(stage_s * costs.vcpu_second_usd(), rel=1e-6) and stage_s > 0
     assert spent["orchestration_usd"] > 0
+
+
+def test_finalize_document_records_ocr_pages_and_their_cost(stack_with_upload):
+    stack, clients, _, ev = stack_with_upload
+    reg, _, _ = invoke_function(stack, "RegisterDocument", ev)
+    event = load_event(EVENTS / "finalize_document.json")
+    event["state"]["registration"] = reg
+    # Textract read 2 scanned pages (billed $0.0015 each); the embedding API cost nothing.
+    event["state"]["extract"]["ocr"] = {"backend": "textract", "engine": "textract", "pages_attempted": 2,
+                                        "pages_recovered": 2, "billable_pages": 2, "cost_usd": 0.003}
+    event["state"]["embed"]["cost_usd"] = 0.0
+    result, errored, _ = invoke_function(stack, "FinalizeDocument", event)
+    assert not errored and result["status"] == "COMPLETED"
+    item = control_item(clients, stack, reg["document_id"], reg["processing_version"])
+    assert item["pages_ocr"] == "2" and item["ocr_engine"] == "textract"
+    assert float(item["ocr_cost_usd"]) == pytest.approx(0.003) and float(item["cost_usd"]) == pytest.approx(0.003)
+    metrics = clients["dynamodb"].query(TableName=stack.outputs["MetricsTableName"],
+                                        KeyConditionExpression="#d = :d", ExpressionAttributeNames={"#d": "date"},
+                                        ExpressionAttributeValues={":d": {"S": today()}})["Items"]
+    by_type = {m["metric_type"]["S"]: m for m in metrics}
+    assert by_type["pages"]["ocr"]["N"] == "2"
+    assert float(by_type["costs"]["ocr_usd"]["N"]) == pytest.approx(0.003)  # DailyCostUsd adds it
 
 
 def test_finalize_document_retried_after_commit_changes_nothing(stack_with_upload):

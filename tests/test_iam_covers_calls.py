@@ -62,7 +62,11 @@ EXPECTED = {
     WORKER: {("s3", "GetObject", "ok"), ("s3", "PutObject", "ok"), ("s3", "DeleteObject", "ok"),
              ("s3", "GetObject", "NoSuchKey"), ("s3", "HeadObject", "404"),
              ("stepfunctions", "SendTaskHeartbeat", "ok"), ("stepfunctions", "SendTaskSuccess", "ok"),
-             ("stepfunctions", "SendTaskFailure", "InvalidToken")},
+             ("stepfunctions", "SendTaskFailure", "InvalidToken"),
+             # OcrBackend=textract (the world's): a two-page scan as one asynchronous job,
+             # a one-page scan page by page.
+             ("textract", "StartDocumentTextDetection", "ok"), ("textract", "GetDocumentTextDetection", "ok"),
+             ("textract", "DetectDocumentText", "ok")},
 }
 
 # Granted but used by no recorded call, with the reason each stays (fnmatch patterns over
@@ -226,7 +230,14 @@ def needs(stack, call) -> list[tuple[str, str, dict]]:
         return [(act, p["SecretId"], {})]
     if svc == "cloudwatch":
         return [(act, "*", {"cloudwatch:namespace": p.get("Namespace", "")})]
-    return [(act, "*", {})]  # task tokens: no resource-level permissions
+    if svc == "textract" and "DocumentLocation" in p:
+        # Textract reads the object with the caller's permissions (Textract API, S3Object:
+        # "the user must have permission to access the S3 object"); a Version is read by id.
+        o = p["DocumentLocation"]["S3Object"]
+        read = "s3:GetObjectVersion" if o.get("Version") else "s3:GetObject"
+        return [(act, "*", {}), (read, f"arn:aws:s3:::{o['Bucket']}/{o['Name']}", {})]
+    # Task tokens and Textract: no resource-level permissions.
+    return [(act, "*", {})]
 
 
 def integration_needs(world, sm: str) -> list[tuple[str, str, dict]]:

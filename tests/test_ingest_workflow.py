@@ -206,19 +206,22 @@ def test_zero_byte_upload_fails_at_registration(local_aws):
     assert item["status"] == "FAILED" and item["error_code"] == "EmptyDocument"
 
 
-def test_scanned_pdf_fails_with_no_text(local_aws):
+def test_image_only_pdf_without_words_fails_with_no_text(local_aws):
+    # An 8x8-pixel image page: no text layer, and OCR (on by default) finds no words either.
     desc, _ = run_upload(local_aws, "input/scan.pdf", corpus_file(SCANNED).read_bytes())
     assert desc["status"] == "FAILED"
     [item] = control(local_aws, "input/scan.pdf")
     assert item["error_code"] == "PdfNoText"
+    assert "OCR (rapidocr) found no text either" in item["error_message"]
 
 
-def test_non_pdf_upload_is_recorded_as_skipped(local_aws):
-    desc, events = run_upload(local_aws, "input/notes.txt", b"hello")
+def test_unsupported_upload_is_recorded_as_skipped(local_aws):
+    desc, events = run_upload(local_aws, "input/budget.xlsx", b"PK\x03\x04 not read")
     assert desc["status"] == "SUCCEEDED"
     assert entered_states(events) == ["RegisterDocument", "AlreadyProcessed", "NotForUs"]
-    [item] = control(local_aws, "input/notes.txt")
-    assert item["status"] == "SKIPPED" and item["error_code"] == "NotAPdfKey"
+    [item] = control(local_aws, "input/budget.xlsx")
+    assert item["status"] == "SKIPPED" and item["error_code"] == "UnsupportedType"
+    assert item["error_message"].startswith(".xlsx is not a supported type")
 
 
 def test_ray_head_unavailable_is_retried_then_completes(local_aws):
@@ -260,7 +263,7 @@ def test_backfill_ingests_what_is_already_in_the_bucket_once(local_aws):
     try:
         clients["s3"].put_object(Bucket=bucket, Key="input/old/a.pdf", Body=corpus_file(GOOD).read_bytes())
         clients["s3"].put_object(Bucket=bucket, Key="input/old/b.pdf", Body=corpus_file(ENCRYPTED).read_bytes())
-        clients["s3"].put_object(Bucket=bucket, Key="input/old/readme.txt", Body=b"not a pdf")
+        clients["s3"].put_object(Bucket=bucket, Key="input/old/sheet.xlsx", Body=b"not a type docpipe reads")
     finally:
         eventbridge.set_delivery(True)
     sfn = clients["stepfunctions"]
@@ -277,8 +280,8 @@ def test_backfill_ingests_what_is_already_in_the_bucket_once(local_aws):
     assert results["Bucket"] == bucket and results["Key"].startswith("backfill-results/")
     assert clients["s3"].head_object(Bucket=bucket, Key=results["Key"])["ContentLength"] > 0
     statuses = {k: [i["status"] for i in control(local_aws, k)]
-                for k in ("input/old/a.pdf", "input/old/b.pdf", "input/old/readme.txt")}
-    assert statuses == {"input/old/a.pdf": ["COMPLETED"], "input/old/b.pdf": ["FAILED"], "input/old/readme.txt": ["SKIPPED"]}
+                for k in ("input/old/a.pdf", "input/old/b.pdf", "input/old/sheet.xlsx")}
+    assert statuses == {"input/old/a.pdf": ["COMPLETED"], "input/old/b.pdf": ["FAILED"], "input/old/sheet.xlsx": ["SKIPPED"]}
     runs = documents_run(head)
     desc = backfill("second")
     assert desc["status"] == "SUCCEEDED"

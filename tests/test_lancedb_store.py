@@ -162,6 +162,7 @@ def test_query_nearest_first_with_metadata_and_filter(store):
         "page_start": 2,
         "page_end": 3,
         "s3_key": "input/d2.pdf",
+        "locator": None,  # a PDF's chunk: its pages say where it is
         "text": "chunk 1 of d2",
     }
 
@@ -194,6 +195,23 @@ def test_missing_metadata_is_null_and_unknown_keys_are_dropped(store):
     assert m.metadata["text"] == "t" and m.metadata["document_id"] is None
     assert "extra" not in m.metadata
     assert [x.id for x in store.query(_vec(1), filter={"document_id": None})] == ["x#v1#0"]
+
+
+def test_a_table_from_before_a_column_existed_gets_it_and_keeps_its_vectors(tmp_path, monkeypatch):
+    import ray_jobs.backends.lancedb_store as module
+
+    before = {k: v for k, v in module.METADATA_COLUMNS.items() if k != "locator"}
+    monkeypatch.setattr(module, "METADATA_COLUMNS", before)
+    LanceDBStore(str(tmp_path), dims=DIMS).upsert([_rec("old", "v1", 0)])
+    monkeypatch.undo()
+    # A reader (the Query function's read-only mount) reads the old table as it is.
+    [old] = LanceDBStore(str(tmp_path), dims=DIMS).query(_vec(1), top_k=1)
+    assert old.id == "old#v1#0" and old.metadata["locator"] is None
+    writer = LanceDBStore(str(tmp_path), dims=DIMS)
+    writer.upsert([_rec("new", "v1", 0, vec=_vec(2), locator="Guide › Setup")])
+    assert "locator" in writer.table.schema.names and writer.count() == 2
+    [new] = writer.query(_vec(2), top_k=1, filter={"document_id": "new"})
+    assert new.metadata["locator"] == "Guide › Setup"
 
 
 def test_rejects_wrong_dims(tmp_path, store):

@@ -37,7 +37,7 @@ def demo(tmp_path_factory):
         set_aws_env(mp, tmp)  # before moto starts: it reads the credentials
         with local_aws_stack() as (stack, clients, head):
             bucket, table = stack.outputs["DocumentBucketName"], stack.outputs["ControlTableName"]
-            docs = ingest.plan(ingest.find_pdfs(ingest.demo_files()), bucket, "input/",
+            docs = ingest.plan(ingest.find_documents(ingest.demo_files()), bucket, "input/",
                                stack.parameters["PipelineVersion"])
             for d in docs:
                 ingest.upload(clients["s3"], bucket, d)

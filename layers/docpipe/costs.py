@@ -17,6 +17,8 @@ LAMBDA_PER_GB_S = 0.0000166667  # x86
 LAMBDA_PER_REQUEST = 0.20 / 1_000_000
 LAMBDA_MEMORY_GB = 512 / 1024  # template.yaml Globals: MemorySize 512
 FARGATE_PER_VCPU_H = 0.04048  # Linux/x86
+# Amazon Textract DetectDocumentText (sync and async), first 1M pages a month; OcrBackend=textract.
+TEXTRACT_PER_PAGE = 1.50 / 1000
 FARGATE_PER_GB_H = 0.004445
 
 # infra/ray-cluster.yaml defaults: workers of 4 vCPU / 16 GB; a document's task holds one vCPU.

@@ -4,7 +4,8 @@ A document is the S3 object path; a version is its content. Outcomes of `registe
 - PROCESS:   a new version (or a retry of a FAILED one) -> PENDING, run the stages.
 - DUPLICATE: the same bytes are COMPLETED/PARTIAL, or in flight in another execution
              -> no work, no cost (a re-delivered event or a re-upload of the same file).
-- SKIPPED:   not ours to process (outside input/, not a .pdf) -> recorded as SKIPPED.
+- SKIPPED:   not ours to process (outside input/, or a type docpipe does not read:
+             docpipe.doctypes) -> recorded as SKIPPED with the reason.
 Bad input that *is* ours (empty, too large, vanished) raises a named error; the state
 machine's Catch records it as FAILED.
 """
@@ -22,7 +23,7 @@ from urllib.parse import unquote_plus
 
 from botocore.exceptions import ClientError
 
-from docpipe import aws, identity
+from docpipe import aws, doctypes, identity
 from docpipe.config import Settings
 from docpipe.errors import DocumentNotFound, EmptyDocument, StoreThrottled, TooLarge
 from docpipe.records import DONE_STATUSES, Records
@@ -38,6 +39,8 @@ class Registration:
     bucket: str
     s3_key: str  # the name the control item, the error report and the vectors use too
     decision: str  # PROCESS | DUPLICATE | SKIPPED
+    # pdf | docx | html | markdown | text (docpipe.doctypes): how the extract stage reads it.
+    document_type: str = ""
     size: int = 0
     etag: str = ""
     sha256: str = ""
@@ -46,6 +49,7 @@ class Registration:
     s3_version_id: str = ""
     attempt: int = 1
     reason: str = ""
+    reason_message: str = ""  # a SKIPPED item's error_message: what the reason means here
     limits: dict[str, Any] = field(default_factory=dict)
 
     def to_state(self) -> dict[str, Any]:
@@ -121,8 +125,10 @@ def identify(event: dict[str, Any], settings: Settings) -> Registration:
     doc_id = identity.document_id(bucket, key)
     if not key.startswith(identity.INPUT_PREFIX):
         return Registration(doc_id, SKIPPED_VERSION, bucket, key, "SKIPPED", reason="NotInInputPrefix")
-    if not key.lower().endswith(".pdf"):
-        return Registration(doc_id, SKIPPED_VERSION, bucket, key, "SKIPPED", reason="NotAPdfKey")
+    doc_type = doctypes.document_type(key)
+    if doc_type is None:
+        return Registration(doc_id, SKIPPED_VERSION, bucket, key, "SKIPPED", reason="UnsupportedType",
+                            reason_message=doctypes.unsupported_reason(key))
     s3 = aws.client("s3")
     real_key, head = _head(s3, bucket, key)
     if real_key != key:
@@ -132,7 +138,8 @@ def identify(event: dict[str, Any], settings: Settings) -> Registration:
     # "null": an object written while versioning was off; its key reads it.
     version_id = "" if head.get("VersionId") in (None, "null") else str(head["VersionId"])
     base = Registration(doc_id, identity.unread_version(etag, settings.pipeline_version),
-                        bucket, real_key, "PROCESS", size=size, etag=etag, s3_version_id=version_id)
+                        bucket, real_key, "PROCESS", document_type=doc_type, size=size, etag=etag,
+                        s3_version_id=version_id)
     if size == 0:
         raise EmptyDocument(f"s3://{bucket}/{real_key} has zero bytes")
     if size > settings.max_document_bytes:
@@ -159,6 +166,7 @@ def register(event: dict[str, Any], settings: Settings, records: Records, execut
         # One SKIPPED item per key (version "skipped"): a repeat upload just touches it.
         if not records.create({"document_id": reg.document_id, "processing_version": SKIPPED_VERSION,
                                "status": "SKIPPED", "s3_key": reg.s3_key, "error_code": reg.reason,
+                               "error_message": reg.reason_message or None,
                                "execution_arn": execution_arn}):
             records.audit(reg.document_id, "skipped_again", "SKIPPED", "SKIPPED", {"reason": reg.reason})
         return reg
@@ -166,7 +174,7 @@ def register(event: dict[str, Any], settings: Settings, records: Records, execut
     item = {
         "document_id": reg.document_id, "processing_version": reg.processing_version,
         "status": "PENDING", "current_stage": "registered", "s3_key": reg.s3_key,
-        "bucket": reg.bucket, "etag": reg.etag, "sha256": reg.sha256, "size": reg.size,
+        "document_type": reg.document_type, "bucket": reg.bucket, "etag": reg.etag, "sha256": reg.sha256, "size": reg.size,
         "s3_version_id": reg.s3_version_id or None, "execution_arn": execution_arn, "attempt": 1,
     }
     for _ in range(3):  # create-or-decide; a lost race re-reads the winner's item

@@ -51,6 +51,10 @@ class PdfTimeout(DocpipeError):
     """Parsing did not finish within the per-document time limit."""
 
 
+class DocumentMalformed(DocpipeError):
+    """A DOCX, HTML, Markdown or text upload that its parser cannot read."""
+
+
 # --- transient (retried by the ASL with backoff) --------------------------------------
 class RayHeadUnavailable(DocpipeError):
     """The Ray Jobs API refused the connection, timed out or answered 5xx."""
@@ -72,6 +76,12 @@ class EmbeddingRateLimited(DocpipeError):
 
 class EnrichmentThrottled(DocpipeError):
     """The enrichment service (Comprehend) kept throttling after the client's retries."""
+
+    retryable = True
+
+
+class OcrThrottled(DocpipeError):
+    """The OCR service (Textract) kept throttling after the client's retries."""
 
     retryable = True
 

@@ -1,7 +1,8 @@
 """Recording a failed document: where the user looks, and nothing lost.
 
 FAILED + a stable error code and a message (what happened, then what to do: HINTS) in
-the control item, an audit item, a failures metric, `errors/<doc>/<ver>/error.json` and a copy of the input beside it.
+the control item, an audit item, a failures metric, `errors/<doc>/<ver>/error.json` and a copy of the
+input beside it (`input.<its extension>`).
 The upload under input/ is never touched.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from docpipe import aws, identity
+from docpipe import aws, doctypes, identity
 from docpipe.config import Settings
 from docpipe.documents import Registration, identify, version_args
 from docpipe.errors import DocpipeError
@@ -45,7 +46,8 @@ class Failure:
 # item, errors/ report, alert, the execution's cause). Every code of docpipe.errors has
 # one, plus StageTimeout (Step Functions' timeouts folded into one code).
 HINTS: dict[str, str] = {
-    "EmptyDocument": "the upload has zero bytes (an interrupted upload or copy?); upload the file again",
+    "EmptyDocument": "the upload has nothing to index (zero bytes: an interrupted upload or copy? or a DOCX, "
+                     "HTML, Markdown or text file without text); upload the file again with its content",
     "TooLarge": "the file is over the size limit (template parameter MaxDocumentBytes) or parsing it went "
                 "over the Ray workers' memory limit (PDF_MAX_MEMORY_MB); raise the limit the message names, "
                 "or split the PDF, and upload it again",
@@ -55,8 +57,14 @@ HINTS: dict[str, str] = {
                     "(e.g. `qpdf --decrypt --password=PASSWORD in.pdf out.pdf`)",
     "PdfMalformed": "the file is damaged or not a PDF; open it in a PDF viewer and re-export (or print) it "
                     "to a new PDF, or try `qpdf in.pdf out.pdf`, and upload that",
-    "PdfNoText": "the pages are scanned images without a text layer, and docpipe does not run OCR; OCR it "
-                 "first (e.g. `ocrmypdf in.pdf out.pdf`) and upload the result",
+    "PdfNoText": "no page has a text layer and OCR recovered none (blank pages, pictures without words, "
+                 "or OCR is off: template parameter OcrBackend); if the pages do show text, set "
+                 "OcrBackend=local or textract, or OCR it yourself (e.g. `ocrmypdf in.pdf out.pdf`), "
+                 "and upload it again",
+    "DocumentMalformed": "the file is damaged, password-protected or not what its extension says; open it "
+                         "in the program that made it, save a new copy (without a password) and upload that",
+    "OcrThrottled": "Amazon Textract kept throttling (its per-second quota); raise the quota, lower the "
+                    "concurrency or set OcrBackend=local, then run the Backfill (`docpipe backfill`)",
     "PdfTimeout": "parsing took longer than PDF_TIMEOUT_SECONDS (Ray workers, default 300 s); raise it "
                   "for very large documents or split the PDF, then upload it again",
     "StageTimeout": "the Ray stage holding the document went silent or ran past ExtractTimeoutSeconds / "
@@ -148,9 +156,11 @@ def record_failure(state: dict[str, Any], settings: Settings, records: Records, 
     if reg.s3_key:
         try:  # server-side copy; the original stays where it is
             # The registered version: the bytes that failed, not what was written since.
-            s3.copy_object(Bucket=reg.bucket, Key=base + "input.pdf", CopySource={
+            # input.<the upload's extension>: input.pdf, input.docx... opens in the right program.
+            copy_key = base + "input" + doctypes.extension_of(reg.s3_key)
+            s3.copy_object(Bucket=reg.bucket, Key=copy_key, CopySource={
                 "Bucket": reg.bucket, "Key": reg.s3_key, **version_args(reg.s3_version_id)})
-            copy_uri = identity.s3_uri(reg.bucket, base + "input.pdf")
+            copy_uri = identity.s3_uri(reg.bucket, copy_key)
         except ClientError:
             copy_uri = ""  # the input is gone (DocumentNotFound): nothing to copy
     failure = Failure(reg.document_id, reg.processing_version, reg.s3_key, code, message, stage,

@@ -21,15 +21,21 @@ def finalize(state: dict[str, Any], settings: Settings, records: Records, execut
     doc, ver = reg["document_id"], reg["processing_version"]
     status = "PARTIAL" if extract.get("pages_without_text", 0) else "COMPLETED"
     durations = {**(extract.get("durations") or {}), **(embed.get("durations") or {})}
+    ocr = extract.get("ocr") or {}
+    ocr_cost = float(ocr.get("cost_usd", 0.0))
     fields = {
         "status": status,
         "current_stage": "done",
         "pages": extract.get("pages", 0),
         "pages_without_text": extract.get("pages_without_text", 0),
+        # Pages whose text came from OCR, and what reading them cost (Textract; $0 locally).
+        "pages_ocr": int(ocr.get("pages_recovered", 0)),
+        "ocr_engine": ocr.get("engine") or None,
+        "ocr_cost_usd": ocr_cost,
         "chunks": extract.get("chunks", 0),
         "vectors": embed.get("vectors", 0),
         "tokens": embed.get("tokens", 0),
-        "cost_usd": float(embed.get("cost_usd", 0.0)),
+        "cost_usd": float(embed.get("cost_usd", 0.0)) + ocr_cost,
         "embedding_model": embed.get("embedding_model"),
         "durations": durations,
         "artifacts": {k: v for k, v in {**extract, **embed}.items() if k.endswith("_uri")},
@@ -51,11 +57,12 @@ def finalize(state: dict[str, Any], settings: Settings, records: Records, execut
     superseded = mark_superseded(records, doc, ver)
     records.add_metrics_once(doc, ver, {
         "documents": {status.lower(): 1},
-        "pages": {"count": fields["pages"], "without_text": fields["pages_without_text"]},
+        "pages": {"count": fields["pages"], "without_text": fields["pages_without_text"],
+                  "ocr": fields["pages_ocr"]},
         "chunks": {"count": fields["chunks"], "vectors": fields["vectors"]},
         "tokens": {"embedding": fields["tokens"]},
         # Every spend of the document, so DailyCostUsd is not $0 with the local model.
-        "costs": {"embedding_usd": fields["cost_usd"],
+        "costs": {"embedding_usd": float(embed.get("cost_usd", 0.0)), "ocr_usd": ocr_cost,
                   **costs.document_costs(sum(float(s) for s in durations.values()))},
     }, marker=METRICS_MARKER)
     return _result(doc, ver, item, superseded)

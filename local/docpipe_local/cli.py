@@ -1,7 +1,7 @@
 """`docpipe`: the local stack and the main job, from the command line.
 
     docpipe stack start|status|stop      the local AWS (moto) + Ray head
-    docpipe ingest PATH...               upload PDFs, follow them, print a summary
+    docpipe ingest PATH...               upload documents, follow them, print a summary
     docpipe backfill [--prefix P]        re-ingest what is already in the bucket
     docpipe status [DOCUMENT]            control item and audit trail
     docpipe query "TEXT" [--stack NAME]  top chunks with document, pages and score
@@ -191,7 +191,7 @@ def run_ingest(paths_in, prefix="input/", timeout=900.0, quiet=False) -> list:
     bucket = state["outputs"]["DocumentBucketName"]
     table = state["outputs"]["ControlTableName"]
     s3, ddb = stackmod.client("s3", state), stackmod.client("dynamodb", state)
-    files = ingest.find_pdfs(list(paths_in))
+    files = ingest.find_documents(list(paths_in))
     if not files:
         _fail("no PDF files found in the given paths", 1)
     try:
@@ -232,9 +232,11 @@ def run_ingest(paths_in, prefix="input/", timeout=900.0, quiet=False) -> list:
 @click.option("--prefix", default="input/", show_default=True, help="S3 prefix to upload under")
 @click.option("--timeout", default=900.0, show_default=True, help="seconds to follow before giving up")
 def ingest(paths_in, prefix, timeout):
-    """Upload PDFs (files or folders) to the local stack and follow every document to a
-    terminal status, with a live table per document and stage and a summary (each
-    failure with its code and what to do).
+    """Upload documents (files or folders: PDF, DOCX, HTML, Markdown, text) to the local
+    stack and follow every document to a terminal status, with a live table per document
+    and stage and a summary (each failure with its code and what to do). A folder
+    contributes the files of those types; a file named explicitly is uploaded whatever
+    its type (the pipeline records an unsupported one SKIPPED, with the reason).
 
     A file is uploaded as PREFIX/<its name>; a folder keeps its structure, its own name
     included: `docpipe ingest reports/` uploads reports/2023/q1.pdf as
@@ -317,12 +319,16 @@ def status(document, as_json):
             console.print_json(json.dumps(items, default=str))
             return
         t = Table(title="documents")
-        for c in ("document_id", "s3_key", "version", "status", "stage", "chunks", "error"):
+        for c in ("document_id", "s3_key", "type", "version", "status", "stage", "pages", "chunks", "error"):
             t.add_column(c)
         for i in sorted(items, key=lambda i: i.get("updated_at", "")):
-            t.add_row(i["document_id"][:12], i.get("s3_key", ""), i["processing_version"],
+            pages = str(i.get("pages", ""))
+            if i.get("pages_ocr"):  # how many of them OCR read
+                pages += f" ({i['pages_ocr']} OCR)"
+            t.add_row(i["document_id"][:12], i.get("s3_key", ""), i.get("document_type", ""),
+                      i["processing_version"],
                       f"[{STATUS_STYLE.get(i.get('status'), 'white')}]{i.get('status')}[/]",
-                      i.get("current_stage", ""), str(i.get("chunks", "")), i.get("error_code", ""))
+                      i.get("current_stage", ""), pages, str(i.get("chunks", "")), i.get("error_code", ""))
         console.print(t)
         return
     doc = _document_id(document, state, ddb)
@@ -350,13 +356,12 @@ def status(document, as_json):
 # ------------------------------------------------------------------------- query
 def _hits_table(hits, title: str) -> Table:
     t = Table(title=title)
-    for c in ("score", "document", "pages", "chunk"):
+    from ray_jobs.search import where_in_document
+
+    for c in ("score", "document", "where", "chunk"):
         t.add_column(c)
     for h in hits:
-        pages = str(h.get("page_start"))
-        if h.get("page_end") != h.get("page_start"):
-            pages += f"–{h.get('page_end')}"
-        t.add_row(f"{h['score']:.3f}", str(h.get("s3_key", "")), pages,
+        t.add_row(f"{h['score']:.3f}", str(h.get("s3_key", "")), where_in_document(h),
                   str(h.get("text", ""))[:160].replace("\n", " "))
     return t
 

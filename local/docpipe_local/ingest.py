@@ -34,7 +34,7 @@ class Doc:
 
 @dataclass(frozen=True)
 class Source:
-    """A PDF to upload and its name below the prefix: the path relative to the parent of
+    """A document to upload and its name below the prefix: the path relative to the parent of
     the folder it was found in (the folder's own name included), or a single file's
     base name. Always with `/`, on every OS."""
 
@@ -42,12 +42,17 @@ class Source:
     name: str
 
 
-def find_pdfs(paths: list[str]) -> list[Source]:
+def find_documents(paths: list[str]) -> list[Source]:
+    """The files to upload: each file named, and in each folder named every file of a type
+    docpipe reads (docpipe.doctypes: PDF, DOCX, HTML, Markdown, text). A file named
+    explicitly is uploaded whatever its type: the pipeline records it SKIPPED with the reason."""
+    from docpipe import doctypes
+
     found: list[Source] = []
     for p in map(Path, paths):
         if p.is_dir():
             top = p.resolve().name  # `docpipe ingest reports/` and `ingest .` keep the folder's name
-            for x in sorted(x for x in p.rglob("*") if x.is_file() and x.suffix.lower() == ".pdf"):
+            for x in sorted(x for x in p.rglob("*") if x.is_file() and doctypes.document_type(x.name)):
                 found.append(Source(x, "/".join(filter(None, (top, *x.relative_to(p).parts)))))
         elif p.is_file():
             found.append(Source(p, p.name))
@@ -59,9 +64,11 @@ def find_pdfs(paths: list[str]) -> list[Source]:
 def demo_files() -> list[str]:
     """The samples `docpipe demo` ingests, as single files: keys input/<name>, the
     documents events/*.json name."""
+    from docpipe import doctypes
     from docpipe_local import paths
 
-    return sorted(str(p) for p in (paths.REPO / "samples").glob("*.pdf"))
+    return sorted(str(p) for p in (paths.REPO / "samples").iterdir()
+                  if p.is_file() and doctypes.document_type(p.name))
 
 
 def key_for(name: str, prefix: str) -> str:

@@ -15,7 +15,9 @@ Remote URIs (s3://...) get no lock and keep those races.
 
 One row per vector; columns: id, vector (fixed-size float32 list), and the metadata of
 docs/architecture.md as typed columns (document_id, processing_version, chunk_index,
-page_start, page_end, s3_key, text). Metadata keys outside that list are not stored.
+page_start, page_end, s3_key, locator, text). Metadata keys outside that list are not stored.
+A table made before a column existed gets it (null in its old rows) the first time a
+writer opens it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ METADATA_COLUMNS: dict[str, str] = {
     "page_start": "int32",
     "page_end": "int32",
     "s3_key": "string",
+    # Where in the document: the section's heading path for DOCX/HTML/Markdown, the
+    # lines of a text file; "" for PDFs (their pages say it).
+    "locator": "string",
     "text": "string",
 }
 
@@ -83,6 +88,7 @@ class LanceDBStore:
         self.compact_every = compact_every  # 0 disables automatic compaction
         self.keep_versions = keep_versions
         self._writes = 0
+        self._migrated = False  # missing metadata columns added (writers only)
         # lancedb's connection and table (Any: lancedb and pyarrow are untyped here).
         self._db: Any = None
         self._table: Any = None
@@ -111,11 +117,26 @@ class LanceDBStore:
 
     @property
     def table(self) -> Any:
-        """The LanceDB table, opened or created on first use."""
+        """The LanceDB table, opened or created on first use (writers: with every column)."""
         if self._existing_table() is None:
             with self._write_lock():  # see the module docstring: creations race
                 self._table = self._checked(self._open() or self._create())
+        if not self._migrated:
+            self._add_missing_columns(self._table)
         return self._table
+
+    def _add_missing_columns(self, table: Any) -> None:
+        """Metadata columns added to METADATA_COLUMNS after the table was made: added as
+        nulls, so an upgrade keeps the vectors already in the store."""
+        missing = [name for name in METADATA_COLUMNS if name not in table.schema.names]
+        if missing:
+            with self._write_lock():
+                table.checkout_latest()
+                missing = [name for name in METADATA_COLUMNS if name not in table.schema.names]
+                if missing:
+                    table.add_columns({name: f"CAST(NULL AS {METADATA_COLUMNS[name]})" for name in missing})
+                    log.info("added columns %s to %s/%s", missing, self.uri, self.table_name)
+        self._migrated = True
 
     def _existing_table(self) -> Any:
         """The table if it exists, else None; never creates it, so a reader on a read-only
@@ -210,12 +231,15 @@ class LanceDBStore:
         table = self._existing_table()
         if top_k <= 0 or table is None:
             return []
+        # A reader never migrates (the Query function's mount is read-only): a table from
+        # before a column existed is read without it.
+        present = [name for name in METADATA_COLUMNS if name in table.schema.names]
         q = (
             table.search(vector, vector_column_name="vector")
             .distance_type("cosine")
             # _distance named explicitly: lance warns (per query, on stderr) when it is
             # only auto-projected.
-            .select(["id", *METADATA_COLUMNS, "_distance"])
+            .select(["id", *present, "_distance"])
             .limit(top_k)
         )
         where = self._where(filter)
@@ -228,7 +252,7 @@ class LanceDBStore:
             Match(
                 id=row["id"],
                 score=1.0 - float(row["_distance"]),  # cosine distance = 1 - similarity
-                metadata={k: row[k] for k in METADATA_COLUMNS},
+                metadata={k: row.get(k) for k in METADATA_COLUMNS},  # unset: None
             )
             for row in rows
         ]

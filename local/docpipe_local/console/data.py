@@ -200,9 +200,9 @@ def snippet(text: str, query: str, limit: int = 400) -> str:
 
 
 def citation(hit: dict) -> str:
-    start, end = hit.get("page_start"), hit.get("page_end")
-    pages = "" if start is None else (f", page {start}" if end in (None, start) else f", pages {start}–{end}")
-    return f"{hit.get('s3_key', '')}{pages}"
+    from ray_jobs.search import citation as hit_citation
+
+    return hit_citation(hit)
 
 
 # --------------------------------------------------------------------------- the stack
