@@ -30,7 +30,8 @@ def parse(argv=None) -> argparse.Namespace:
                     "latency p50/p95, time per stage, orchestration overhead, peak memory, "
                     "scaling with pages and documents, and cost per document on AWS.",
         epilog="default mode: 8 to 11 minutes on 2 cores; --quick: 2 to 3 minutes. "
-               "Experiments: e.g. --env EMBED_BATCH_SIZE=128 --label batch128, or --job-slots 2.")
+               "Experiments: e.g. --env EMBED_BATCH_SIZE=128 --label batch128, or --job-slots 2. "
+               "OCR speed, cost per page and corpus outcomes: python -m bench.ocr (make bench-ocr).")
     ap.add_argument("--quick", action="store_true", help="small workloads (3 corpus files, 10/100 pages, 4/12 documents)")
     ap.add_argument("--docs", type=int, metavar="N",
                     help="largest generated document set (default 50; quick 12); 200 for the issue's full range")

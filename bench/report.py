@@ -236,12 +236,17 @@ def main(argv=None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m bench.report", description="Print the tables of a bench run.")
-    ap.add_argument("result", type=Path, help="bench/results/<timestamp>.json")
+    ap.add_argument("result", type=Path, help="bench/results/<timestamp>.json (or <timestamp>-ocr.json)")
     ap.add_argument("--markdown", action="store_true", help="print GitHub markdown tables instead")
     ap.add_argument("--recompute", action="store_true",
                     help="derive ratios, scaling and cost again with the current code and rewrite the file")
     args = ap.parse_args(argv)
     r = json.loads(args.result.read_text())
+    if r.get("kind") == "ocr":  # a `python -m bench.ocr` result: its own tables
+        from bench import ocr
+
+        print(ocr.markdown(r))
+        return 0
     if args.recompute:
         r = recompute(r)
         args.result.write_text(json.dumps(r, indent=1, default=str))

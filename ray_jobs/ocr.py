@@ -522,7 +522,9 @@ def _run_ocr(path: str, rows: list[dict[str, Any]], settings: StageSettings, sou
     over_time = len(selected) - attempted
     sentence = f"{engine_name} read {recovered} of {attempted} pages without a text layer"
     if failed:
-        sentence += f"; {failed} failed (see ocr_error)"
+        # The first failure's reason itself: a failed document has no pages.jsonl to look in.
+        first = next(res for res in results if res["error"])
+        sentence += f"; {failed} failed (page {first['page_number']}: {first['error']})"
     if over_max:
         sentence += f"; {over_max} more over OCR_MAX_PAGES={settings.ocr_max_pages}"
     if over_time:
@@ -552,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
                     "engine, and print per page: characters, confidence, seconds and the first words.")
     parser.add_argument("file", help="path of the PDF")
     parser.add_argument("--engine", choices=LOCAL_ENGINES, default=None, help="local engine (default: OCR_ENGINE or rapidocr)")
-    parser.add_argument("--dpi", type=int, default=None, help="render resolution (default: OCR_DPI or 150)")
+    parser.add_argument("--dpi", type=int, default=None, help="render resolution (default: OCR_DPI or 300)")
     parser.add_argument("--all-pages", action="store_true", help="OCR every page, also those with a text layer")
     parser.add_argument("--json", action="store_true", help="print the rows and the outcome as JSON")
     args = parser.parse_args(argv)

@@ -48,7 +48,8 @@ def demo(tmp_path_factory):
                     ingest.refresh(clients["dynamodb"], table, d)
                 time.sleep(0.3)
             assert {d.key: d.status for d in docs} == {REPORT: "COMPLETED", BROKEN: "FAILED",
-                                                       "input/pipeline-runbook.pdf": "COMPLETED"}
+                                                       "input/pipeline-runbook.pdf": "COMPLETED",
+                                                       "input/operator-handbook.md": "COMPLETED"}
             env_file = tmp / "env.json"  # what `docpipe stack start` writes
             env_file.write_text(json.dumps(env_vars(stack)))
             yield stack, clients, head, json.loads(env_file.read_text())
