@@ -32,7 +32,6 @@ CLI for debugging: ``python -m ray_jobs.formats FILE [--type docx|html|markdown|
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -286,9 +285,6 @@ def text_sections(text: str, limit: int = TEXT_SECTION_CHARS) -> list[tuple[str,
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import hashlib
-
-    from docpipe import identity
 
     parser = argparse.ArgumentParser(
         prog="python -m ray_jobs.formats",
@@ -305,21 +301,17 @@ def main(argv: list[str] | None = None) -> int:
     if doc_type not in FORMAT_TYPES:
         parser.error(f"cannot tell the type of {args.file} from its extension "
                      f"({doctypes.extension_of(args.file) or 'none'}): pass --type")
+    from ray_jobs.pdf import file_identity, print_error, print_json
+
     try:
-        with open(args.file, "rb") as fh:
-            digest = hashlib.sha256(fh.read()).hexdigest()
-        result = extract_file(args.file, doc_type,
-                              document_id=identity.document_id("local", os.path.abspath(args.file)),
-                              processing_version=identity.processing_version(digest), max_chars=args.max_chars)
+        document_id, version = file_identity(args.file)
+        result = extract_file(args.file, doc_type, document_id=document_id, processing_version=version,
+                              max_chars=args.max_chars)
     except (errors.DocpipeError, OSError) as exc:
-        code = errors.error_code_of(exc) if isinstance(exc, errors.DocpipeError) else type(exc).__name__
-        print(f"error: {code}: {exc}".replace("\n", " "), file=sys.stderr)
-        return 1
+        return print_error(exc)
 
     if args.json:
-        json.dump({"summary": result.summary(), "pages": result.pages}, sys.stdout, ensure_ascii=False, indent=1)
-        print()
-        return 0
+        return print_json(result)
     for row in result.pages:
         preview = " ".join(row["text"][:120].split())[:60]
         locator = row["locator"] if len(row["locator"]) <= 60 else row["locator"][:59] + "…"

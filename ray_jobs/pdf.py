@@ -162,11 +162,33 @@ def extract_pdf(path: str, *, document_id: str, processing_version: str, backend
 # ---------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+def file_identity(path: str) -> tuple[str, str]:
+    """(document_id, processing_version) of a local file, as the debugging CLIs name it."""
     import hashlib
 
     from docpipe import identity
+
+    with open(path, "rb") as fh:
+        digest = hashlib.sha256(fh.read()).hexdigest()
+    return identity.document_id("local", os.path.abspath(path)), identity.processing_version(digest)
+
+
+def print_error(exc: BaseException) -> int:
+    """A debugging CLI's failure: the error code and message on stderr; exit status 1."""
+    code = errors.error_code_of(exc) if isinstance(exc, errors.DocpipeError) else type(exc).__name__
+    print(f"error: {code}: {exc}".replace("\n", " "), file=sys.stderr)
+    return 1
+
+
+def print_json(result: ExtractResult) -> int:
+    """The pages.jsonl rows and the summary as JSON on stdout."""
+    json.dump({"summary": result.summary(), "pages": result.pages}, sys.stdout, ensure_ascii=False, indent=1)
+    print()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
 
     parser = argparse.ArgumentParser(
         prog="python -m ray_jobs.pdf",
@@ -180,23 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        with open(args.file, "rb") as fh:
-            digest = hashlib.sha256(fh.read()).hexdigest()
-        result = extract_pdf(
-            args.file,
-            document_id=identity.document_id("local", os.path.abspath(args.file)),
-            processing_version=identity.processing_version(digest),
-            backend=args.backend, timeout_s=args.timeout, max_memory_mb=args.max_memory_mb,
-            password=args.password)
+        document_id, version = file_identity(args.file)
+        result = extract_pdf(args.file, document_id=document_id, processing_version=version,
+                             backend=args.backend, timeout_s=args.timeout, max_memory_mb=args.max_memory_mb,
+                             password=args.password)
     except (errors.DocpipeError, OSError) as exc:
-        code = errors.error_code_of(exc) if isinstance(exc, errors.DocpipeError) else type(exc).__name__
-        print(f"error: {code}: {exc}".replace("\n", " "), file=sys.stderr)
-        return 1
+        return print_error(exc)
 
     if args.json:
-        json.dump({"summary": result.summary(), "pages": result.pages}, sys.stdout, ensure_ascii=False, indent=1)
-        print()
-        return 0
+        return print_json(result)
     for row in result.pages:
         preview = row["text"][:60].replace("\n", " ")
         flag = "text" if row["has_text"] else "----"

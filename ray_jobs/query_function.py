@@ -2,7 +2,7 @@
 
 Request:  POST {"text": str, "top_k": int (default 5, at most 100),
                 "filter": {field: value or [values]} (optional; ray_jobs/search.py)}
-Response: 200 {"hits": [{"id", "score", "document_id", "s3_key", "page_start", "page_end",
+Response: 200 {"hits": [{"id", "score", "document_id", "s3_key", "page_start", "page_end", "locator",
                          "text", ...}]}, best first; 400 {"error"} for a request it cannot
           answer; 405 for a method other than POST; 500 {"error"} otherwise.
 

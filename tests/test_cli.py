@@ -64,6 +64,21 @@ def test_a_folder_keeps_its_structure_and_its_name(tmp_path, monkeypatch):
         ["input/reports/2023/q1.pdf", "input/reports/2024/q1.pdf"]
 
 
+def test_a_folder_brings_every_type_docpipe_reads_and_an_unsupported_file_is_followed_to_skipped(tmp_path):
+    folder(tmp_path, {"docs/a.pdf": GOOD})
+    for name in ("docs/b.docx", "docs/c.md", "docs/d.HTML", "docs/e.txt", "docs/f.xlsx"):
+        (tmp_path / name).write_bytes(b"content")
+    docs = ingest.plan(ingest.find_documents([str(tmp_path / "docs")]), BUCKET, "input/")
+    assert [d.key for d in docs] == ["input/docs/a.pdf", "input/docs/b.docx", "input/docs/c.md",
+                                     "input/docs/d.HTML", "input/docs/e.txt"]
+    # Named explicitly, an unsupported file is uploaded; RegisterDocument records it SKIPPED
+    # under the version "skipped", which is the item ingest must wait for (not a content hash).
+    [xlsx] = ingest.plan(ingest.find_documents([str(tmp_path / "docs/f.xlsx")]), BUCKET, "input/")
+    assert xlsx.processing_version == "skipped"
+    [outside] = ingest.plan(ingest.find_documents([str(tmp_path / "docs/a.pdf")]), BUCKET, "other/")
+    assert outside.processing_version == "skipped"
+
+
 def test_two_arguments_for_the_same_key_are_refused_naming_both(aws_env, tmp_path, monkeypatch):
     folder(tmp_path, {"a/q1.pdf": GOOD, "b/q1.pdf": ENCRYPTED})
     use_stack(monkeypatch, {"DocumentBucketName": BUCKET, "ControlTableName": "control"})

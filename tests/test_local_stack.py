@@ -34,7 +34,24 @@ OUTCOMES = {
     "pdf.js/test/pdfs/poppler-937-0-fuzzed.pdf": ("FAILED", "PdfMalformed"),
     "pdfplumber/tests/pdfs/empty.pdf": ("FAILED", "EmptyDocument"),
     "pdf.js/test/pdfs/Pages-tree-refs.pdf": ("COMPLETED", None),              # page-tree loop
+    "unstructured/example-docs/pdf/loremipsum-flat.pdf": ("COMPLETED", None),  # a scan: OCR in a Ray worker
 }
+# Files the fixture writes beside them: other types, routed by RegisterDocument.
+WRITTEN = {"handbook.md": ("COMPLETED", "markdown"), "travel.docx": ("COMPLETED", "docx"),
+           "budget.xlsx": ("SKIPPED", None)}
+
+
+def travel_docx() -> bytes:
+    import io
+
+    import docx
+
+    d = docx.Document()
+    d.add_heading("Travel policy", level=1)
+    d.add_paragraph("Hotel nights are reimbursed up to 180 euros in Frankfurt.")
+    buf = io.BytesIO()
+    d.save(buf)
+    return buf.getvalue()
 
 
 def clients(state):
@@ -67,6 +84,9 @@ def ingested(local_stack, tmp_path_factory):
     for rel in OUTCOMES:
         src = corpus_file(rel)
         (folder / src.name).symlink_to(src)
+    (folder / "handbook.md").write_bytes((REPO / "samples" / "operator-handbook.md").read_bytes())
+    (folder / "travel.docx").write_bytes(travel_docx())
+    (folder / "budget.xlsx").write_bytes(b"PK\x03\x04 a spreadsheet docpipe does not read")
     # Files, not the folder: each keeps its base name (input/<name>), as these tests expect.
     out = run_cli("ingest", *map(str, sorted(folder.iterdir())), "--timeout", "600")
     return out, folder
@@ -84,6 +104,26 @@ def test_ingest_reaches_documented_outcome_for_every_file(local_stack, ingested)
         assert final[0]["status"] == status or (status == "COMPLETED" and final[0]["status"] == "PARTIAL"), (rel, final[0])
         if code:
             assert final[0]["error_code"] == code, (rel, final[0])
+
+
+def test_other_types_are_routed_and_a_scan_is_read_by_ocr_on_the_ray_stack(local_stack, ingested):
+    for name, (status, document_type) in WRITTEN.items():
+        [item] = control_items(local_stack, f"input/{name}")
+        assert item["status"] == status, (name, item)
+        if document_type:
+            assert item["document_type"] == document_type and int(item["vectors"]) >= 1
+        else:
+            assert item["error_code"] == "UnsupportedType" and ".xlsx" in item["error_message"]
+    [scan] = control_items(local_stack, "input/loremipsum-flat.pdf")
+    assert int(scan["pages_ocr"]) == 1 and scan["ocr_engine"] == "rapidocr"
+    out = run_cli("query", "hotel nights reimbursed in Frankfurt", "--json")
+    [best, *_] = json.loads(out.stdout)
+    assert best["s3_key"] == "input/travel.docx" and best["locator"] == "Travel policy", best
+    out = run_cli("query", "Lorem ipsum dolor sit amet consectetur adipiscing elit", "--json")
+    assert json.loads(out.stdout)[0]["s3_key"] == "input/loremipsum-flat.pdf"
+    out = run_cli("query", "who to page when many documents fail", "--json")
+    [best, *_] = json.loads(out.stdout)
+    assert (best["s3_key"], best["locator"]) == ("input/handbook.md", "docpipe operator handbook › Escalation"), best
 
 
 def test_completed_documents_have_artifacts_audit_and_vectors(local_stack, ingested):

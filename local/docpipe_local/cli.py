@@ -405,8 +405,9 @@ def _filters(pairs) -> dict:
 @click.option("--region", help="region of --stack (default: your AWS configuration's)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def query(text, top_k, filter_pairs, stack_name, region, as_json):
-    """Find the chunks nearest to TEXT in the vector index, with their document, page
-    span and score (cosine similarity): the local index, or with --stack the index of a
+    """Find the chunks nearest to TEXT in the vector index, with their document, where
+    in it (a PDF's page span, a DOCX/HTML/Markdown section or a text file's lines) and
+    score (cosine similarity): the local index, or with --stack the index of a
     deployed stack (needs lambda:InvokeFunctionUrl and lambda:InvokeFunction on its
     Query function).
 

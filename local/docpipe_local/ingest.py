@@ -1,4 +1,4 @@
-"""Uploading PDFs to the local stack and following them to a terminal status."""
+"""Uploading documents to the local stack and following them to a terminal status."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError
 
-from docpipe import identity
+from docpipe import doctypes, identity
+from docpipe.documents import SKIPPED_VERSION
 
 TERMINAL = ("COMPLETED", "PARTIAL", "FAILED", "SKIPPED")
 
@@ -46,8 +47,6 @@ def find_documents(paths: list[str]) -> list[Source]:
     """The files to upload: each file named, and in each folder named every file of a type
     docpipe reads (docpipe.doctypes: PDF, DOCX, HTML, Markdown, text). A file named
     explicitly is uploaded whatever its type: the pipeline records it SKIPPED with the reason."""
-    from docpipe import doctypes
-
     found: list[Source] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -64,7 +63,6 @@ def find_documents(paths: list[str]) -> list[Source]:
 def demo_files() -> list[str]:
     """The samples `docpipe demo` ingests, as single files: keys input/<name>, the
     documents events/*.json name."""
-    from docpipe import doctypes
     from docpipe_local import paths
 
     return sorted(str(p) for p in (paths.REPO / "samples").iterdir()
@@ -98,9 +96,14 @@ def plan(sources: list[Source] | list[Path], bucket: str, prefix: str, pipeline_
                              "rename one, or pass their folders instead")
         seen[key] = src.path
         p = src.path
-        sha = sha256_of(p)
-        version = identity.processing_version(sha, pipeline_version) if p.stat().st_size else \
-            identity.processing_version(hashlib.sha256(b"").hexdigest(), pipeline_version)
+        if not key.startswith(identity.INPUT_PREFIX) or doctypes.document_type(key) is None:
+            # RegisterDocument records such a key SKIPPED under this one version, whatever
+            # its bytes (docpipe.documents): follow that item.
+            version = SKIPPED_VERSION
+        elif p.stat().st_size:
+            version = identity.processing_version(sha256_of(p), pipeline_version)
+        else:
+            version = identity.processing_version(hashlib.sha256(b"").hexdigest(), pipeline_version)
         docs.append(Doc(p, key, identity.document_id(bucket, key), version))
     return docs
 
