@@ -58,11 +58,11 @@ def _init(threads: int, lancedb_uri: str) -> None:
 
 
 def process(path: str) -> dict:
-    from docpipe import errors, identity
+    from docpipe import doctypes, errors, identity
     from ray_jobs.backends.base import VectorRecord
     from ray_jobs.backends.version_sync import replace_document_version
     from ray_jobs.embed import ENRICH_BATCH, batch_size
-    from ray_jobs.extract import chunk, extract_pages
+    from ray_jobs.extract import chunk, extract_any, no_text_error
     from ray_jobs.settings import StageSettings
 
     settings = StageSettings.from_env()  # the same knobs and defaults as the extract stage
@@ -73,10 +73,12 @@ def process(path: str) -> dict:
     row = {"file": Path(path).name, "bytes": len(data), "worker_pid": os.getpid(), "warmup_s": _W["warmup_s"]}
     t = [time.monotonic()]
     try:
-        result = extract_pages(path, doc, ver, settings)
+        # As the extract stage reads it: by type, a PDF's pages without text through OCR.
+        doc_type = doctypes.document_type(path) or "pdf"
+        result, ocr = extract_any(path, doc_type, doc, ver, settings)
         t.append(time.monotonic())
         if result.pages_with_text == 0:
-            raise errors.PdfNoText("no page has text")
+            raise no_text_error(result, doc_type, ocr)
         chunks = chunk(result.pages, doc, ver, settings)
         t.append(time.monotonic())
         texts = [c["text"] for c in chunks]
