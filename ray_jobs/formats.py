@@ -133,17 +133,7 @@ def extract_file(path: str, document_type: str, *, document_id: str, processing_
             "error": None,
             "locator": locator,
         })
-    with_text = sum(1 for r in rows if r["has_text"])
-    return ExtractResult(
-        pages=rows,
-        page_count=len(rows),
-        pages_with_text=with_text,
-        pages_without_text=len(rows) - with_text,
-        page_errors=0,
-        extractor=document_type,
-        seconds=time.monotonic() - started,
-        stats={document_type: len(rows)},
-    )
+    return ExtractResult.of_rows(rows, page_errors=0, seconds=time.monotonic() - started)
 
 
 # ---------------------------------------------------------------------------------------

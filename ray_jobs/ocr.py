@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 from docpipe import errors
 from ray_jobs.ocr_render import MAX_SIDE_PX, render_pages
-from ray_jobs.pdf_parallel import page_ranges, ray_active
+from ray_jobs.pdf_parallel import cluster_cpus, page_ranges, range_count, ray_active
 from ray_jobs.pdf_parse import ERROR_MAX, short_error
 from ray_jobs.pdf_text import has_text, normalise_text
 from ray_jobs.settings import StageSettings
@@ -263,11 +263,8 @@ def parse_tesseract_tsv(tsv: str) -> list[Line]:
 
 
 # ---------------------------------------------------------------------------------------
-# Engine per process (warm, like ray_jobs/warm.py)
+# Engine per process (ray_jobs.warm keeps it)
 # ---------------------------------------------------------------------------------------
-
-_engines_lock = threading.Lock()
-_engines: dict[tuple[str, int], OcrEngine] = {}
 
 
 def check_settings(settings: StageSettings) -> None:
@@ -278,7 +275,8 @@ def check_settings(settings: StageSettings) -> None:
         raise ValueError(f"OCR_ENGINE={settings.ocr_engine!r}: expected one of {', '.join(LOCAL_ENGINES)}")
 
 
-def _make_engine(settings: StageSettings) -> OcrEngine:
+def make_engine(settings: StageSettings) -> OcrEngine:
+    """A new engine for `settings`; engine_for keeps one per process (ray_jobs.warm)."""
     if settings.ocr_backend == "textract":
         from ray_jobs.ocr_textract import TextractEngine
 
@@ -292,17 +290,12 @@ def _make_engine(settings: StageSettings) -> OcrEngine:
 def engine_for(settings: StageSettings) -> OcrEngine | None:
     """The process's engine for `settings` (None for OCR_BACKEND=none), made once per
     configuration (and per docpipe.aws client generation, for Textract's client)."""
-    from docpipe import aws
+    from ray_jobs import warm
 
     check_settings(settings)
     if settings.ocr_backend == "none":
         return None
-    key = (settings.key(), aws.generation())
-    with _engines_lock:
-        engine = _engines.get(key)
-        if engine is None:
-            engine = _engines[key] = _make_engine(settings)
-        return engine
+    return warm.ocr_engine(settings)
 
 
 # ---------------------------------------------------------------------------------------
@@ -367,13 +360,11 @@ _REMOTE: Any = None  # the ray.remote wrapper of _batch_task, made on first use
 
 
 def ocr_batches(numbers: list[int], cpus: int, threshold_pages: int) -> list[list[int]]:
-    """Split the pages to OCR into contiguous batches: ~2 per CPU balances uneven pages;
-    none smaller than half the threshold (each batch pays a task, a warm engine, children)."""
+    """Split the pages to OCR into contiguous batches, as large PDFs are split into page
+    ranges (pdf_parallel.range_count)."""
     if not numbers:
         return []
-    min_size = max(1, threshold_pages // 2)
-    parts = max(2, min(2 * max(1, cpus), len(numbers) // min_size))
-    return [numbers[a:b] for a, b in page_ranges(len(numbers), parts)]
+    return [numbers[a:b] for a, b in page_ranges(len(numbers), range_count(len(numbers), cpus, threshold_pages))]
 
 
 def _batch_task(path: str, numbers: list[int], settings: StageSettings, password: str,
@@ -406,10 +397,7 @@ def _ocr_parallel(path: str, numbers: list[int], settings: StageSettings, passwo
                   heartbeat: Callable[[], None] | None) -> list[dict[str, Any]]:
     import ray
 
-    if not ray.is_initialized():
-        ray.init(ignore_reinit_error=True, log_to_driver=False)
-    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]  # unannotated in ray
-    batches = ocr_batches(numbers, int(resources.get("CPU", 1)) or 1, settings.ocr_parallel_threshold_pages)
+    batches = ocr_batches(numbers, cluster_cpus(), settings.ocr_parallel_threshold_pages)
     task = _remote_batch_task().options(resources=settings.task_resources or None)
     refs: list[Any] = [task.remote(path, batch, settings, password, deadline_epoch) for batch in batches]
     order = {ref: i for i, ref in enumerate(refs)}
@@ -546,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
-    from ray_jobs.pdf import extract_pdf
+    from ray_jobs.pdf import extract_pdf, print_error
 
     parser = argparse.ArgumentParser(
         prog="python -m ray_jobs.ocr",
@@ -575,9 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         outcome, results = _run_ocr(args.file, rows, settings, None, "", None)
         timings = {int(res["page_number"]): float(res["seconds"]) for res in results}
     except (errors.DocpipeError, OSError, ValueError, OcrEngineMissing) as exc:
-        code = errors.error_code_of(exc) if isinstance(exc, errors.DocpipeError) else type(exc).__name__
-        print(f"error: {code}: {exc}".replace("\n", " "), file=sys.stderr)
-        return 1
+        return print_error(exc)
     if args.json:
         json.dump({"outcome": outcome.summary(), "pages": rows}, sys.stdout, ensure_ascii=False, indent=1)
         print()

@@ -20,14 +20,13 @@ import json
 import math
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from ray_jobs.pdf_parse import ERROR_MAX, is_enomem, short_error
-from ray_jobs.pdf_sandbox import _MEMORY_MARKERS, _child_env, _kill_group, _limit_resources
+from ray_jobs.pdf_sandbox import _MEMORY_MARKERS, _limit_resources, spawn_child
 
 MAX_SIDE_PX = 4000  # longer side of a rendered page; Textract takes up to 10000 px a side
 MIN_SCALE = 0.05  # below this a page is a poster of hundreds of inches: refuse, do not render a smudge
@@ -141,22 +140,7 @@ def _death_reason(rc: int, stderr: str, timed_out: bool, timeout_s: float, max_m
 def _run_child(request: dict[str, Any], timeout_s: float) -> tuple[list[dict[str, Any]], str | None]:
     """One child over request["pages"]. -> (the page lines it wrote, why it died or None)."""
     request = {**request, "timeout_s": timeout_s}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD_CODE],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=_child_env(), start_new_session=True,  # own process group: killpg on timeout
-    )
-    timed_out = False
-    try:
-        out, err = proc.communicate(json.dumps(request).encode("utf-8"), timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        _kill_group(proc)
-        out, err = proc.communicate()  # keeps what the child wrote before the deadline
-    except BaseException:
-        _kill_group(proc)  # KeyboardInterrupt, SIGTERM handler exceptions: no orphans
-        proc.communicate()
-        raise
+    rc, out, err, timed_out = spawn_child(CHILD_CODE, request, timeout_s)  # keeps what it wrote before a time-out
     items: list[dict[str, Any]] = []
     for line in out.decode("utf-8", "replace").splitlines():
         try:
@@ -165,8 +149,8 @@ def _run_child(request: dict[str, Any], timeout_s: float) -> tuple[list[dict[str
             break  # a torn last line: it died while writing
         if isinstance(item, dict):
             items.append(item)
-    clean = proc.returncode == 0 and not timed_out
-    reason = None if clean else _death_reason(proc.returncode, err.decode("utf-8", "replace")[-2000:], timed_out,
+    clean = rc == 0 and not timed_out
+    reason = None if clean else _death_reason(rc, err.decode("utf-8", "replace")[-2000:], timed_out,
                                               timeout_s, request["max_memory_mb"])
     return items, reason
 

@@ -62,6 +62,14 @@ class ExtractResult:
     ranges: int = 1  # page ranges extracted (> 1 only on the parallel Ray path)
     stats: dict[str, int] = field(default_factory=dict)  # pages per extractor
 
+    @classmethod
+    def of_rows(cls, rows: list[dict[str, Any]], *, page_errors: int, seconds: float, ranges: int = 1) -> ExtractResult:
+        """The result of these rows, its counts and extractor taken from them."""
+        result = cls(pages=rows, page_count=len(rows), pages_with_text=0, pages_without_text=0,
+                     page_errors=page_errors, extractor="", seconds=seconds, ranges=ranges)
+        result.recount()
+        return result
+
     def recount(self) -> None:
         """Counts and extractor again from the rows, after OCR filled some of them."""
         self.pages_with_text = sum(1 for r in self.pages if r["has_text"])
@@ -142,19 +150,7 @@ def extract_pdf(path: str, *, document_id: str, processing_version: str, backend
             "extractor": p["extractor"],
             "error": p["error"],
         })
-    with_text = sum(1 for r in rows if r["has_text"])
-    stats = Counter(r["extractor"] for r in rows)
-    return ExtractResult(
-        pages=rows,
-        page_count=page_count,
-        pages_with_text=with_text,
-        pages_without_text=page_count - with_text,
-        page_errors=len(failed),
-        extractor=main_extractor(stats),
-        seconds=time.monotonic() - started,
-        ranges=ranges,
-        stats=dict(sorted(stats.items())),
-    )
+    return ExtractResult.of_rows(rows, page_errors=len(failed), seconds=time.monotonic() - started, ranges=ranges)
 
 
 # ---------------------------------------------------------------------------------------

@@ -67,19 +67,28 @@ def page_ranges(page_count: int, parts: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def extract_parallel(path: str, backend: str, password: str, page_count: int, deadline: float,
-                     max_memory_mb: int, parallel_threshold_pages: int) -> tuple[list[RawPage], int]:
+def range_count(count: int, cpus: int, threshold_pages: int) -> int:
+    """How many ranges `count` pages are split into: ~2 per CPU balances uneven pages; no
+    range smaller than half the threshold (each pays for a task and child interpreters)."""
+    min_size = max(1, threshold_pages // 2)
+    return max(2, min(2 * max(1, cpus), count // min_size))
+
+
+def cluster_cpus() -> int:
+    """The CPUs of the Ray cluster, connecting to it first if this process has not."""
     import ray
 
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True, log_to_driver=False)
     resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]  # unannotated in ray
-    cpus = int(resources.get("CPU", 1)) or 1
-    # ~2 ranges per CPU balances uneven pages; no range smaller than half the threshold
-    # (each range pays for a child interpreter and a document open).
-    min_size = max(1, parallel_threshold_pages // 2)
-    parts = max(2, min(2 * cpus, page_count // min_size))
-    ranges = page_ranges(page_count, parts)
+    return int(resources.get("CPU", 1)) or 1
+
+
+def extract_parallel(path: str, backend: str, password: str, page_count: int, deadline: float,
+                     max_memory_mb: int, parallel_threshold_pages: int) -> tuple[list[RawPage], int]:
+    import ray
+
+    ranges = page_ranges(page_count, range_count(page_count, cluster_cpus(), parallel_threshold_pages))
     task = _remote_range_task()
     remaining = deadline - time.monotonic()
     deadline_epoch = time.time() + remaining

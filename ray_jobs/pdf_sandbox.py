@@ -113,27 +113,39 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
+def spawn_child(code: str, request: dict[str, Any], timeout_s: float) -> tuple[int, bytes, bytes, bool]:
+    """Run ``python -c code`` (a child_main that limits itself) with `request` as JSON on
+    stdin, in its own process group, for at most `timeout_s` seconds. Returns (returncode,
+    stdout, stderr, timed out); on time-out the group is killed and what the child wrote
+    before is kept. The parse and the OCR renderer (ray_jobs.ocr_render) both run so."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=_child_env(), start_new_session=True,  # own process group: killpg on timeout
+    )
+    timed_out = False
+    try:
+        out, err = proc.communicate(json.dumps(request).encode("utf-8"), timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _kill_group(proc)
+        out, err = proc.communicate()
+    except BaseException:
+        _kill_group(proc)  # KeyboardInterrupt, SIGTERM handler exceptions: no orphans
+        proc.communicate()
+        raise
+    return proc.returncode, out, err, timed_out
+
+
 def run_child(request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     """Run one limited child. Returns its result dict (ok or a coded error);
     raises PdfTimeout, TooLarge or ChildCrashed."""
     if timeout_s <= 0:
         raise errors.PdfTimeout(f"no time left to parse {request['path']}")
     request = {**request, "timeout_s": timeout_s}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD_CODE],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=_child_env(), start_new_session=True,  # own process group: killpg on timeout
-    )
-    try:
-        out, err = proc.communicate(json.dumps(request).encode("utf-8"), timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        proc.communicate()
-        raise errors.PdfTimeout(f"parsing took longer than {timeout_s:.0f} s") from None
-    except BaseException:
-        _kill_group(proc)  # KeyboardInterrupt, SIGTERM handler exceptions: no orphans
-        proc.communicate()
-        raise
+    rc, out, err, timed_out = spawn_child(CHILD_CODE, request, timeout_s)
+    if timed_out:
+        raise errors.PdfTimeout(f"parsing took longer than {timeout_s:.0f} s")
     stderr = err.decode("utf-8", "replace")[-_STDERR_TAIL:]
     if out:
         try:
@@ -141,7 +153,6 @@ def run_child(request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
             return result
         except ValueError:
             pass  # truncated: it died while writing; classified below
-    rc = proc.returncode
     if rc in (-signal.SIGXCPU, -signal.SIGKILL) and "MemoryError" not in stderr:
         # SIGXCPU: our CPU backstop; SIGKILL (not from us): the CPU hard limit or the
         # kernel's OOM killer. Both mean the document is too expensive.

@@ -20,22 +20,24 @@ from ray_jobs.settings import StageSettings
 
 if TYPE_CHECKING:
     from ray_jobs.backends.base import Embedder, Enricher, VectorRecord, VectorStore
+    from ray_jobs.ocr import OcrEngine
 
 T = TypeVar("T")
 _lock = threading.Lock()
 _cache: dict[tuple[str, str, int], object] = {}
 
 
-def _key(name: str) -> tuple[str, str, int]:
+def _key(name: str, settings: StageSettings | None = None) -> tuple[str, str, int]:
     """Another configuration is another object (tests switch it within one process);
     so are new clients (docpipe.aws.reset_clients, e.g. another endpoint)."""
     from docpipe import aws
 
-    return name, StageSettings.from_env().key(), aws.generation()
+    return name, (settings or StageSettings.from_env()).key(), aws.generation()
 
 
-def _once(name: str, make: Callable[[], T]) -> T:
-    key = _key(name)
+def _once(name: str, make: Callable[[], T], settings: StageSettings | None = None) -> T:
+    """The process's `name` for `settings` (default: this process's environment)."""
+    key = _key(name, settings)
     with _lock:
         if key not in _cache:
             _cache[key] = make()
@@ -64,6 +66,14 @@ def enricher() -> Enricher:
     from ray_jobs.backends import make_enricher
 
     return _once("enricher", make_enricher)
+
+
+def ocr_engine(settings: StageSettings) -> OcrEngine:
+    """The process's OCR engine for `settings` (OCR_BACKEND local or textract): the model
+    loads once per worker process, not once per page or document."""
+    from ray_jobs.ocr import make_engine
+
+    return _once("ocr_engine", lambda: make_engine(settings), settings)
 
 
 def replace_document_version(records: list[VectorRecord], document_id: str, version: str) -> dict[str, Any]:

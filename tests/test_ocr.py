@@ -17,7 +17,7 @@ import time
 import pytest
 from conftest import corpus_file
 
-from ray_jobs import ocr
+from ray_jobs import ocr, warm
 from ray_jobs.ocr import Line, OcrEngineMissing, OcrText, apply_ocr, assemble, engine_for
 from ray_jobs.ocr_render import MAX_SIDE_PX, render_scale
 from ray_jobs.pdf import extract_pdf
@@ -119,7 +119,7 @@ def test_local_engine_never_touches_the_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     fresh = settings(OCR_MIN_CONFIDENCE="0.55")  # a configuration no earlier test built: created here
-    assert all(key[0] != fresh.key() for key in ocr._engines)
+    assert all(key[1] != fresh.key() for key in warm._cache)
     path, rows = rows_of(TABLE)
 
     outcome = apply_ocr(path, rows, fresh)
