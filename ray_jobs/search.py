@@ -15,9 +15,12 @@ where a hit is the same way everywhere (CLI, console).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 DEFAULT_TOP_K = 5
+# A text file's locator (ray_jobs.formats.text_sections): "line 7", "lines 1–40 (part 2)".
+_LINES = re.compile(r"lines? \d")
 MAX_TOP_K = 100
 MAX_TEXT_CHARS = 10_000
 # Metadata both stores can filter on (equality or a list of values); `text` is not one.
@@ -42,10 +45,12 @@ def search(text: object, top_k: object = DEFAULT_TOP_K, filter: object = None) -
 
 
 def where_in_document(hit: dict[str, Any]) -> str:
-    """"section Setup › Install" for a DOCX/HTML/Markdown/text hit (its locator), "page 3"
-    or "pages 3–4" for a PDF's; "" when the hit says neither."""
+    """"section Setup › Install" for a DOCX/HTML/Markdown hit (its locator), a text file's
+    "line 7" / "lines 1–40" as they are, "page 3" or "pages 3–4" for a PDF's; "" when the
+    hit says neither."""
     if hit.get("locator"):
-        return f"section {hit['locator']}" if not str(hit["locator"]).startswith("lines ") else str(hit["locator"])
+        locator = str(hit["locator"])
+        return locator if _LINES.match(locator) else f"section {locator}"
     start, end = hit.get("page_start"), hit.get("page_end")
     if start is None:
         return ""

@@ -220,3 +220,17 @@ def test_sections_are_chunked_apart_and_each_chunk_names_its_section():
     assert_valid(pages, chunks, 400)
     pdf_pages = [{"page_number": 1, "text": "A page of a PDF."}]
     assert [c["locator"] for c in chunk_pages(pdf_pages, document_id="d", processing_version="v")] == [""]
+
+
+def test_citations_name_sections_lines_or_pages():
+    from ray_jobs.search import citation
+
+    assert citation({"s3_key": "input/a.docx", "locator": "Policy › Hotels"}) == "input/a.docx, section Policy › Hotels"
+    # A text file's sections: several lines, one long line, and a part of a longer run.
+    assert citation({"s3_key": "input/n.txt", "locator": "lines 1–40"}) == "input/n.txt, lines 1–40"
+    assert citation({"s3_key": "input/n.txt", "locator": "line 7"}) == "input/n.txt, line 7"
+    assert citation({"s3_key": "input/n.txt", "locator": "line 7 (part 2)"}) == "input/n.txt, line 7 (part 2)"
+    # A heading that starts with the word "Lines" is still a section.
+    assert citation({"s3_key": "input/b.md", "locator": "Lines of business"}) == "input/b.md, section Lines of business"
+    assert citation({"s3_key": "input/r.pdf", "page_start": 3, "page_end": 4}) == "input/r.pdf, pages 3–4"
+    assert citation({"s3_key": "input/r.pdf", "page_start": 2, "page_end": 2}) == "input/r.pdf, page 2"
