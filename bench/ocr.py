@@ -48,6 +48,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.procs import descendants
 from bench.run import CORPUS_DIR, REPO
 
 HERE = Path(__file__).resolve().parent
@@ -320,24 +321,6 @@ def _serve(conn: Any) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def _descendants(root: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                raw = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(raw[raw.rfind(")") + 2:].split()[1])
-    found, frontier = [], [root]
-    while frontier:
-        pid = frontier.pop()
-        kids = [child for child, parent in parents.items() if parent == pid]
-        found += kids
-        frontier += kids
-    return found
-
-
 class Worker:
     """One spawned interpreter running the steps with warm engines. A step past its timeout
     (or a crash) kills the worker and every process under it (the PDF children run in their
@@ -373,7 +356,7 @@ class Worker:
     def _kill(self) -> None:
         if self.proc.exitcode is None:  # still ours: a reaped pid may belong to someone else by now
             os.kill(self.proc.pid, signal.SIGSTOP)  # it starts no child while we list and kill them
-            for pid in [*_descendants(self.proc.pid), self.proc.pid]:
+            for pid in [*descendants(self.proc.pid), self.proc.pid]:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:

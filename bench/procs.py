@@ -47,6 +47,22 @@ def _stat(pid: str) -> tuple[int, float] | None:
     return ppid, (utime + stime) / _TICK
 
 
+def descendants(root: int) -> list[int]:
+    """Every process under `root` (its children, theirs, ...), from /proc."""
+    by_parent: dict[int, list[int]] = defaultdict(list)
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            st = _stat(entry.name)
+            if st:
+                by_parent[st[0]].append(int(entry.name))
+    found, frontier = [], [root]
+    while frontier:
+        kids = by_parent.get(frontier.pop(), [])
+        found += kids
+        frontier += kids
+    return found
+
+
 def _rss(pid: str) -> int:
     statm = _read(f"/proc/{pid}/statm")
     return int(statm.split()[1]) * _PAGE if statm else 0
