@@ -164,6 +164,12 @@ def test_query_nearest_first_with_metadata_and_filter(store):
         "s3_key": "input/d2.pdf",
         "locator": None,  # a PDF's chunk: its pages say where it is
         "text": "chunk 1 of d2",
+        # Not given: null.
+        "char_start": None,
+        "char_end": None,
+        "entity_types": None,
+        "entities": None,
+        "key_phrases": None,
     }
 
     only_d2 = store.query(target.tolist(), top_k=5, filter={"document_id": "d2"})
@@ -181,7 +187,7 @@ def test_query_nearest_first_with_metadata_and_filter(store):
     ]
     assert len(store.query(target.tolist(), top_k=5, filter={"document_id": {"$in": ["d1", "d2"]}})) == 4
     with pytest.raises(ValueError):
-        store.query(target.tolist(), filter={"chunk_index": {"$gt": 1}})
+        store.query(target.tolist(), filter={"chunk_index": {"$gt": 1}})  # not in the contract
 
     with pytest.raises(ValueError):
         store.query(target.tolist(), filter={"no_such_column": 1})
@@ -335,3 +341,188 @@ def test_vectors_jsonl_and_the_index_hold_the_same_numbers(aws_env):
     assert sorted(in_s3) == sorted(in_index) == sorted(identity.vector_id(document_id, version, i) for i in range(5))
     for vector_id, vector in in_s3.items():
         assert vector == in_index[vector_id], vector_id
+
+
+# ---- keyword search and enrichment metadata ----------------------------------------------
+
+FINANCE = [
+    "Net revenue for fiscal 2023 was $31.4 billion, up 4 percent from the prior year.",
+    "Total revenue reached $30.9 billion in fiscal 2022, driven by cloud services.",
+    "Revenue in fiscal 2021 was $32.0 billion, an increase of 7 percent.",
+    "Operating income was $9.2 billion while revenue grew to $33.5 billion.",
+    "Attach Form 1040 Schedule C to report the income of a sole proprietorship.",
+    "Form 1065 is the partnership return; Form 1120 is the corporate one.",
+    "2023年营业收入增长率为百分之十二，净利润创历史新高。",
+    "公司董事会批准了新的股息政策和回购计划。",
+]
+
+
+def _texts(store: LanceDBStore, texts: list[str], doc: str = "d1", **meta) -> list[VectorRecord]:
+    recs = [_rec(doc, "v1", i, text=t, **meta) for i, t in enumerate(texts)]
+    store.upsert(recs)
+    return recs
+
+
+def test_keyword_query_finds_exact_figures_a_vector_query_ranks_low(store):
+    recs = _texts(store, FINANCE)
+    # An embedding that sees "$32.0 billion" as just another revenue figure: the query's
+    # vector lies next to the $31.4 billion chunk's and far from the $32.0 billion one's.
+    confused = (np.array(recs[0].vector) + 0.05 * np.array(_vec(99))).tolist()
+    by_vector = [m.id for m in store.query(confused, top_k=len(FINANCE))]
+    assert by_vector.index("d1#v1#2") >= 3
+
+    hits = store.keyword_query("$32.0 billion", top_k=3)
+    assert hits[0].id == "d1#v1#2"
+    assert hits[0].score > hits[1].score > 0  # BM25: "billion" alone scores lower
+    assert [m.score for m in hits] == sorted((m.score for m in hits), reverse=True)
+    # The same metadata as a vector query's match of the same row.
+    [same] = store.query(recs[2].vector, top_k=1)
+    assert hits[0].metadata == same.metadata and hits[0].metadata["text"] == FINANCE[2]
+
+    assert store.keyword_query("form 1040", top_k=2)[0].id == "d1#v1#4"
+    assert store.keyword_query("FORM 1040", top_k=1)[0].id == "d1#v1#4"  # case folded
+    assert store.keyword_query("zebra", top_k=3) == []  # no term in common: no match
+    assert store.keyword_query("?!", top_k=3) == []  # no terms at all
+    assert store.keyword_query("revenue", top_k=0) == []
+
+
+def test_keyword_query_finds_chinese_text_by_a_chinese_query(store):
+    _texts(store, FINANCE)
+    assert store.keyword_query("营业收入", top_k=1)[0].id == "d1#v1#6"
+    assert store.keyword_query("增长率是多少", top_k=1)[0].id == "d1#v1#6"
+    assert store.keyword_query("股息政策", top_k=1)[0].id == "d1#v1#7"
+
+
+def test_enrichment_metadata_round_trips_and_filters(store):
+    enriched = [
+        _rec("d1", "v1", 0, text="Apple paid $3 billion in March", page_start=1, page_end=1, char_start=0,
+             char_end=30, entity_types=["DATE", "MONEY", "ORGANIZATION"], entities=["Apple", "March", "$3 billion"],
+             key_phrases=["quarterly revenue"]),
+        _rec("d1", "v1", 1, text="revenue in Paris rose", page_start=2, page_end=3, char_start=30, char_end=51,
+             entity_types=["LOCATION"], entities=["Paris"], key_phrases=["quarterly revenue", "paris office"]),
+        _rec("d1", "v1", 2, text="revenue was flat", page_start=4, page_end=4, entity_types=[], entities=[],
+             key_phrases=[]),
+        _rec("d2", "v1", 0, text="revenue of another document", page_start=3, page_end=5),  # not enriched
+    ]
+    store.upsert(enriched)
+    [m] = store.keyword_query("apple", top_k=5)
+    assert m.metadata["entity_types"] == ["DATE", "MONEY", "ORGANIZATION"]
+    assert m.metadata["entities"] == ["Apple", "March", "$3 billion"]
+    assert m.metadata["key_phrases"] == ["quarterly revenue"]
+    assert (m.metadata["char_start"], m.metadata["char_end"]) == (0, 30)
+    other = store.query(enriched[3].vector, top_k=1)[0]
+    assert other.id == "d2#v1#0" and other.metadata["entity_types"] is None and other.metadata["char_start"] is None
+
+    def ids(flt):
+        by_keyword = sorted(m.id for m in store.keyword_query("revenue paid", top_k=10, filter=flt))
+        by_vector = sorted(m.id for m in store.query(_vec(1), top_k=10, filter=flt))
+        assert by_keyword == by_vector  # one filter language, both searches
+        return by_keyword
+
+    assert ids({"entity_types": {"$in": ["MONEY", "PERSON"]}}) == ["d1#v1#0"]
+    assert ids({"entity_types": {"$in": ["MONEY", "LOCATION"]}}) == ["d1#v1#0", "d1#v1#1"]
+    assert ids({"entity_types": {"$eq": "LOCATION"}}) == ["d1#v1#1"]
+    assert ids({"entity_types": {"$in": []}}) == []
+    assert ids({"entities": {"$eq": "$3 billion"}}) == ["d1#v1#0"]
+    assert ids({"key_phrases": {"$eq": "quarterly revenue"}}) == ["d1#v1#0", "d1#v1#1"]
+    assert ids({"key_phrases": {"$eq": "quarterly"}}) == []  # an element, not a substring
+    # Chunks overlapping pages 3-4: page_start <= 4 and page_end >= 3.
+    assert ids({"page_start": {"$lte": 4}, "page_end": {"$gte": 3}}) == ["d1#v1#1", "d1#v1#2", "d2#v1#0"]
+    assert ids({"page_start": {"$gte": 2, "$lte": 3}}) == ["d1#v1#1", "d2#v1#0"]
+    assert ids({"page_end": {"$gte": 2.5}}) == ["d1#v1#1", "d1#v1#2", "d2#v1#0"]  # Pinecone's numbers are floats
+    assert ids({"document_id": {"$eq": "d1"}, "entity_types": {"$in": ["LOCATION"]}, "page_start": {"$gte": 2}}) == [
+        "d1#v1#1"
+    ]
+    assert ids({"char_start": {"$gte": 1}}) == ["d1#v1#1"]  # null: no match
+
+    for bad in (
+        {"entity_types": {"$gte": 1}},  # ranges are for numbers
+        {"s3_key": {"$lte": "z"}},
+        {"page_start": {"$gte": "3"}},
+        {"page_start": {"$gt": 3}},
+        {"page_start": {}},
+        {"entity_types": {"$eq": ["MONEY"]}},
+        {"entity_types": {"$in": "MONEY"}},
+        {"keywords": {"$eq": "revenue"}},  # derived, not metadata
+    ):
+        with pytest.raises(ValueError):
+            store.keyword_query("revenue", filter=bad)
+        with pytest.raises(ValueError):
+            store.query(_vec(1), filter=bad)
+
+
+def test_rows_written_after_the_keyword_index_are_found_and_deleted_ones_are_gone(store):
+    _texts(store, FINANCE[:4])
+    assert "keywords_fts" in [i.name for i in store.table.list_indices()]  # made by the writer
+    # Written after the index was built: searched all the same.
+    store.upsert([_rec("d2", "v1", 0, text="The Form 1040 instructions changed in 2024.")])
+    assert store.keyword_query("form 1040", top_k=1)[0].id == "d2#v1#0"
+    # An update replaces the row's terms.
+    store.upsert([_rec("d2", "v1", 0, text="Schedule K-1 reports partnership income.")])
+    assert store.keyword_query("1040", top_k=3) == []
+    assert store.keyword_query("partnership", top_k=1)[0].id == "d2#v1#0"
+    # Compaction folds the new rows into the index: still found, once.
+    store.compact()
+    assert [m.id for m in store.keyword_query("partnership schedule", top_k=5)] == ["d2#v1#0"]
+    assert store.table.index_stats("keywords_fts").num_unindexed_rows == 0
+    store.upsert([_rec("d3", "v1", 0, text="More partnership income.")])
+    assert store.delete_prefix("d2#") == 1
+    assert [m.id for m in store.keyword_query("partnership", top_k=5)] == ["d3#v1#0"]
+    assert store.delete_prefix("d1#v1#") == 4  # rows that were in the index
+    assert store.keyword_query("revenue billion", top_k=5) == []
+
+
+def _old_schema_table(uri: str) -> None:
+    """A table as the store made it before #12: no char span, enrichment or keywords."""
+    import lancedb
+    import pyarrow as pa
+
+    fields = [pa.field("id", pa.string(), nullable=False), pa.field("vector", pa.list_(pa.float32(), DIMS), nullable=False)]
+    fields += [pa.field(n, pa.int32() if n in ("chunk_index", "page_start", "page_end") else pa.string())
+               for n in ("document_id", "processing_version", "chunk_index", "page_start", "page_end", "s3_key",
+                         "locator", "text")]
+    schema = pa.schema(fields)
+    rows = [{**_rec("old", "v1", i, text=t).metadata, "id": f"old#v1#{i}", "vector": _vec(i), "locator": None}
+            for i, t in enumerate(FINANCE[:3])]
+    lancedb.connect(uri).create_table("chunks", schema=schema).add(pa.Table.from_pylist(rows, schema=schema))
+
+
+def test_an_old_schema_table_is_migrated_by_the_first_writer(tmp_path):
+    uri = str(tmp_path / "vectors")
+    _old_schema_table(uri)
+    # A reader (read-only mount) changes nothing: vector search works, keyword search finds nothing.
+    reader = LanceDBStore(uri)
+    assert reader.query(_vec(0), top_k=1)[0].metadata["entity_types"] is None
+    assert reader.keyword_query("$32.0 billion") == []
+    with pytest.raises(Exception):  # noqa: B017 - the old table has no such column to filter on
+        reader.query(_vec(0), top_k=5, filter={"entity_types": {"$in": ["MONEY"]}})
+
+    writer = LanceDBStore(uri)
+    writer.upsert([_rec("new", "v1", 0, text="Revenue was $32.0 billion again.", entity_types=["MONEY"],
+                        entities=["$32.0 billion"], char_start=5, char_end=38)])
+    names = writer.table.schema.names
+    assert {"char_start", "char_end", "entity_types", "entities", "key_phrases", "keywords"} <= set(names)
+    assert writer.count() == 4
+    # The old rows got their keywords: found by keyword search, with null enrichment.
+    assert sorted(m.id for m in writer.keyword_query("$32.0 billion", top_k=2)) == ["new#v1#0", "old#v1#2"]
+    assert [m.id for m in writer.keyword_query("$32.0 billion", top_k=5, filter={"entity_types": {"$eq": "MONEY"}})] == [
+        "new#v1#0"
+    ]
+    old = next(m for m in writer.keyword_query("fiscal 2022", top_k=1))
+    assert old.id == "old#v1#1" and old.metadata["entities"] is None and old.metadata["char_start"] is None
+    # And a new reader now has the keyword path too.
+    assert LanceDBStore(uri).keyword_query("fiscal 2021", top_k=1)[0].id == "old#v1#2"
+
+
+def test_integer_fields_accept_pinecone_style_floats(store):
+    store.upsert([_rec("d1", "v1", i) for i in range(4)])  # page_start = i + 1
+    assert [m.id for m in store.query(_vec(1), top_k=5, filter={"page_start": {"$eq": 2.0}})] == ["d1#v1#1"]
+    assert store.query(_vec(1), top_k=5, filter={"page_start": {"$eq": 2.5}}) == []
+    assert sorted(m.id for m in store.query(_vec(1), top_k=5, filter={"chunk_index": {"$in": [1.0, 3, 2.5]}})) == [
+        "d1#v1#1", "d1#v1#3"]
+    assert sorted(m.id for m in store.query(_vec(1), top_k=5, filter={"page_start": {"$gte": 2.5, "$lte": 4.9}})) == [
+        "d1#v1#2", "d1#v1#3"]
+    with pytest.raises(ValueError):
+        store.query(_vec(1), filter={"page_start": {"$in": 3}})
+    with pytest.raises(ValueError):
+        store.query(_vec(1), filter={"page_start": {"$gte": float("nan")}})

@@ -352,3 +352,144 @@ def test_generic_store_without_delete_ids():
     store.upsert(records(DOC, "v1-new", 2))
     with pytest.raises(StageFailed, match="delete_ids"):
         replace_document_version(store, [VectorRecord(id=f"{DOC}#v1-new#10", vector=vec(0))], DOC, "v1-new")
+
+
+# -- keyword search (sparse-dense) and enrichment metadata ------------------------------
+FINANCE = [
+    "Net revenue for fiscal 2023 was $31.4 billion, up 4 percent from the prior year.",
+    "Total revenue reached $30.9 billion in fiscal 2022, driven by cloud services.",
+    "Revenue in fiscal 2021 was $32.0 billion, an increase of 7 percent.",
+    "Attach Form 1040 Schedule C to report the income of a sole proprietorship.",
+    "Form 1065 is the partnership return; Form 1120 is the corporate one.",
+    "2023年营业收入增长率为百分之十二，净利润创历史新高。",
+    "公司董事会批准了新的股息政策和回购计划。",
+]
+
+
+@pytest.fixture
+def hybrid():
+    with FakePineconeServer(api_key=API_KEY, metric="dotproduct") as srv:
+        yield srv
+
+
+def unit(i: int, dims: int = 8) -> list[float]:
+    v = vec(i, dims)
+    n = math.sqrt(sum(x * x for x in v))
+    return [x / n for x in v]  # dotproduct index: normalised, as both embedders make them
+
+
+def finance_records(doc: str = DOC, **meta) -> list[VectorRecord]:
+    return [VectorRecord(id=f"{doc}#v1-a#{i}", vector=unit(i),
+                         metadata={"document_id": doc, "chunk_index": i, "page_start": i + 1, "page_end": i + 2,
+                                   "text": t, **meta})
+            for i, t in enumerate(FINANCE)]
+
+
+def test_keyword_query_finds_exact_figures_a_vector_query_ranks_low(hybrid):
+    store = make_store(hybrid)
+    store.upsert(finance_records())
+    stored = hybrid.namespaces["docpipe"][f"{DOC}#v1-a#2"]
+    assert stored["sparseValues"]["indices"] and len(stored["sparseValues"]["indices"]) == len(
+        stored["sparseValues"]["values"])
+    # A query vector next to the $31.4 billion chunk's: the vector search ranks $32.0 low.
+    by_vector = [m.id for m in store.query(unit(0), top_k=len(FINANCE))]
+    assert by_vector.index(f"{DOC}#v1-a#2") >= 2
+
+    hits = store.keyword_query("$32.0 billion", top_k=3)
+    assert hits[0].id == f"{DOC}#v1-a#2" and hits[0].metadata["text"] == FINANCE[2]
+    assert hits[0].score > hits[1].score > 0
+    assert store.keyword_query("Form 1040", top_k=2)[0].id == f"{DOC}#v1-a#3"
+    assert store.keyword_query("zebra", top_k=5) == []  # no shared term: no match, despite the dense part
+    assert store.keyword_query("?!", top_k=5) == []
+    [query] = hybrid.requests_to("/query")[-1:]
+    assert query["status"] == 200
+    assert len(hybrid.requests_to("/describe_index_stats")) == 1  # the metric is asked once
+
+
+def test_keyword_query_finds_chinese_text_by_a_chinese_query(hybrid):
+    store = make_store(hybrid)
+    store.upsert(finance_records())
+    assert store.keyword_query("营业收入", top_k=1)[0].id == f"{DOC}#v1-a#5"
+    assert store.keyword_query("股息政策", top_k=1)[0].id == f"{DOC}#v1-a#6"
+
+
+def test_keyword_query_needs_a_dotproduct_index(server):
+    store = make_store(server)  # the fake's default metric: cosine
+    store.upsert(finance_records())
+    with pytest.raises(StageFailed, match="dotproduct"):
+        store.keyword_query("revenue")
+    # The fake refuses the query as Pinecone does, had the store sent it.
+    index = Pinecone(api_key=API_KEY).Index(host=server.url)
+    with pytest.raises(Exception, match="dotproduct"):
+        index.query(vector=unit(0), sparse_vector={"indices": [1], "values": [1.0]}, top_k=1, namespace="docpipe")
+
+
+def test_keyword_query_on_an_empty_index(hybrid):
+    assert make_store(hybrid).keyword_query("revenue") == []
+
+
+def test_enrichment_metadata_and_filters(hybrid):
+    store = make_store(hybrid)
+    recs = finance_records()
+    recs[0].metadata.update(entity_types=["DATE", "MONEY"], entities=["$31.4 billion", "2023"],
+                            key_phrases=["net revenue"], char_start=0, char_end=80)
+    recs[2].metadata.update(entity_types=["MONEY"], entities=["$32.0 billion"], key_phrases=[],
+                            char_start=200, char_end=266)
+    recs[3].metadata.update(entity_types=["ORGANIZATION"], entities=["IRS"], key_phrases=["form 1040"])
+    store.upsert(recs)
+    first = store.keyword_query("net revenue", top_k=1)[0]
+    assert first.metadata["entity_types"] == ["DATE", "MONEY"] and first.metadata["key_phrases"] == ["net revenue"]
+    assert (first.metadata["char_start"], first.metadata["char_end"]) == (0, 80)
+    assert "key_phrases" not in hybrid.namespaces["docpipe"][f"{DOC}#v1-a#2"]["metadata"]  # empty: dropped
+
+    def ids(flt, text="revenue billion form"):
+        by_keyword = sorted(m.id.rsplit("#", 1)[1] for m in store.keyword_query(text, top_k=10, filter=flt))
+        by_vector = sorted(m.id.rsplit("#", 1)[1] for m in store.query(unit(0), top_k=10, filter=flt))
+        return by_keyword, by_vector
+
+    assert ids({"entity_types": {"$in": ["MONEY", "PERSON"]}}) == (["0", "2"], ["0", "2"])
+    assert ids({"entity_types": {"$eq": "ORGANIZATION"}}) == (["3"], ["3"])
+    assert ids({"entities": {"$eq": "$32.0 billion"}}) == (["2"], ["2"])
+    assert ids({"key_phrases": {"$in": ["form 1040"]}}) == (["3"], ["3"])
+    # Chunks overlapping pages 2-3 (page_start = i + 1, page_end = i + 2).
+    assert ids({"page_start": {"$lte": 3}, "page_end": {"$gte": 2}}) == (["0", "1", "2"], ["0", "1", "2"])
+    assert ids({"page_start": {"$gte": 2, "$lte": 3}, "entity_types": {"$in": ["MONEY"]}}) == (["2"], ["2"])
+    assert ids({"document_id": {"$eq": OTHER_DOC}}) == ([], [])
+
+
+def test_delete_prefix_removes_records_from_keyword_results(hybrid):
+    store = make_store(hybrid)
+    store.upsert(finance_records() + finance_records(OTHER_DOC))
+    assert {m.id.split("#")[0] for m in store.keyword_query("form 1040", top_k=4)} == {DOC, OTHER_DOC}
+    store.delete_prefix(f"{DOC}#")
+    assert {m.id.split("#")[0] for m in store.keyword_query("form 1040", top_k=4)} == {OTHER_DOC}
+
+
+def test_enrichment_lists_are_trimmed_to_fit_never_over_the_limit(hybrid):
+    meta = {"text": "t" * 2000, "entities": [f"entity {i} " + "e" * 1500 for i in range(32)],
+            "key_phrases": ["p" * 300] * 16, "entity_types": ["MONEY"], "page_start": 1}
+    kept = fit_metadata(meta)
+    assert len(json.dumps(kept, separators=(",", ":"), ensure_ascii=False).encode()) <= MAX_METADATA_BYTES
+    assert kept["text"] == meta["text"] and kept["key_phrases"] == meta["key_phrases"]  # lists give way first
+    assert 0 < len(kept["entities"]) < 32 and kept["entities"] == meta["entities"][: len(kept["entities"])]
+    assert len(meta["entities"]) == 32  # the caller's metadata is not changed
+    store = make_store(hybrid)
+    store.upsert([VectorRecord(id=f"{DOC}#v1-a#0", vector=unit(0), metadata=meta)])
+    assert hybrid.requests_to("/vectors/upsert")[-1]["status"] == 200
+
+
+def test_sparse_vectors_respect_pinecone_limits(hybrid):
+    store = make_store(hybrid)
+    many_terms = " ".join(f"w{i}" for i in range(3000))  # a long chunk (OpenAI's window)
+    store.upsert([VectorRecord(id=f"{DOC}#v1-a#0", vector=unit(0), metadata={"text": many_terms}),
+                  VectorRecord(id=f"{DOC}#v1-a#1", vector=unit(1), metadata={"text": "?!"})])
+    assert [r["status"] for r in hybrid.requests_to("/vectors/upsert")] == [200]
+    assert len(hybrid.namespaces["docpipe"][f"{DOC}#v1-a#0"]["sparseValues"]["indices"]) == 1000
+    assert hybrid.namespaces["docpipe"][f"{DOC}#v1-a#1"]["sparseValues"] is None  # no terms: none sent
+    # The fake enforces what the store avoids.
+    index = Pinecone(api_key=API_KEY).Index(host=hybrid.url)
+    with pytest.raises(Exception, match="1000"):
+        index.upsert(vectors=[{"id": "x", "values": unit(0),
+                               "sparse_values": {"indices": list(range(1001)), "values": [1.0] * 1001}}])
+    with pytest.raises(Exception, match="zeros"):
+        index.upsert(vectors=[{"id": "x", "values": [0.0] * 8}])

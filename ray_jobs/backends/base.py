@@ -19,13 +19,16 @@ class EmbeddingResult:
 class VectorRecord:
     id: str  # <document_id>#<processing_version>#<chunk_index>
     vector: list[float]
+    # document_id, processing_version, chunk_index, page_start, page_end, s3_key, locator,
+    # text; char_start, char_end (the chunk's span in the document's text); entity_types
+    # (unique, sorted), entities (<= 32), key_phrases (<= 16): lists of strings.
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class Match:
     id: str
-    score: float  # higher is more similar (cosine similarity)
+    score: float  # higher is better: cosine similarity (query) or BM25 score (keyword_query)
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -48,7 +51,16 @@ class VectorStore(Protocol):
     def list_ids(self, prefix: str) -> list[str]:
         """Every id that starts with `prefix`."""
 
-    def query(self, vector: list[float], top_k: int = 5, filter: dict[str, Any] | None = None) -> list[Match]: ...
+    def query(self, vector: list[float], top_k: int = 5, filter: dict[str, Any] | None = None) -> list[Match]:
+        """The nearest vectors, best first; `Match.score` = cosine similarity."""
+
+    def keyword_query(self, text: str, top_k: int = 5, filter: dict[str, Any] | None = None) -> list[Match]:
+        """BM25 keyword search over the chunk text (terms of ray_jobs.keywords), best first;
+        `Match.score` = the BM25 score (higher is better), metadata as `query`'s.
+
+        `filter` (both methods): {field: {"$eq": v}}, {"$in": [...]}, {"$gte": n},
+        {"$lte": n} (or both), fields ANDed; on the list fields entity_types, entities and
+        key_phrases $eq means "contains" and $in "contains one of" (Pinecone's semantics)."""
 
     def count(self) -> int: ...
 

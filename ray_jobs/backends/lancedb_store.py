@@ -13,16 +13,30 @@ table; a create is an overwrite commit, so rows written in between would be drop
 compaction fails ("Rewrite preempted by concurrent Update") when it races an upsert.
 Remote URIs (s3://...) get no lock and keep those races.
 
-One row per vector; columns: id, vector (fixed-size float32 list), and the metadata of
-docs/architecture.md as typed columns (document_id, processing_version, chunk_index,
-page_start, page_end, s3_key, locator, text). Metadata keys outside that list are not stored.
-A table made before a column existed gets it (null in its old rows) the first time a
-writer opens it.
+One row per vector; columns: id, vector (fixed-size float32 list), the metadata of
+docs/architecture.md as typed columns (METADATA_COLUMNS: document_id, processing_version,
+chunk_index, page_start, page_end, s3_key, locator, text, char_start, char_end and the
+enrichment lists entity_types, entities, key_phrases), and `keywords`, the text's
+normalised terms (`ray_jobs.keywords.keyword_text`) that `upsert` derives. Metadata keys
+outside that list are not stored. A table made before a column existed gets it (null in
+its old rows) the first time a writer opens it; `keywords` is then also computed for the
+old rows, so keyword search finds documents indexed before it existed.
+
+Keyword search (`keyword_query`): BM25 over a native Lance full-text index on `keywords`
+(whitespace tokenizer, no stemming, stop words, lower-casing or ASCII folding: the column
+is already normalised). A writer creates the index when it is missing. Rows written after
+the index was built are not in it, but Lance searches them too (a flat pass over the
+unindexed rows, measured: found, and deleted rows are gone at once); compaction
+(`optimize`) folds them into the index. Readers never write (the Query function's
+mount is read-only): on a table without the `keywords` column keyword search returns
+nothing (logged once) until a writer has opened it; with the column but no index yet,
+Lance's flat search still answers, with its default tokenizer (slower; stems English).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_jobs.backends.base import Match, VectorRecord
+from ray_jobs.keywords import keyword_text
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +62,20 @@ METADATA_COLUMNS: dict[str, str] = {
     # lines of a text file; "" for PDFs (their pages say it).
     "locator": "string",
     "text": "string",
+    # The chunk's span in the document's text (ray_jobs/chunking.py).
+    "char_start": "int32",
+    "char_end": "int32",
+    # Enrichment: unique, sorted entity types; entity texts; key phrases.
+    "entity_types": "list<string>",
+    "entities": "list<string>",
+    "key_phrases": "list<string>",
 }
+LIST_COLUMNS = frozenset(name for name, t in METADATA_COLUMNS.items() if t == "list<string>")
+# Derived from `text` by upsert; searched by keyword_query, never returned as metadata.
+KEYWORD_COLUMN = "keywords"
+_KEYWORD_INDEX = "keywords_fts"
+_BACKFILL_BATCH = 5000
+_RANGE_OPS = {"$gte": ">=", "$lte": "<="}
 
 
 def _sql_literal(value: Any) -> str:
@@ -59,6 +87,10 @@ def _sql_literal(value: Any) -> str:
         return "TRUE" if value else "FALSE"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{value!r} is not a usable filter value")
+        return repr(value)
     if isinstance(value, str):
         return "'" + value.replace("'", "''") + "'"
     raise TypeError(f"unsupported filter value {value!r}")
@@ -88,7 +120,8 @@ class LanceDBStore:
         self.compact_every = compact_every  # 0 disables automatic compaction
         self.keep_versions = keep_versions
         self._writes = 0
-        self._migrated = False  # missing metadata columns added (writers only)
+        self._migrated = False  # missing columns and the keyword index added (writers only)
+        self._warned_no_keywords = False
         # lancedb's connection and table (Any: lancedb and pyarrow are untyped here).
         self._db: Any = None
         self._table: Any = None
@@ -103,15 +136,25 @@ class LanceDBStore:
 
     # ---- table -----------------------------------------------------------------------
 
+    @staticmethod
+    def _columns() -> list[Any]:
+        """The metadata and keyword columns as Arrow fields (all nullable)."""
+        import pyarrow as pa
+
+        types = {"string": pa.string(), "int32": pa.int32(), "list<string>": pa.list_(pa.string())}
+        return [
+            *(pa.field(name, types[t]) for name, t in METADATA_COLUMNS.items()),
+            pa.field(KEYWORD_COLUMN, pa.string()),
+        ]
+
     def _schema(self) -> Any:
         import pyarrow as pa
 
-        types = {"string": pa.string(), "int32": pa.int32()}
         return pa.schema(
             [
                 pa.field("id", pa.string(), nullable=False),
                 pa.field("vector", pa.list_(pa.float32(), self.dims), nullable=False),
-                *(pa.field(name, types[t]) for name, t in METADATA_COLUMNS.items()),
+                *self._columns(),
             ]
         )
 
@@ -126,17 +169,70 @@ class LanceDBStore:
         return self._table
 
     def _add_missing_columns(self, table: Any) -> None:
-        """Metadata columns added to METADATA_COLUMNS after the table was made: added as
-        nulls, so an upgrade keeps the vectors already in the store."""
-        missing = [name for name in METADATA_COLUMNS if name not in table.schema.names]
-        if missing:
+        """Columns added after the table was made: added as nulls (Arrow fields: Lance's
+        SQL has no list type to CAST a NULL to), so an upgrade keeps the vectors already
+        in the store; then `keywords` of rows that lack it, and the keyword index."""
+
+        def missing() -> list[Any]:
+            return [f for f in self._columns() if f.name not in table.schema.names]
+
+        if missing():
             with self._write_lock():
                 table.checkout_latest()
-                missing = [name for name in METADATA_COLUMNS if name not in table.schema.names]
-                if missing:
-                    table.add_columns({name: f"CAST(NULL AS {METADATA_COLUMNS[name]})" for name in missing})
-                    log.info("added columns %s to %s/%s", missing, self.uri, self.table_name)
+                fields = missing()
+                if fields:
+                    table.add_columns(fields)
+                    log.info("added columns %s to %s/%s", [f.name for f in fields], self.uri, self.table_name)
+        self._backfill_keywords(table)
+        self._ensure_keyword_index(table)
         self._migrated = True
+
+    def _backfill_keywords(self, table: Any) -> None:
+        """`keywords` for rows written before the column existed (or by an older writer)."""
+        import pyarrow as pa
+
+        lacking = f"{KEYWORD_COLUMN} IS NULL AND text IS NOT NULL"
+        while True:
+            # Read and write under one lock: a concurrent upsert of a row cannot slip in
+            # between and have its new keywords replaced by those of its old text.
+            with self._write_lock():
+                rows = table.search().where(lacking).select(["id", "text"]).limit(_BACKFILL_BATCH).to_arrow()
+                if rows.num_rows == 0:
+                    return
+                texts = rows.column("text").to_pylist()
+                update = pa.table(
+                    {"id": rows.column("id"), KEYWORD_COLUMN: pa.array([keyword_text(t) for t in texts], pa.string())}
+                )
+                # Only the two columns: the rest of each row stays as it is.
+                table.merge_insert("id").when_matched_update_all().execute(update)
+            log.info("computed keywords of %d old rows in %s/%s", rows.num_rows, self.uri, self.table_name)
+
+    def _has_keyword_index(self, table: Any) -> bool:
+        return any(
+            index.index_type == "FTS" and list(index.columns) == [KEYWORD_COLUMN] for index in table.list_indices()
+        )
+
+    def _ensure_keyword_index(self, table: Any) -> None:
+        from lancedb.index import FTS
+
+        if self._has_keyword_index(table):
+            return
+        with self._write_lock():
+            table.checkout_latest()
+            if self._has_keyword_index(table):
+                return
+            # Native Lance FTS; the column is normalised already (ray_jobs.keywords), so the
+            # tokenizer only splits on whitespace and changes nothing.
+            config = FTS(
+                base_tokenizer="whitespace",
+                lower_case=False,
+                stem=False,
+                remove_stop_words=False,
+                ascii_folding=False,
+                max_token_length=None,
+            )
+            table.create_index(KEYWORD_COLUMN, config=config, name=_KEYWORD_INDEX)
+            log.info("created the keyword index of %s/%s", self.uri, self.table_name)
 
     def _existing_table(self) -> Any:
         """The table if it exists, else None; never creates it, so a reader on a read-only
@@ -257,6 +353,34 @@ class LanceDBStore:
             for row in rows
         ]
 
+    def keyword_query(self, text: str, top_k: int = 5, filter: dict[str, Any] | None = None) -> list[Match]:
+        """BM25 over the keyword index, best first; `Match.score` is the BM25 score."""
+        from lancedb import query as lance_query
+
+        where = self._where(filter)  # a bad filter is an error even on an empty store
+        query = keyword_text(text)
+        table = self._existing_table()
+        if top_k <= 0 or table is None or not query:
+            return []
+        if KEYWORD_COLUMN not in table.schema.names:
+            # A reader on a table no writer has upgraded yet (see the module docstring).
+            if not self._warned_no_keywords:
+                log.warning("%s/%s has no %s column yet: keyword search finds nothing until a"
+                            " writer opens it", self.uri, self.table_name, KEYWORD_COLUMN)
+                self._warned_no_keywords = True
+            return []
+        present = [name for name in METADATA_COLUMNS if name in table.schema.names]
+        # OR of the terms (a chunk needs only some of them), each scored by BM25.
+        match: Any = lance_query.MatchQuery  # Any: its pydantic signature lists every default as required
+        q = table.search(match(query, KEYWORD_COLUMN), query_type="fts").select(["id", *present, "_score"])
+        if where:
+            q = q.where(where, prefilter=True)  # before top-k, as in query()
+        rows = q.limit(top_k).to_arrow().to_pylist()
+        return [
+            Match(id=row["id"], score=float(row["_score"]), metadata={k: row.get(k) for k in METADATA_COLUMNS})
+            for row in rows
+        ]
+
     def count(self) -> int:
         return int(self.table.count_rows())
 
@@ -320,34 +444,78 @@ class LanceDBStore:
         }
         schema = self._schema()
         for name in METADATA_COLUMNS:
-            columns[name] = pa.array([r.metadata.get(name) for r in records], schema.field(name).type)
+            values = [r.metadata.get(name) for r in records]
+            if name in LIST_COLUMNS:
+                values = [None if v is None else [str(x) for x in v] for v in values]
+            columns[name] = pa.array(values, schema.field(name).type)
+        texts = [r.metadata.get("text") for r in records]
+        columns[KEYWORD_COLUMN] = pa.array(
+            [keyword_text(t) if isinstance(t, str) else None for t in texts], pa.string()
+        )
         return pa.Table.from_pydict(columns, schema=schema)
 
     @staticmethod
     def _where(filter: dict[str, Any] | None) -> str:
-        """Equality conditions on metadata columns, ANDed. A list/tuple/set means IN, None
-        means IS NULL; Pinecone's {"$eq": v} and {"$in": [...]} forms are accepted too, so
-        one filter works with either backend."""
+        """The filter language of the VectorStore contract (Pinecone's) as SQL, fields ANDed:
+        {"$eq": v}, {"$in": [...]}, {"$gte": n}, {"$lte": n} (several operators of one field
+        ANDed too). On the list columns (entity_types, entities, key_phrases) $eq means
+        "contains v" and $in "contains one of", as in Pinecone; ranges are for numbers
+        only. Also accepted: a bare value (= $eq), a bare list (= $in) and None (IS NULL).
+        A row whose field is null matches no operator."""
         if not filter:
             return ""
-        parts = []
+        parts: list[str] = []
         for key, value in filter.items():
             if key not in METADATA_COLUMNS and key != "id":
                 # Column names cannot be quoted-escaped safely: accept known ones only.
                 raise ValueError(f"cannot filter on {key!r}; known: id, {', '.join(METADATA_COLUMNS)}")
-            if isinstance(value, dict):
-                if len(value) != 1 or next(iter(value)) not in ("$eq", "$in"):
-                    raise ValueError(f"filter on {key!r}: only $eq and $in are supported, got {value!r}")
-                op, value = next(iter(value.items()))
-                if op == "$in" and not isinstance(value, (list, tuple, set, frozenset)):
-                    raise ValueError(f"filter on {key!r}: $in takes a list")
             if value is None:
                 parts.append(f"{key} IS NULL")
+                continue
+            if isinstance(value, dict):
+                conditions = value
+                unknown = set(conditions) - {"$eq", "$in", *_RANGE_OPS}
+                if unknown or not conditions:
+                    raise ValueError(
+                        f"filter on {key!r}: only $eq, $in, $gte and $lte are supported, got {value!r}"
+                    )
             elif isinstance(value, (list, tuple, set, frozenset)):
-                if not value:
-                    parts.append("FALSE")
-                else:
-                    parts.append(f"{key} IN ({', '.join(_sql_literal(v) for v in value)})")
+                conditions = {"$in": value}
             else:
-                parts.append(f"{key} = {_sql_literal(value)}")
+                conditions = {"$eq": value}
+            for op, arg in conditions.items():
+                parts.append(LanceDBStore._condition(key, op, arg))
         return " AND ".join(parts)
+
+    @staticmethod
+    def _condition(key: str, op: str, arg: Any) -> str:
+        is_list = key in LIST_COLUMNS
+        if METADATA_COLUMNS.get(key) == "int32":
+            # 3.0 (a float from JSON or Pinecone) is the integer 3; 2.5 matches no integer.
+            if op == "$eq" and isinstance(arg, float):
+                if not arg.is_integer():
+                    return "FALSE"
+                arg = int(arg)
+            elif op == "$in" and isinstance(arg, (list, tuple, set, frozenset)):
+                arg = [int(v) if isinstance(v, float) and v.is_integer() else v for v in arg]
+                arg = [v for v in arg if not isinstance(v, float)]
+        if op == "$eq":
+            if arg is None or isinstance(arg, (list, tuple, set, frozenset, dict)):
+                raise ValueError(f"filter on {key!r}: $eq takes one value, got {arg!r}")
+            return f"array_has({key}, {_sql_literal(arg)})" if is_list else f"{key} = {_sql_literal(arg)}"
+        if op == "$in":
+            if not isinstance(arg, (list, tuple, set, frozenset)):
+                raise ValueError(f"filter on {key!r}: $in takes a list")
+            if not arg:
+                return "FALSE"
+            literals = ", ".join(_sql_literal(v) for v in arg)
+            return f"array_has_any({key}, [{literals}])" if is_list else f"{key} IN ({literals})"
+        # $gte / $lte
+        if is_list or METADATA_COLUMNS.get(key) != "int32":
+            raise ValueError(f"filter on {key!r}: {op} applies to numeric fields only")
+        if isinstance(arg, bool) or not isinstance(arg, (int, float)) or not math.isfinite(arg):
+            raise ValueError(f"filter on {key!r}: {op} takes a number, got {arg!r}")
+        # The columns are int32 and Lance will not compare them with a float literal:
+        # n >= 2.5 is n >= 3, n <= 2.5 is n <= 2 (Pinecone keeps numbers as floats).
+        bound = math.ceil(arg) if op == "$gte" else math.floor(arg)
+        return f"{key} {_RANGE_OPS[op]} {bound}"

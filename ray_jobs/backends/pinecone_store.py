@@ -16,10 +16,24 @@ so no request is ever sent over a limit (the SDK's own ``batch_size`` mode is no
 it reports a rejected batch only through ``has_errors`` instead of raising).
 
 Metadata rule: ``text`` is cut to ``max_text_chars`` (``identity.TEXT_IN_INDEX``, the
-contract in docs/architecture.md) and then, if the metadata's JSON is still over 40,000 bytes,
-cut further until it fits; other fields are never changed. ``None`` values are
-dropped (Pinecone rejects null metadata). Metadata still too large without any
-``text`` raises ``StageFailed``.
+contract in docs/architecture.md); if the metadata's JSON is still over 40,000 bytes, the
+enrichment lists (``entities``, then ``key_phrases``, then ``entity_types``) lose items from
+their ends, and then ``text`` is cut further, until it fits; other fields are never changed.
+``None`` values and empty enrichment lists are dropped (Pinecone rejects null metadata;
+a missing list matches no filter, as an empty one would). Metadata still too large
+without any ``text`` or list items raises ``StageFailed``.
+
+Keyword search (``keyword_query``): every record carries ``sparse_values`` =
+``ray_jobs.keywords.sparse_vector(text)`` (hashed terms with BM25 term-frequency weights,
+computed from the whole ``text`` given, before any cut), and a keyword query is a hybrid
+query whose dense part is a constant ``_DENSE_EPSILON`` in every dimension (Pinecone
+refuses all-zero dense vectors on upsert; a tiny constant adds at most ~1e-5 to a score)
+and whose sparse part is ``sparse_query(text)``. Matches at or below ``_MIN_KEYWORD_SCORE``
+share no term with the query and are dropped. Pinecone only scores sparse values on an
+index with the ``dotproduct`` metric (docs/deploy.md, "Pinecone index"): the metric and
+dimension come from ``describe_index_stats`` once, and ``keyword_query`` on another
+metric raises ``StageFailed`` saying so. With ``dotproduct``, ``query`` scores are dot
+products, which equal cosine similarities for the normalised vectors both embedders make.
 
 Retries: the SDK's own. Its data-plane transport makes 4 attempts on 408/429/5xx and
 connection errors, with jittered backoff that honours ``Retry-After`` (pinecone 10.2 has
@@ -44,6 +58,7 @@ from docpipe import identity
 from docpipe.errors import StageFailed, VectorStoreUnavailable
 from ray_jobs.backends import secrets
 from ray_jobs.backends.base import Match, VectorRecord
+from ray_jobs.keywords import sparse_query, sparse_vector
 from ray_jobs.settings import StageSettings
 
 log = logging.getLogger(__name__)
@@ -57,6 +72,10 @@ LIST_PAGE_SIZE = 100
 # Room for the request envelope ({"vectors":[...],"namespace":"..."}) and for the
 # SDK's serializer writing a float differently from json.dumps.
 _BYTES_HEADROOM = 0.95
+# Enrichment lists, in the order they give up items when metadata is over the limit.
+TRIMMABLE_LISTS = ("entities", "key_phrases", "entity_types")
+_DENSE_EPSILON = 1e-7
+_MIN_KEYWORD_SCORE = 1e-4  # the smallest BM25 term weight is ~0.1; the dense part < 1e-5
 
 
 def _compact(obj: Any) -> bytes:
@@ -65,13 +84,27 @@ def _compact(obj: Any) -> bytes:
 
 def fit_metadata(metadata: Mapping[str, Any], *, max_text_chars: int = identity.TEXT_IN_INDEX,
                  max_bytes: int = MAX_METADATA_BYTES) -> dict[str, Any]:
-    """Metadata Pinecone will accept: no None values, ``text`` cut to ``max_text_chars``
-    and then further until the JSON is at most ``max_bytes``."""
-    meta = {k: v for k, v in metadata.items() if v is not None}
+    """Metadata Pinecone will accept: no None values or empty enrichment lists, ``text``
+    cut to ``max_text_chars``, and then enrichment lists shortened and ``text`` cut
+    further until the JSON is at most ``max_bytes``."""
+    meta = {k: (list(v) if k in TRIMMABLE_LISTS and isinstance(v, (list, tuple)) else v)
+            for k, v in metadata.items() if v is not None}
+    for name in TRIMMABLE_LISTS:
+        if meta.get(name) == []:
+            del meta[name]
     text = meta.get("text")
     if isinstance(text, str) and len(text) > max_text_chars:
         meta["text"] = text = text[:max_text_chars]
-    if len(_compact(meta)) <= max_bytes:
+    size = len(_compact(meta))
+    for name in TRIMMABLE_LISTS:
+        items = meta.get(name)
+        while size > max_bytes and isinstance(items, list) and items:
+            # Each item costs its JSON plus a comma: dropping it saves at least that.
+            size -= len(_compact(items.pop())) + (1 if items else 0)
+        if isinstance(items, list) and not items:
+            del meta[name]
+        size = len(_compact(meta))
+    if size <= max_bytes:
         return meta
     if not isinstance(text, str):
         raise StageFailed(f"vector metadata is {len(_compact(meta))} bytes without a text field to cut")
@@ -114,6 +147,7 @@ class PineconeStore:
         self.max_batch_bytes = min(max_batch_bytes, MAX_UPSERT_BYTES)
         self.max_text_chars = max_text_chars
         self.requests_sent = 0
+        self._index_shape: tuple[str | None, int] | None = None  # (metric, dimension), read once
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> PineconeStore:
@@ -179,6 +213,11 @@ class PineconeStore:
     # -- writes -------------------------------------------------------------------------
     def _record_dict(self, record: VectorRecord) -> dict[str, Any]:
         out: dict[str, Any] = {"id": record.id, "values": [float(v) for v in record.vector]}
+        text = record.metadata.get("text")
+        if isinstance(text, str):
+            sparse = sparse_vector(text)
+            if sparse["indices"]:  # Pinecone refuses an empty sparse vector
+                out["sparse_values"] = sparse
         if record.metadata:
             out["metadata"] = fit_metadata(record.metadata, max_text_chars=self.max_text_chars)
         return out
@@ -264,6 +303,45 @@ class PineconeStore:
             ),
         )
         return [Match(id=m.id, score=float(m.score), metadata=dict(m.metadata or {})) for m in response.matches]
+
+    def keyword_query(self, text: str, top_k: int = 5, filter: dict[str, Any] | None = None) -> list[Match]:
+        """Keyword (BM25-weighted sparse) search, best first; ``Match.score`` is the sparse
+        dot product (see the module docstring)."""
+        sparse = sparse_query(text)
+        if top_k <= 0 or not sparse["indices"]:
+            return []
+        shape = self._shape()
+        if shape is None:
+            return []  # an empty index (no dimension fixed yet) has nothing to find
+        metric, dims = shape
+        if metric is not None and metric != "dotproduct":
+            raise StageFailed(
+                f"keyword search needs a Pinecone index with the dotproduct metric; this one uses {metric}"
+                " (docs/deploy.md, 'Pinecone index': create a dotproduct index and re-ingest)"
+            )
+        dense = [_DENSE_EPSILON] * dims
+        response = self._call(
+            "keyword query",
+            lambda idx: idx.query(
+                vector=dense, sparse_vector=sparse, top_k=top_k, namespace=self.namespace,
+                filter=filter, include_metadata=True,
+            ),
+        )
+        return [Match(id=m.id, score=float(m.score), metadata=dict(m.metadata or {}))
+                for m in response.matches if m.score > _MIN_KEYWORD_SCORE]
+
+    def _shape(self) -> tuple[str | None, int] | None:
+        """The index's metric (None if not reported) and dense dimension, asked once;
+        None while an index without a dimension is empty."""
+        if self._index_shape is None:
+            stats = self._call("describe_index_stats", lambda idx: idx.describe_index_stats())
+            if not stats.dimension:
+                if not stats.total_vector_count:
+                    return None
+                raise StageFailed("the Pinecone index reports no dense dimension: keyword search needs a dense"
+                                  " (hybrid) index with the dotproduct metric")
+            self._index_shape = (stats.metric, int(stats.dimension))
+        return self._index_shape
 
     def count(self) -> int:
         stats = self._call("describe_index_stats", lambda idx: idx.describe_index_stats())

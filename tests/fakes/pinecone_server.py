@@ -2,21 +2,28 @@
 calls it (``Pinecone(api_key=...).Index(host="http://127.0.0.1:PORT")``).
 
 Endpoints (paths and bodies read from the SDK's ``pinecone/index/__init__.py``):
-- ``POST /vectors/upsert``  {"vectors": [{"id", "values", "metadata"?}], "namespace"?}
-  -> {"upsertedCount"}; 413 for a body over 2 MB (``max_request_bytes``; the SDK maps
-  it to PayloadTooLargeError), 400 for > 1000 vectors, metadata > 40 KB, a dimension
-  mismatch or a null metadata value.
-- ``POST /query``  {"topK", "vector" | "id", "namespace"?, "filter"?, "includeMetadata",
-  "includeValues"} -> {"matches": [{"id", "score", "values", "metadata"?}], "namespace",
-  "usage": {"readUnits"}}; cosine similarity; filter operators $eq $ne $in $nin $gt
-  $gte $lt $lte $exists $and $or, and the implicit ``{"field": value}`` equality.
+- ``POST /vectors/upsert``  {"vectors": [{"id", "values", "sparseValues"?, "metadata"?}],
+  "namespace"?} -> {"upsertedCount"}; 413 for a body over 2 MB (``max_request_bytes``; the
+  SDK maps it to PayloadTooLargeError), 400 for > 1000 vectors, metadata > 40 KB, a
+  dimension mismatch, an all-zero dense vector, a null metadata value or a list that is
+  not all strings, and sparse values with unequal lengths, repeated or non-uint32
+  indices or more than 1000 non-zero values.
+- ``POST /query``  {"topK", "vector" | "id", "sparseVector"?, "namespace"?, "filter"?,
+  "includeMetadata", "includeValues"} -> {"matches": [{"id", "score", "values",
+  "metadata"?}], "namespace", "usage": {"readUnits"}}; the score is the index's ``metric``
+  (``cosine``, the default, or ``dotproduct``); a ``sparseVector`` is refused (400) unless
+  the metric is ``dotproduct``, where it adds the sparse dot product to the dense one (a
+  hybrid query; records without sparse values add 0). Filter operators $eq $ne $in $nin $gt
+  $gte $lt $lte $exists $and $or, and the implicit ``{"field": value}`` equality; on a list
+  field $eq means "contains", $in "contains one of", $ne/$nin their negations; ranges
+  compare numbers only.
 - ``POST /vectors/delete``  {"ids"? (<= 1000), "deleteAll"?, "filter"?, "namespace"}
   -> {}; a filter is refused as on serverless indexes.
 - ``GET /vectors/list``  ?namespace&prefix&limit(<=100, default 100)&paginationToken
   -> {"vectors": [{"id"}], "pagination": {"next"}?, "namespace", "usage"}; ids sorted.
 - ``POST /describe_index_stats`` -> {"namespaces": {name: {"vectorCount"}}, "dimension",
   "indexFullness", "totalVectorCount", "metric", "vectorType"}; the default namespace
-  appears as ``__default__``.
+  appears as ``__default__``; ``metric`` is the one the server was made with.
 - ``GET /vectors/fetch``  ?ids=..&ids=..&namespace -> {"vectors": {id: {...}},
   "namespace", "usage"}.
 Errors use Pinecone's shape ``{"code": <grpc code>, "message", "details": []}``.
@@ -41,6 +48,8 @@ MAX_REQUEST_BYTES = 2 * 1000 * 1000  # stricter of the two readings of "2 MB"
 MAX_METADATA_BYTES = 40 * 1024
 MAX_IDS_PER_DELETE = 1000
 MAX_IDS_PER_FETCH = 1000
+MAX_SPARSE_VALUES = 1000
+METRICS = ("cosine", "dotproduct")
 LIST_LIMIT_MAX = 100
 DEFAULT_NAMESPACE = "__default__"
 
@@ -56,6 +65,35 @@ def _cosine(a: list[float], b: list[float]) -> float:
     na = math.sqrt(sum(x * x for x in a))
     nb = math.sqrt(sum(y * y for y in b))
     return dot / (na * nb) if na and nb else 0.0
+
+
+def _dot(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))
+
+
+def _sparse_dot(query: dict, stored: dict | None) -> float:
+    if not stored:
+        return 0.0
+    weights = dict(zip(stored["indices"], stored["values"], strict=True))
+    return sum(v * weights.get(i, 0.0) for i, v in zip(query["indices"], query["values"], strict=True))
+
+
+def _sparse_error(sparse: Any, what: str) -> str | None:
+    if not isinstance(sparse, dict) or not isinstance(sparse.get("indices"), list) \
+            or not isinstance(sparse.get("values"), list):
+        return f"{what}: sparse values must have indices and values lists"
+    indices, values = sparse["indices"], sparse["values"]
+    if len(indices) != len(values):
+        return f"{what}: sparse indices and values must have the same length"
+    if len(indices) > MAX_SPARSE_VALUES:
+        return f"{what}: sparse vector has {len(indices)} non-zero values, more than {MAX_SPARSE_VALUES}"
+    if any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < 2**32 for i in indices):
+        return f"{what}: sparse indices must be uint32"
+    if len(set(indices)) != len(indices):
+        return f"{what}: sparse indices must be unique"
+    if any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in values):
+        return f"{what}: sparse values must be numbers"
+    return None
 
 
 def _matches(meta: dict, flt: dict | None) -> bool:
@@ -83,6 +121,8 @@ def _matches(meta: dict, flt: dict | None) -> bool:
                 ok = arg in value if isinstance(value, list) else value == arg
             elif op == "$ne":
                 ok = arg not in value if isinstance(value, list) else value != arg
+            elif op in ("$in", "$nin") and not isinstance(arg, list):
+                raise ValueError(f"{op} requires an array")
             elif op == "$in":
                 ok = any(v in arg for v in value) if isinstance(value, list) else value in arg
             elif op == "$nin":
@@ -100,8 +140,11 @@ def _matches(meta: dict, flt: dict | None) -> bool:
 
 
 class FakePineconeServer(FakeHTTPServer):
-    def __init__(self, api_key: str | None = None, dimension: int | None = None) -> None:
+    def __init__(self, api_key: str | None = None, dimension: int | None = None, metric: str = "cosine") -> None:
         super().__init__()
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}")
+        self.metric = metric
         self.api_key = api_key  # None: accept any Api-Key
         self.dimension = dimension  # None: fixed by the first upsert
         self.max_request_bytes = MAX_REQUEST_BYTES  # lower it to provoke a 413
@@ -193,20 +236,31 @@ class FakePineconeServer(FakeHTTPServer):
             dim = self.dimension or len(values)
             if len(values) != dim:
                 return _err(400, f"Vector dimension {len(values)} does not match the dimension of the index {dim}")
+            if not any(values):
+                return _err(400, f"Dense vectors must contain at least one non-zero value. Vector ID {vid!r} "
+                                 "contains only zeros")
+            sparse = v.get("sparseValues")
+            if sparse is not None:
+                problem = _sparse_error(sparse, f"Vector {vid}")
+                if problem:
+                    return _err(400, problem)
             if meta is not None:
                 size = len(json.dumps(meta, separators=(",", ":")).encode())
                 if size > MAX_METADATA_BYTES:
                     return _err(400, f"Metadata size is {size} bytes, which exceeds the limit of "
                                      f"{MAX_METADATA_BYTES} bytes per vector")
                 for key, value in meta.items():
-                    if value is None or isinstance(value, dict):
+                    if value is None or isinstance(value, dict) or (
+                            isinstance(value, list) and not all(isinstance(x, str) for x in value)):
                         return _err(400, f"Metadata value for field {key!r} must be a string, number, boolean or list of strings")
-            checked.append((vid, values, meta))
+            checked.append((vid, values, meta, sparse))
         if checked and self.dimension is None:
             self.dimension = len(checked[0][1])
         ns = self.namespaces.setdefault(self._ns(req.get("namespace")), {})
-        for vid, values, meta in checked:
-            ns[vid] = {"id": vid, "values": [float(x) for x in values], "metadata": meta}
+        for vid, values, meta, sparse in checked:
+            ns[vid] = {"id": vid, "values": [float(x) for x in values], "metadata": meta,
+                       "sparseValues": None if sparse is None else {"indices": list(sparse["indices"]),
+                                                                     "values": [float(x) for x in sparse["values"]]}}
         return 200, {}, {"upsertedCount": len(checked)}
 
     def _query(self, req: dict):
@@ -222,11 +276,25 @@ class FakePineconeServer(FakeHTTPServer):
             return _err(400, "No query provided")
         if self.dimension is not None and len(vector) != self.dimension:
             return _err(400, f"Query vector dimension {len(vector)} does not match the dimension of the index {self.dimension}")
+        sparse = req.get("sparseVector")
+        if sparse is not None:
+            if self.metric != "dotproduct":
+                return _err(400, f"Cannot query index with metric {self.metric} using sparse values. "
+                                 "Only indexes with dotproduct metric support sparse values")
+            problem = _sparse_error(sparse, "Query")
+            if problem:
+                return _err(400, problem)
         try:
             candidates = [r for r in ns.values() if _matches(r["metadata"] or {}, req.get("filter"))]
         except ValueError as exc:
             return _err(400, str(exc))
-        scored = sorted(((_cosine(vector, r["values"]), r) for r in candidates), key=lambda sr: (-sr[0], sr[1]["id"]))
+
+        def score(r: dict) -> float:
+            if self.metric == "cosine":
+                return _cosine(vector, r["values"])
+            return _dot(vector, r["values"]) + (_sparse_dot(sparse, r["sparseValues"]) if sparse else 0.0)
+
+        scored = sorted(((score(r), r) for r in candidates), key=lambda sr: (-sr[0], sr[1]["id"]))
         matches = []
         for score, r in scored[:top_k]:
             m: dict[str, Any] = {"id": r["id"], "score": score, "values": r["values"] if req.get("includeValues") else []}
@@ -281,7 +349,7 @@ class FakePineconeServer(FakeHTTPServer):
             "dimension": self.dimension or 0,
             "indexFullness": 0.0,
             "totalVectorCount": sum(n["vectorCount"] for n in namespaces.values()),
-            "metric": "cosine",
+            "metric": self.metric,
             "vectorType": "dense",
         }
 
