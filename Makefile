@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 # sam build needs python3.12 for the python3.12 runtime (pyenv keeps both here).
 export PYENV_VERSION ?= 3.11.7:3.12.1
 
-.PHONY: help setup browser demo test test-fast lint build bench bench-ocr checkov image-check stack-start stack-stop clean
+.PHONY: help setup browser demo test test-fast lint build bench bench-ocr eval checkov image-check stack-start stack-stop clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -66,6 +66,10 @@ build: setup ## sam build (offline)
 bench: setup ## benchmarks; table on stdout, raw figures in bench/results/
 	$(BIN)/pip install --quiet -r requirements/bench.txt -c requirements/constraints.txt
 	$(BIN)/python -m bench
+
+eval: setup ## retrieval quality: recall@1/5/10, MRR@10 per category, docpipe (each mode, chunking) vs LangChain
+	$(BIN)/pip install --quiet -r requirements/bench.txt -c requirements/constraints.txt
+	$(BIN)/python -m bench.eval
 
 bench-ocr: setup ## OCR benchmark: speed and cost per page per engine, corpus outcomes with OCR off and on
 	$(BIN)/python -m bench.ocr
