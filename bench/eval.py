@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             extract_s = round(sum(d["seconds"] for d in docs.values()), 3)
             from ray_jobs.backends.local_embedder import LocalEmbedder
 
-            embedder = LocalEmbedder().load()
+            embedder = eval_index.cached_embedder(LocalEmbedder().load(), args.cache)
             for chunking in args.chunking:
                 store = work / f"docpipe-{chunking.label.replace('/', '-').replace(' ', '-')}"
                 built = eval_index.build(chunking, readable, store, embedder, progress)

@@ -147,6 +147,51 @@ def available_modes() -> tuple[list[str], list[str]]:
     return list(MODES), []
 
 
+# ---------------------------------------------------------------------------- vectors
+class SqliteVectorCache:
+    """ray_jobs.backends.embedding_cache's CacheStore on one SQLite file: the eval embeds
+    tens of thousands of chunks per run, and a vector is a pure function of the model, its
+    runtime and the text, so a re-run (or a chunk two chunking choices share) costs a
+    lookup. Keys are embedding_cache.cache_key (model, dims and text)."""
+
+    def __init__(self, path: Path) -> None:
+        import sqlite3
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path))
+        self._db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
+
+    def get_many(self, model: str, dims: int, keys: list[str]) -> dict[str, list[float]]:
+        import numpy as np
+
+        out: dict[str, list[float]] = {}
+        for start in range(0, len(keys), 500):  # SQLite's bound-parameter limit
+            batch = keys[start:start + 500]
+            rows = self._db.execute(f"SELECT key, vector FROM vectors WHERE key IN ({','.join('?' * len(batch))})",
+                                    batch)
+            out.update((k, np.frombuffer(v, dtype=np.float64).tolist()) for k, v in rows)
+        return out
+
+    def put_many(self, model: str, dims: int, entries: dict[str, list[float]]) -> None:
+        import numpy as np
+
+        with self._db:
+            self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)",
+                                 [(k, np.asarray(v, dtype=np.float64).tobytes()) for k, v in entries.items()])
+
+
+def cached_embedder(embedder: Any, cache_dir: Path | None) -> Any:
+    """`embedder` behind a SqliteVectorCache in `cache_dir` (one file per runtime: the
+    numpy and onnx runtimes agree to ~1e-6, not bit for bit); as is without a cache."""
+    if cache_dir is None:
+        return embedder
+    from ray_jobs.backends.embedding_cache import CachedEmbedder
+    from ray_jobs.settings import StageSettings
+
+    runtime = StageSettings.from_env().local_embedding_runtime
+    return CachedEmbedder(embedder, SqliteVectorCache(cache_dir / f"vectors-{runtime}.sqlite"))
+
+
 # ---------------------------------------------------------------------------- one index
 def _records(chunks: list[dict[str, Any]], enrichment: list[dict[str, Any]], vectors: list[list[float]],
              rel: str) -> list[Any]:

@@ -6,12 +6,14 @@ then loads the same vectors (float32, the precision of every index) into the ind
 the new version's ids are upserted first and only then are the
 document's other versions deleted, so a document is never missing from the index and
 never doubled. Vector ids are deterministic, so a re-run upserts the same ids.
+A vector's metadata carries the chunk's place (pages, section, char_start/char_end in the
+document text) and its enrichment as filterable lists (`enrichment_metadata`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 from docpipe import identity
@@ -22,6 +24,9 @@ from ray_jobs.log import emit
 from ray_jobs.runner import main_exit, run
 
 ENRICH_BATCH = 64  # texts per enrich call: small (Comprehend takes 25 per request)
+# Enrichment kept in a vector's metadata (Pinecone's 40 KB per vector leaves room for them).
+MAX_ENTITIES = 32
+MAX_KEY_PHRASES = 16
 
 
 def batch_size() -> int:
@@ -38,6 +43,27 @@ def as_float32(vector: Sequence[float]) -> list[float]:
     import numpy as np
 
     return cast(list[float], np.asarray(vector, dtype=np.float32).tolist())
+
+
+def enrichment_metadata(row: dict[str, Any]) -> dict[str, list[str]]:
+    """A chunk's enrichment as filterable index metadata: `entity_types` (unique, sorted),
+    `entities` (unique texts, first seen first, at most MAX_ENTITIES) and `key_phrases`
+    (unique, at most MAX_KEY_PHRASES, as ray_jobs.search.key_phrase keeps them so
+    `--where phrase=` ignores case). An empty list is left out: Pinecone stores no nulls,
+    and a missing field filters the same as an empty one."""
+    from ray_jobs.search import key_phrase
+
+    entities = [e for e in row.get("entities") or [] if isinstance(e, dict)]
+    out = {
+        "entity_types": sorted({str(e["type"]) for e in entities if e.get("type")}),
+        "entities": _unique(str(e["text"]) for e in entities if e.get("text"))[:MAX_ENTITIES],
+        "key_phrases": _unique(key_phrase(str(p)) for p in row.get("key_phrases") or [])[:MAX_KEY_PHRASES],
+    }
+    return {k: v for k, v in out.items() if v}
+
+
+def _unique(values: Iterable[str]) -> list[str]:
+    return [v for v in dict.fromkeys(values) if v.strip()]
 
 
 def embed_document(job: dict[str, Any], callback: TaskCallback | None = None) -> dict[str, Any]:
@@ -86,7 +112,9 @@ def embed_document(job: dict[str, Any], callback: TaskCallback | None = None) ->
         "page_start": c["page_start"], "page_end": c["page_end"], "s3_key": registration["s3_key"],
         # Only a section has one (DOCX/HTML/Markdown/text); Pinecone stores no nulls.
         **({"locator": c["locator"]} if c.get("locator") else {}),
-        "text": c["text"][:identity.TEXT_IN_INDEX]}) for i, c, v in zip(ids, chunks, vectors, strict=True)]
+        **{k: c[k] for k in ("char_start", "char_end") if c.get(k) is not None},
+        **enrichment_metadata(e),
+        "text": c["text"][:identity.TEXT_IN_INDEX]}) for i, c, e, v in zip(ids, chunks, enriched, vectors, strict=True)]
     try:
         sync = warm.replace_document_version(records, document_id, version)
     except VectorStoreUnavailable:

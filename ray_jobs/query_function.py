@@ -1,10 +1,15 @@
 """Query (Function URL, AWS_IAM auth): the chunks nearest to a text in the deployed index.
 
 Request:  POST {"text": str, "top_k": int (default 5, at most 100),
-                "filter": {field: value or [values]} (optional; ray_jobs/search.py)}
-Response: 200 {"hits": [{"id", "score", "document_id", "s3_key", "page_start", "page_end", "locator",
-                         "text", ...}]}, best first; 400 {"error"} for a request it cannot
-          answer; 405 for a method other than POST; 500 {"error"} otherwise.
+                "mode": "vector" | "keyword" | "hybrid" (optional; default QUERY_MODE),
+                "filter": {field: value, [values] or {operator: value}} (optional),
+                "where": ["KEY=VALUE", ...] (optional; `docpipe query --where`'s items)}
+          (ray_jobs/search.py: search, check, parse_where)
+Response: 200 {"hits": [{"id", "score", "mode", "ranks", "document_id", "s3_key", "page_start",
+                         "page_end", "locator", "text", "char_start", "char_end", ...,
+                         "match": {"sentence", "char_start", "char_end"}}]}, best first;
+          400 {"error"} for a request it cannot answer; 405 for a method other than POST;
+          500 {"error"} otherwise.
 
 Runs from the Ray image (lancedb, pyarrow and the model exceed a zip's 250 MB), inside the
 cluster's VPC with the vector store's EFS access point mounted read-only
@@ -17,23 +22,25 @@ import json
 from typing import Any
 
 from ray_jobs.log import logger
-from ray_jobs.search import DEFAULT_TOP_K, BadQuery, search
+from ray_jobs.search import DEFAULT_TOP_K, BadQuery, request_filter, search
 
 
 def lambda_handler(event: dict[str, Any], context: object) -> dict[str, Any]:
     method = event.get("requestContext", {}).get("http", {}).get("method", "POST")
     if method != "POST":
-        return _response(405, {"error": 'POST a JSON body {"text": ..., "top_k": ..., "filter": ...}'})
+        return _response(405, {"error": 'POST a JSON body {"text": ..., "top_k": ..., "mode": ..., "where": [...]}'})
     try:
         request = _json_body(event)
-        hits = search(request.get("text"), request.get("top_k", DEFAULT_TOP_K), request.get("filter"))
+        where = request_filter(request.get("filter"), request.get("where"))
+        hits = search(request.get("text"), request.get("top_k", DEFAULT_TOP_K), where, request.get("mode"))
     except BadQuery as e:
         return _response(400, {"error": str(e)})
     except Exception:  # the caller gets a short answer, the log the trace
         logger.exception("query failed")
         return _response(500, {"error": "the query failed; see the Query function's log"})
     # Never the text: queries can be as confidential as the documents.
-    logger.info("query", extra={"top_k": request.get("top_k", DEFAULT_TOP_K), "hits": len(hits)})
+    logger.info("query", extra={"top_k": request.get("top_k", DEFAULT_TOP_K), "mode": request.get("mode"),
+                                "hits": len(hits)})
     return _response(200, {"hits": hits})
 
 

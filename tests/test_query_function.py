@@ -32,7 +32,7 @@ JIT, TAX = "input/tracemonkey.pdf", "input/tax-return.pdf"
 DOCUMENTS = {
     JIT: [(1, 1, "Trace-based just-in-time compilation records the hot loops of a JavaScript "
                  "program while it runs and compiles each trace to native machine code."),
-          (2, 3, "Type-specialized traces let the tracing JIT skip dynamic type checks; side "
+          (2, 3, "Type-specialized traces let the tracing JIT skip dynamic type checks. Side "
                  "exits return to the interpreter when a guard fails.")],
     TAX: [(1, 1, "Form 1040 U.S. Individual Income Tax Return: wages, salaries, tips and "
                  "taxable interest for the year."),
@@ -40,6 +40,19 @@ DOCUMENTS = {
                  "and state and local taxes.")],
 }
 QUESTION = "just-in-time compilation of JavaScript"
+
+
+def document_text(key: str) -> str:
+    """The document text the chunks' offsets refer to (ray_jobs.chunking: pages joined by a blank line)."""
+    return "\n\n".join(t for _, _, t in DOCUMENTS[key])
+
+
+def chunk_starts(key: str) -> list[int]:
+    starts, at = [], 0
+    for _, _, t in DOCUMENTS[key]:
+        starts.append(at)
+        at += len(t) + 2
+    return starts
 ACCESS_KEY, SECRET_KEY, TOKEN = "testing", "testing", "testing"  # conftest.aws_env's
 
 
@@ -56,8 +69,8 @@ def build_index(monkeypatch, backend_env: dict[str, str]) -> None:
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     for key, chunks in DOCUMENTS.items():
         doc, ver = identity.document_id(BUCKET, key), "v1-0123456789abcdef"
-        rows = [{"chunk_index": i, "page_start": a, "page_end": b, "text": t}
-                for i, (a, b, t) in enumerate(chunks)]
+        rows = [{"chunk_index": i, "page_start": a, "page_end": b, "text": t, "char_start": start, "char_end": start + len(t)}
+                for i, ((a, b, t), start) in enumerate(zip(chunks, chunk_starts(key), strict=True))]
         uri = jobio.write_jsonl(BUCKET, identity.artifact_key("chunks", doc, ver, "chunks.jsonl"), rows)
         embed_document({"registration": {"document_id": doc, "processing_version": ver,
                                          "bucket": BUCKET, "s3_key": key},
@@ -112,14 +125,43 @@ def lancedb_index(aws_env, monkeypatch, tmp_path):
 
 # ------------------------------------------------------------------------ the handler
 def test_finds_the_passage_with_document_pages_score_and_text(lancedb_index, query_handler):
-    status, body = call(query_handler, {"text": QUESTION, "top_k": 3})
+    status, body = call(query_handler, {"text": QUESTION, "top_k": 3, "mode": "vector"})
     assert status == 200
     hits = body["hits"]
     assert len(hits) == 3 and [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     best = hits[0]
     assert best["s3_key"] == JIT and best["page_start"] == best["page_end"] == 1
-    assert best["text"] == DOCUMENTS[JIT][0][2] and best["score"] > 0.5
+    assert best["text"] == DOCUMENTS[JIT][0][2] and best["score"] > 0.5  # cosine
     assert best["id"].endswith("#0") and best["document_id"] in best["id"]
+    assert best["mode"] == "vector" and best["ranks"] == {"vector": 1, "keyword": None}
+
+
+def test_every_mode_finds_it_and_cites_the_matched_sentence_in_the_document(lancedb_index, query_handler):
+    """The default (QUERY_MODE, hybrid) fuses both lists; each hit's match is a sentence
+    of the document text at the offsets it gives."""
+    for mode in ("keyword", "hybrid", None):
+        status, body = call(query_handler, {"text": "side exits return to the interpreter", "top_k": 2,
+                                            **({"mode": mode} if mode else {})})
+        assert status == 200, body
+        best = body["hits"][0]
+        assert (best["s3_key"], best["page_start"], best["page_end"]) == (JIT, 2, 3), (mode, best)
+        assert best["mode"] == (mode or "hybrid")
+        match = best["match"]
+        assert match["sentence"] == "Side exits return to the interpreter when a guard fails."
+        assert document_text(JIT)[match["char_start"]:match["char_end"]] == match["sentence"]
+    status, body = call(query_handler, {"text": QUESTION, "top_k": 1})
+    [best] = body["hits"]
+    assert best["mode"] == "hybrid" and best["ranks"]["vector"] == 1 and best["ranks"]["keyword"] >= 1
+    assert best["score"] == pytest.approx(1 / 61 + 1 / (60 + best["ranks"]["keyword"]))
+
+
+def test_where_items_restrict_the_search_like_the_cli(lancedb_index, query_handler):
+    status, body = call(query_handler, {"text": QUESTION, "where": [f"document={TAX}"]})
+    assert status == 200 and {h["s3_key"] for h in body["hits"]} == {TAX}
+    status, body = call(query_handler, {"text": QUESTION, "where": ["pages=2-2"], "filter": {"s3_key": JIT}})
+    assert status == 200 and [(h["s3_key"], h["page_start"]) for h in body["hits"]] == [(JIT, 2)]
+    status, body = call(query_handler, {"text": "the tracing JIT", "mode": "keyword", "where": ["page=3"]})
+    assert status == 200 and [(h["s3_key"], h["page_end"]) for h in body["hits"]] == [(JIT, 3)]
 
 
 def test_default_top_k_and_base64_bodies(lancedb_index, query_handler):
@@ -148,6 +190,11 @@ def test_filter_restricts_the_search(lancedb_index, query_handler):
     ({"text": "jit", "filter": {"s3_key": []}}, "non-empty list"),
     ({"text": "jit", "filter": {"s3_key": {"$ne": JIT}}}, "s3_key"),
     ({"text": "jit", "filter": ["s3_key"]}, "filter"),
+    ({"text": "jit", "mode": "semantic"}, "mode must be one of vector, keyword, hybrid"),
+    ({"text": "jit", "where": ["pages=5-3"]}, "FIRST <= LAST"),
+    ({"text": "jit", "where": "page=3"}, "list of"),
+    ({"text": "jit", "where": ["author=me"]}, "not a key"),
+    ({"text": "jit", "where": [f"document={JIT}"], "filter": {"s3_key": TAX}}, "both restrict s3_key"),
     ("not json", "not JSON"),
     ('["a list"]', "JSON object"),
 ])
@@ -181,11 +228,12 @@ def test_a_store_failure_is_a_500_without_details(lancedb_index, query_handler, 
 
 def test_pinecone_route(aws_env, monkeypatch, query_handler):
     """VECTOR_STORE_BACKEND=pinecone: the same handler, through the real pinecone client,
-    with the key read from Secrets Manager by its ARN."""
+    with the key read from Secrets Manager by its ARN; hybrid (the default) on a
+    dotproduct index, whose records carry sparse vectors for the keyword side."""
     from ray_jobs.backends import secrets
 
     secrets.clear_cache()
-    with FakePineconeServer(api_key="pc-query-key") as server, mock_aws():
+    with FakePineconeServer(api_key="pc-query-key", metric="dotproduct") as server, mock_aws():
         arn = boto3.client("secretsmanager").create_secret(Name="pinecone", SecretString="pc-query-key")["ARN"]
         env = {"EMBEDDING_BACKEND": "local", "VECTOR_STORE_BACKEND": "pinecone",
                "PINECONE_API_KEY_SECRET_ARN": arn, "PINECONE_INDEX_HOST": server.url,
@@ -193,11 +241,12 @@ def test_pinecone_route(aws_env, monkeypatch, query_handler):
         build_index(monkeypatch, env)
         assert len(server.ids("docs")) == 4
         status, body = call(query_handler, {"text": QUESTION, "top_k": 2})
-        assert status == 200 and body["hits"][0]["s3_key"] == JIT
+        assert status == 200 and body["hits"][0]["s3_key"] == JIT and body["hits"][0]["mode"] == "hybrid"
+        assert body["hits"][0]["match"]["sentence"] == DOCUMENTS[JIT][0][2]
         assert body["hits"][0]["text"] == DOCUMENTS[JIT][0][2] and body["hits"][0]["page_end"] == 1
         status, body = call(query_handler, {"text": QUESTION, "filter": {"s3_key": [TAX]}})
         assert status == 200 and {h["s3_key"] for h in body["hits"]} == {TAX}
-        assert len(server.requests_to("/query", status=200)) == 2
+        assert len(server.requests_to("/query", status=200)) == 4  # a dense and a sparse query each
     secrets.clear_cache()
 
 
@@ -210,7 +259,9 @@ def test_pages_are_integers_from_a_store_that_keeps_floats(aws_env, monkeypatch,
     class FloatStore:
         def query(self, vector, top_k=5, filter=None):
             return [Match("d#v#4", 0.9, {"s3_key": JIT, "page_start": 3.0, "page_end": 4.0, "chunk_index": 4.0,
-                                         "text": "t"})]
+                                         "char_start": 10.0, "char_end": 11.0, "text": "t"})]
+
+        keyword_query = query
 
     class Embedder:
         def embed(self, texts):
@@ -219,7 +270,8 @@ def test_pages_are_integers_from_a_store_that_keeps_floats(aws_env, monkeypatch,
     monkeypatch.setattr(warm, "vector_store", FloatStore)
     monkeypatch.setattr(warm, "embedder", Embedder)
     response = query_handler(url_event({"text": QUESTION}), None)
-    assert '"page_start": 3, "page_end": 4, "chunk_index": 4' in response["body"]
+    assert '"page_start": 3, "page_end": 4, "chunk_index": 4, "char_start": 10, "char_end": 11' in response["body"]
+    assert json.loads(response["body"])["hits"][0]["match"] == {"sentence": "t", "char_start": 10, "char_end": 11}
 
 
 # ------------------------------------------------------------------------ docpipe query --stack
@@ -325,6 +377,29 @@ def test_stack_query_passes_filters_and_no_hits_exits_1(deployed):
     assert code == 1 and json.loads(out) == []
 
 
+def test_stack_query_forwards_mode_and_where_and_the_table_shows_the_matched_sentence(deployed, monkeypatch):
+    from rich.console import Console
+
+    from docpipe_local import cli
+
+    code, out, err = docpipe("query", "taxes and interest", "--stack", "docpipe-prod", "--json", "--mode", "keyword",
+                             "--where", f"document={TAX}", "--where", "page=2")
+    assert code == 0, err
+    [hit] = json.loads(out)
+    assert (hit["mode"], hit["s3_key"], hit["page_start"]) == ("keyword", TAX, 2)
+    code, local, _ = docpipe("query", "taxes and interest", "--json", "--mode", "keyword", "--where", f"document={TAX}",
+                             "--where", "page=2")
+    assert code == 0 and json.loads(local) == [hit]
+    monkeypatch.setattr(cli, "console", Console(width=200))
+    code, table, _ = docpipe("query", "when does a side exit return to the interpreter", "--stack", "docpipe-prod",
+                             "-k", "1", "--mode", "hybrid")
+    start = document_text(JIT).index("Side exits")
+    assert code == 0 and "stack docpipe-prod, hybrid" in table
+    assert f"pages 2–3, chars {start}–{len(document_text(JIT))}" in table
+    assert "Side exits return to the interpreter when a guard fails." in table
+    assert "Type-specialized" not in table  # the matched sentence, not the chunk's start
+
+
 def test_wrong_credentials_are_a_403_with_what_to_grant(lancedb_index, query_handler, cloudformation):
     with FunctionUrl(query_handler, secret_key="another-secret") as url:
         stack_with_outputs("docpipe-prod", {"QueryFunctionUrl": url.url + "/"})
@@ -356,7 +431,10 @@ def test_no_region_says_how_to_give_one(aws_env, monkeypatch, tmp_path):
 def test_bad_arguments_exit_2_before_any_call(cloudformation):
     # No stack at all: the checks come first.
     for args, complaint in ((["--filter", "page_start=one"], "integer"), (["--filter", "nofield"], "FIELD=VALUE"),
-                            (["-k", "0"], "top_k"), (["--filter", "text=x"], "cannot filter")):
+                            (["-k", "0"], "top_k"), (["--filter", "text=x"], "cannot filter"),
+                            (["--where", "pages=4-2"], "FIRST <= LAST"), (["--where", "document=report"], "S3 key"),
+                            (["--where", "size=3"], "not a key"), (["--mode", "semantic"], "'semantic' is not one of"),
+                            (["--filter", f"s3_key={JIT}", "--where", f"document={TAX}"], "both restrict s3_key")):
         code, _, err = docpipe("query", QUESTION, "--stack", "docpipe-prod", *args)
         assert code == 2 and complaint in err, (args, err)
     code, _, err = docpipe("query", QUESTION, "--region", "eu-west-1")
@@ -374,7 +452,9 @@ def test_help_tells_how():
     code, out, _ = docpipe("query", "--help")
     text = " ".join(out.split())
     assert code == 0
-    for words in ("--stack NAME", "QueryFunctionUrl", "--filter FIELD=VALUE", "lambda:InvokeFunctionUrl", "--region"):
+    for words in ("--stack NAME", "QueryFunctionUrl", "--filter FIELD=VALUE", "lambda:InvokeFunctionUrl", "--region",
+                  "--mode [vector|keyword|hybrid]", "BM25", "reciprocal rank", "--where KEY=VALUE", "document=",
+                  "entity=", "phrase=", "pages=A-B", "page=N", "matched sentence", "character span"):
         assert words in text, words
 
 

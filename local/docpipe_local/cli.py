@@ -4,7 +4,7 @@
     docpipe ingest PATH...               upload documents, follow them, print a summary
     docpipe backfill [--prefix P]        re-ingest what is already in the bucket
     docpipe status [DOCUMENT]            control item and audit trail
-    docpipe query "TEXT" [--stack NAME]  top chunks with document, pages and score
+    docpipe query "TEXT" [--mode M]      top chunks: document, pages, matched sentence
     docpipe graph EXECUTION              execution graph as SVG + HTML
     docpipe invoke FUNCTION -e EVENT     one function in-process (like `sam local invoke`)
     docpipe events                       events/*.json filled in for the running stack
@@ -354,24 +354,33 @@ def status(document, as_json):
 
 
 # ------------------------------------------------------------------------- query
+def _score(hit) -> str:
+    # RRF scores are small (two first places: 2/61 = 0.0328); cosine and BM25 read at 3 places.
+    return f"{hit['score']:.4f}" if hit.get("mode") == "hybrid" else f"{hit['score']:.3f}"
+
+
 def _hits_table(hits, title: str) -> Table:
-    t = Table(title=title)
     from ray_jobs.search import where_in_document
 
-    for c in ("score", "document", "where", "chunk"):
-        t.add_column(c)
+    t = Table(title=title)
+    t.add_column("score", no_wrap=True)
+    t.add_column("document", overflow="fold")
+    t.add_column("where", overflow="fold")
+    t.add_column("matched sentence", overflow="fold")
     for h in hits:
-        t.add_row(f"{h['score']:.3f}", str(h.get("s3_key", "")), where_in_document(h),
-                  str(h.get("text", ""))[:160].replace("\n", " "))
+        match = h.get("match") or {}
+        sentence = " ".join(str(match.get("sentence") or h.get("text") or "").split())
+        t.add_row(_score(h), str(h.get("s3_key", "")), where_in_document(h, chars=True),
+                  sentence if len(sentence) <= 300 else sentence[:300].rstrip() + "…")
     return t
 
 
-def search(text: str, top_k: int = 5, filter: dict | None = None) -> list[dict]:
+def search(text: str, top_k: int = 5, filter: dict | None = None, mode: str | None = None) -> list[dict]:
     """Hits from the local index: the search the deployed Query function runs too."""
     os.environ.setdefault("LANCEDB_URI", str(paths.vectors_dir()))
     from ray_jobs.search import search as search_index
 
-    return search_index(text, top_k, filter)
+    return search_index(text, top_k, filter, mode)
 
 
 def _filters(pairs) -> dict:
@@ -396,29 +405,49 @@ def _filters(pairs) -> dict:
 @main.command()
 @click.argument("text")
 @click.option("-k", "--top-k", default=5, show_default=True, help="how many chunks")
+@click.option("--mode", type=click.Choice(["vector", "keyword", "hybrid"]), default=None,
+              help="vector: embedding similarity (cosine); keyword: BM25 over the chunk text; hybrid: both, "
+                   "fused by reciprocal rank (default: $QUERY_MODE, else hybrid)")
+@click.option("--where", "where_items", multiple=True, metavar="KEY=VALUE",
+              help="only chunks that match (repeatable; different keys: all of them, the same key twice: "
+                   "either value): document=<document_id or S3 key such as input/report.pdf>, "
+                   "entity=<TYPE>[,<TYPE>] (an entity of one of the types: DATE, MONEY, PERCENT, "
+                   "ORGANIZATION, PERSON, ...), phrase=<key phrase> (any case), pages=A-B or page=N "
+                   "(chunks overlapping those pages)")
 @click.option("--filter", "filter_pairs", multiple=True, metavar="FIELD=VALUE",
               help="only chunks whose FIELD is VALUE (repeatable; the same FIELD twice = either "
-                   "value): s3_key, document_id, processing_version, chunk_index, page_start, page_end")
+                   "value): s3_key, document_id, processing_version, chunk_index, page_start, page_end, "
+                   "locator, entity_types, key_phrases, entities (a list field: contains VALUE)")
 @click.option("--stack", "stack_name", metavar="NAME",
               help="query the index of this deployed CloudFormation stack (its QueryFunctionUrl "
                    "output, signed with your AWS credentials) instead of the local one")
 @click.option("--region", help="region of --stack (default: your AWS configuration's)")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
-def query(text, top_k, filter_pairs, stack_name, region, as_json):
-    """Find the chunks nearest to TEXT in the vector index, with their document, where
-    in it (a PDF's page span, a DOCX/HTML/Markdown section or a text file's lines) and
-    score (cosine similarity): the local index, or with --stack the index of a
-    deployed stack (needs lambda:InvokeFunctionUrl and lambda:InvokeFunction on its
-    Query function).
+@click.option("--json", "as_json", is_flag=True,
+              help="print JSON: each hit's id, score, mode, ranks, metadata and match "
+                   "(sentence, char_start, char_end)")
+def query(text, top_k, mode, where_items, filter_pairs, stack_name, region, as_json):
+    """Find the chunks that answer TEXT in the vector index: the local index, or with
+    --stack the index of a deployed stack (needs lambda:InvokeFunctionUrl and
+    lambda:InvokeFunction on its Query function).
+
+    Each hit shows its score (cosine similarity for --mode vector, BM25 for keyword,
+    reciprocal-rank-fusion score for hybrid), its document, where in it (a PDF's page
+    span, a DOCX/HTML/Markdown section or a text file's lines, and the character span
+    of the matched sentence in the document text) and the sentence of the chunk that
+    best matches TEXT.
+
+    \b
+    Example:
+      docpipe query "revenue growth" --mode hybrid --where entity=MONEY --where pages=3-5
 
     Exit codes: 0 hits found, 1 none, 2 a usage, stack or permission problem."""
-    from ray_jobs.search import BadQuery, check
+    from ray_jobs.search import BadQuery, check, request_filter
 
     if region and not stack_name:
         _fail("--region goes with --stack (the local index has no region)")
     filters = _filters(filter_pairs)
     try:
-        check(text, top_k, filters)  # the function's own rules, before any call
+        check(text, top_k, request_filter(filters, list(where_items)))  # the function's own rules, before any call
     except BadQuery as e:
         _fail(str(e))
     if stack_name:
@@ -429,19 +458,23 @@ def query(text, top_k, filter_pairs, stack_name, region, as_json):
         session = boto3.Session(region_name=region)
         try:
             hits = remote_query.query(session, remote_query.function_url(session, stack_name),
-                                      text, top_k, filters)
+                                      text, top_k, filters, mode=mode, where=list(where_items))
         except remote_query.QueryError as e:
             _fail(str(e), e.exit_code)
         source = f"stack {stack_name}"
     elif not paths.vectors_dir().exists():
         _fail("no vector index yet: ingest documents first (`docpipe ingest PATH`)", 1)
     else:
-        hits = search(text, top_k, filters)
+        try:
+            hits = search(text, top_k, request_filter(filters, list(where_items)), mode)
+        except BadQuery as e:  # QUERY_MODE set to a mode that does not exist
+            _fail(str(e))
         source = "local index"
     if as_json:
         console.print_json(json.dumps(hits, default=str))
     else:
-        console.print(_hits_table(hits, f"top {top_k} for: {text} ({source})"))
+        shown = hits[0]["mode"] if hits and hits[0].get("mode") else mode or "default mode"
+        console.print(_hits_table(hits, f"top {top_k} for: {text} ({source}, {shown})"))
     sys.exit(0 if hits else 1)
 
 

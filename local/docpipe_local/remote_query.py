@@ -54,8 +54,9 @@ def function_url(session, stack_name: str) -> str:
 
 
 def query(session, url: str, text: str, top_k: int, filter: dict | None = None,
-          timeout: float = 60.0) -> list[dict[str, Any]]:
-    """The hits the Query function answers for one signed request."""
+          timeout: float = 60.0, mode: str | None = None, where: list[str] | None = None) -> list[dict[str, Any]]:
+    """The hits the Query function answers for one signed request (`mode` None: the
+    function's QUERY_MODE; `where`: --where items, which the function parses)."""
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
 
@@ -63,7 +64,8 @@ def query(session, url: str, text: str, top_k: int, filter: dict | None = None,
     if credentials is None:
         raise QueryError("no AWS credentials to sign the request with (aws configure, AWS_PROFILE, ...)")
     region = signing_region(url, session.region_name)
-    body = json.dumps({"text": text, "top_k": top_k, **({"filter": filter} if filter else {})}).encode()
+    body = json.dumps({"text": text, "top_k": top_k, **({"filter": filter} if filter else {}),
+                       **({"mode": mode} if mode else {}), **({"where": where} if where else {})}).encode()
     signed = AWSRequest(method="POST", url=url, data=body, headers={"Content-Type": "application/json"})
     SigV4Auth(credentials.get_frozen_credentials(), "lambda", region).add_auth(signed)
     request = urllib.request.Request(url, data=body, headers=dict(signed.headers.items()), method="POST")

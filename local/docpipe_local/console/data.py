@@ -181,28 +181,19 @@ def task_parameters(events: list[dict], states: set[str]) -> dict[str, str]:
 # --------------------------------------------------------------------------- search
 
 
-_WORD = re.compile(r"\w+")
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
-
-
-def snippet(text: str, query: str, limit: int = 400) -> str:
-    """The sentence(s) of `text` that share the most words with `query`."""
-    words = {w for w in _WORD.findall(query.lower()) if len(w) > 2} or set(_WORD.findall(query.lower()))
-    sentences = [s.strip() for s in _SENTENCE.split(" ".join(text.split())) if s.strip()]
-    if not sentences:
-        return ""
-    scores = [len(words & set(_WORD.findall(s.lower()))) for s in sentences]
-    best = max(range(len(sentences)), key=lambda i: (scores[i], -i))
-    out = sentences[best]
-    if len(out) < 120 and best + 1 < len(sentences):  # a short sentence reads better with the next
-        out += " " + sentences[best + 1]
-    return out if len(out) <= limit else out[:limit].rstrip() + "…"
+def snippet(hit: dict, limit: int = 400) -> str:
+    """The hit's matched sentence (ray_jobs.search.matched_sentence) for reading: one
+    line, at most `limit` characters."""
+    match = hit.get("match") or {}
+    text = " ".join(str(match.get("sentence") or hit.get("text") or "").split())
+    return text if len(text) <= limit else text[:limit].rstrip() + "…"
 
 
 def citation(hit: dict) -> str:
+    """Document, pages or section, and the matched sentence's character span."""
     from ray_jobs.search import citation as hit_citation
 
-    return hit_citation(hit)
+    return hit_citation(hit, chars=True)
 
 
 # --------------------------------------------------------------------------- the stack
@@ -483,7 +474,7 @@ class Console:
     # ------------------------------------------------------------------ search
 
     def search(self, text: Any, top_k: Any = 5) -> list[dict[str, Any]]:
-        """Hits from the local index with a citation and the best-matching sentence(s);
+        """Hits from the local index with a citation and the matched sentence;
         ray_jobs.search.BadQuery for a request the user can fix."""
         import os
 
@@ -496,8 +487,8 @@ class Console:
         if "://" not in uri and not Path(uri).exists():
             raise NotFound("no vector index yet: ingest documents first (`docpipe ingest PATH`)")
 
-        hits = search_index(text, top_k)
-        return [{**h, "citation": citation(h), "snippet": snippet(str(h.get("text", "")), text)} for h in hits]
+        hits = search_index(text, top_k)  # the default mode (QUERY_MODE), as `docpipe query`'s
+        return [{**h, "citation": citation(h), "snippet": snippet(h)} for h in hits]
 
 
 def _columns(items: list[dict]) -> list[str]:
