@@ -86,9 +86,11 @@ def chunk(pages: list[dict[str, Any]], document_id: str, version: str,
           settings: StageSettings) -> list[dict[str, Any]]:
     """Pages -> chunks with the stage's settings (bench.bare runs this too)."""
     from ray_jobs.chunking import chunk_pages
+    from ray_jobs.tokens import chunk_tokenizer
 
     return chunk_pages(pages, document_id=document_id, processing_version=version,
-                       max_tokens=settings.chunk_max_tokens, overlap_tokens=settings.chunk_overlap_tokens)
+                       max_tokens=settings.chunk_max_tokens, overlap_tokens=settings.chunk_overlap_tokens,
+                       page_breaks=settings.chunk_page_breaks, tokenizer=chunk_tokenizer(settings))
 
 
 def extract_document(job: dict[str, Any], callback: TaskCallback | None = None) -> dict[str, Any]:

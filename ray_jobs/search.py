@@ -88,7 +88,11 @@ def search(text: object, top_k: object = DEFAULT_TOP_K, filter: object = None,
         vector = _embed([text])[0]
     depth = top_k if mode != "hybrid" else max(MIN_CANDIDATES, 4 * top_k)
     by_vector = store.query(vector, top_k=depth, filter=where) if vector is not None else []
-    by_keyword = store.keyword_query(text, top_k=depth, filter=where) if mode != "vector" else []
+    by_keyword = _keyword_query(store, text, depth, where, mode) if mode != "vector" else None
+    if by_keyword is None and mode == "hybrid":
+        mode = "vector"  # the store cannot search by keyword: hits say what ran
+        by_vector = by_vector[:top_k]
+    by_keyword = by_keyword or []
     if mode == "vector":
         hits = [_hit(m.id, m.score, mode, m.metadata, vector=n) for n, m in enumerate(by_vector, 1)]
     elif mode == "keyword":
@@ -101,6 +105,23 @@ def search(text: object, top_k: object = DEFAULT_TOP_K, filter: object = None,
     for hit, match in zip(hits, matched_sentences(hits, text, similarity), strict=True):
         hit["match"] = match
     return hits
+
+
+def _keyword_query(store: Any, text: str, top_k: int, where: dict[str, Any] | None,
+                   mode: str) -> list[Any] | None:
+    """The store's keyword hits; None (logged) when it cannot search by keyword, e.g. a
+    Pinecone index without the dotproduct metric. Keyword mode alone then is a BadQuery."""
+    from ray_jobs.backends.base import KeywordSearchUnavailable
+
+    try:
+        return list(store.keyword_query(text, top_k=top_k, filter=where))
+    except KeywordSearchUnavailable as e:
+        if mode == "keyword":
+            raise BadQuery(str(e)) from e
+        from ray_jobs.log import logger
+
+        logger.warning("keyword search unavailable, hybrid ran as vector: %s", e)
+        return None
 
 
 def fuse(vector_ids: Sequence[str], keyword_ids: Sequence[str],

@@ -14,6 +14,7 @@ from moto import mock_aws
 from pinecone import Pinecone
 
 from docpipe.errors import StageFailed, VectorStoreUnavailable
+from ray_jobs.backends.base import KeywordSearchUnavailable
 from ray_jobs.backends import secrets
 from ray_jobs.backends.base import VectorRecord, VectorStore
 from ray_jobs.backends.pinecone_store import PineconeStore, fit_metadata
@@ -416,7 +417,7 @@ def test_keyword_query_finds_chinese_text_by_a_chinese_query(hybrid):
 def test_keyword_query_needs_a_dotproduct_index(server):
     store = make_store(server)  # the fake's default metric: cosine
     store.upsert(finance_records())
-    with pytest.raises(StageFailed, match="dotproduct"):
+    with pytest.raises(KeywordSearchUnavailable, match="dotproduct"):
         store.keyword_query("revenue")
     # The fake refuses the query as Pinecone does, had the store sent it.
     index = Pinecone(api_key=API_KEY).Index(host=server.url)

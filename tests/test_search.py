@@ -121,6 +121,24 @@ def test_each_mode_uses_its_own_list_and_score(fake, monkeypatch):
     assert search("revenue", top_k=1)[0]["mode"] == "hybrid"
 
 
+def test_a_store_that_cannot_search_by_keyword_runs_hybrid_as_vector(fake, monkeypatch):
+    # A Pinecone index created with the cosine metric (docs/deploy.md): the default mode
+    # still answers, and says it ran as vector; keyword mode alone says why it cannot.
+    from ray_jobs.backends.base import KeywordSearchUnavailable
+
+    store, _ = fake(["a", "b", "c"], ["c"])
+
+    def no_keywords(text, top_k=5, filter=None):
+        raise KeywordSearchUnavailable("keyword search needs a Pinecone index with the dotproduct metric")
+
+    monkeypatch.setattr(store, "keyword_query", no_keywords)
+    hits = search("revenue growth", top_k=2, mode="hybrid")
+    assert [(h["id"], h["mode"], h["ranks"]) for h in hits] == [
+        ("a", "vector", {"vector": 1, "keyword": None}), ("b", "vector", {"vector": 2, "keyword": None})]
+    with pytest.raises(BadQuery, match="dotproduct"):
+        search("revenue growth", top_k=2, mode="keyword")
+
+
 def test_unknown_modes_are_bad_queries(fake, monkeypatch):
     fake(["a"], ["a"])
     with pytest.raises(BadQuery, match="mode must be one of vector, keyword, hybrid, got 'semantic'"):

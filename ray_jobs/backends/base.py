@@ -32,6 +32,11 @@ class Match:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+class KeywordSearchUnavailable(RuntimeError):
+    """The store cannot search by keyword as configured (a Pinecone index without the
+    dotproduct metric): search falls back to vector in hybrid mode and refuses keyword mode."""
+
+
 @runtime_checkable
 class Embedder(Protocol):
     model: str

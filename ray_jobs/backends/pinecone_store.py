@@ -57,7 +57,7 @@ from typing import Any
 from docpipe import identity
 from docpipe.errors import StageFailed, VectorStoreUnavailable
 from ray_jobs.backends import secrets
-from ray_jobs.backends.base import Match, VectorRecord
+from ray_jobs.backends.base import KeywordSearchUnavailable, Match, VectorRecord
 from ray_jobs.keywords import sparse_query, sparse_vector
 from ray_jobs.settings import StageSettings
 
@@ -315,7 +315,7 @@ class PineconeStore:
             return []  # an empty index (no dimension fixed yet) has nothing to find
         metric, dims = shape
         if metric is not None and metric != "dotproduct":
-            raise StageFailed(
+            raise KeywordSearchUnavailable(
                 f"keyword search needs a Pinecone index with the dotproduct metric; this one uses {metric}"
                 " (docs/deploy.md, 'Pinecone index': create a dotproduct index and re-ingest)"
             )
