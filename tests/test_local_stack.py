@@ -167,7 +167,29 @@ def test_query_finds_a_passage_from_the_corpus(local_stack, ingested):
     assert out.returncode == 0, out.stderr
     hits = json.loads(out.stdout)
     assert hits and hits[0]["s3_key"] == "input/tracemonkey.pdf", hits[:2]
-    assert hits[0]["page_start"] >= 1 and hits[0]["score"] > 0.3
+    best = hits[0]
+    # The default mode fuses both lists; the hit found by each says at which rank.
+    assert best["mode"] == "hybrid" and best["ranks"]["vector"] and best["ranks"]["keyword"], best
+    # The citation a reader can check: the matched sentence is exactly those characters of
+    # the document text the chunk offsets refer to (pages.jsonl, joined as chunking does).
+    c = clients(local_stack)
+    [item] = control_items(local_stack, "input/tracemonkey.pdf")
+    body = c["s3"].get_object(Bucket=local_stack["outputs"]["DocumentBucketName"],
+                              Key=f"extracted/{item['document_id']}/{item['processing_version']}/pages.jsonl")["Body"]
+    from ray_jobs.chunking import document_text
+
+    text = document_text([json.loads(line) for line in body.read().decode().splitlines() if line.strip()])
+    match = best["match"]
+    assert text[match["char_start"]:match["char_end"]] == match["sentence"]
+    assert best["char_start"] <= match["char_start"] < match["char_end"] <= best["char_end"]
+    out = run_cli("query", "trace-based just-in-time compilation of JavaScript", "--mode", "vector", "--json")
+    [best, *_] = json.loads(out.stdout)
+    assert best["s3_key"] == "input/tracemonkey.pdf" and best["score"] > 0.3, best  # cosine similarity
+    out = run_cli("query", "nested trace trees", "--mode", "keyword", "--where", "document=input/tracemonkey.pdf",
+                  "--where", "pages=3-4", "--json")
+    hits = json.loads(out.stdout)
+    assert hits and all(h["s3_key"] == "input/tracemonkey.pdf" and h["page_start"] <= 4 and h["page_end"] >= 3
+                        for h in hits), hits
 
 
 def test_second_ingest_of_the_same_files_does_no_new_work(local_stack, ingested):
