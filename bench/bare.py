@@ -42,9 +42,10 @@ def _init(threads: int, lancedb_uri: str) -> None:
     from ray_jobs.backends.lancedb_store import LanceDBStore
     from ray_jobs.backends.local_embedder import LocalEmbedder
     from ray_jobs.backends.local_enricher import LocalEnricher
-    from ray_jobs.tokens import count_tokens
+    from ray_jobs.tokens import chunk_tokenizer
 
-    count_tokens("warm up the tokenizer")
+    # The chunker's tokenizer (the embedding model's), loaded as a warm stage service has it.
+    chunk_tokenizer().count("warm up the tokenizer")
     _W["embedder"] = LocalEmbedder(threads=threads).load()
     _W["embedder"].embed(["warm up the model"])
     _W["enricher"] = LocalEnricher()

