@@ -43,8 +43,8 @@ browser: ## install Debian's chromium for the browser tests (apt-get: root or su
 # The Ray/e2e tests share one real local stack and time heartbeats: they run alone, after
 # the others, which run in two processes (pytest-xdist: ~3.5 min instead of ~6 on 2 cores).
 test: setup browser ## run the whole test suite
-	$(BIN)/pytest -q -n 2 -m "not ray and not e2e"
-	$(BIN)/pytest -q -m "ray or e2e"
+	$(BIN)/pytest -q -n 2 -m "not ray and not e2e" --durations=15
+	$(BIN)/pytest -q -m "ray or e2e" --durations=15
 
 test-fast: setup ## tests without the Ray and end-to-end ones
 	$(BIN)/pytest -q -m "not ray and not e2e"
