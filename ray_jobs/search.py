@@ -81,17 +81,20 @@ def search(text: object, top_k: object = DEFAULT_TOP_K, filter: object = None,
     from ray_jobs import warm
 
     text, top_k, where = check(text, top_k, filter)
+    asked = mode is not None
     mode = query_mode(mode)
     store = warm.vector_store()
+    depth = top_k if mode != "hybrid" else max(MIN_CANDIDATES, 4 * top_k)
+    by_keyword = _keyword_query(store, text, depth, where, strict=asked and mode == "keyword") \
+        if mode != "vector" else None
+    if by_keyword is None and mode != "vector":
+        # The store cannot search by keyword (a cosine Pinecone index): hybrid, and the
+        # default mode when it is keyword, run as vector; the hits say what ran.
+        mode, depth = "vector", top_k
     vector: list[float] | None = None
     if mode != "keyword":
         vector = _embed([text])[0]
-    depth = top_k if mode != "hybrid" else max(MIN_CANDIDATES, 4 * top_k)
     by_vector = store.query(vector, top_k=depth, filter=where) if vector is not None else []
-    by_keyword = _keyword_query(store, text, depth, where, mode) if mode != "vector" else None
-    if by_keyword is None and mode == "hybrid":
-        mode = "vector"  # the store cannot search by keyword: hits say what ran
-        by_vector = by_vector[:top_k]
     by_keyword = by_keyword or []
     if mode == "vector":
         hits = [_hit(m.id, m.score, mode, m.metadata, vector=n) for n, m in enumerate(by_vector, 1)]
@@ -100,7 +103,8 @@ def search(text: object, top_k: object = DEFAULT_TOP_K, filter: object = None,
     else:
         metadata = {m.id: m.metadata for m in [*by_keyword, *by_vector]}  # the vector's copy wins
         hits = [_hit(i, score, mode, metadata[i], **ranks)
-                for i, score, ranks in fuse([m.id for m in by_vector], [m.id for m in by_keyword])[:top_k]]
+                for i, score, ranks in fuse([m.id for m in by_vector], [m.id for m in by_keyword],
+                                            vector_weight=_vector_weight())[:top_k]]
     similarity = _similarity(text, vector)
     for hit, match in zip(hits, matched_sentences(hits, text, similarity), strict=True):
         hit["match"] = match
@@ -108,39 +112,50 @@ def search(text: object, top_k: object = DEFAULT_TOP_K, filter: object = None,
 
 
 def _keyword_query(store: Any, text: str, top_k: int, where: dict[str, Any] | None,
-                   mode: str) -> list[Any] | None:
+                   strict: bool) -> list[Any] | None:
     """The store's keyword hits; None (logged) when it cannot search by keyword, e.g. a
-    Pinecone index without the dotproduct metric. Keyword mode alone then is a BadQuery."""
+    Pinecone index without the dotproduct metric. Keyword mode asked for by name
+    (`strict`) then is a BadQuery; the default mode and hybrid run as vector."""
     from ray_jobs.backends.base import KeywordSearchUnavailable
 
     try:
         return list(store.keyword_query(text, top_k=top_k, filter=where))
     except KeywordSearchUnavailable as e:
-        if mode == "keyword":
+        if strict:  # keyword mode asked for by name
             raise BadQuery(str(e)) from e
         from ray_jobs.log import logger
 
-        logger.warning("keyword search unavailable, hybrid ran as vector: %s", e)
+        logger.warning("keyword search unavailable, ran as vector: %s", e)
         return None
 
 
 def fuse(vector_ids: Sequence[str], keyword_ids: Sequence[str],
-         k: int = RRF_K) -> list[tuple[str, float, dict[str, int | None]]]:
+         k: int = RRF_K, vector_weight: float = 1.0) -> list[tuple[str, float, dict[str, int | None]]]:
     """Reciprocal rank fusion of two rankings (best first): (id, score, {"vector": rank,
-    "keyword": rank}) best first; score = the sum of 1 / (k + rank) over the lists the id
-    is in (ranks from 1). Equal scores: the better vector rank first (an id only the
-    keyword list has comes after), then the better keyword rank."""
+    "keyword": rank}) best first; score = 1 / (k + keyword rank) + vector_weight / (k +
+    vector rank), each term only for a list the id is in (ranks from 1). Equal scores: the
+    better vector rank first (an id only the keyword list has comes after), then the
+    better keyword rank."""
     ranks: dict[str, dict[str, int | None]] = {}
     for name, ids in (("vector", vector_ids), ("keyword", keyword_ids)):
         for n, i in enumerate(ids, 1):
             ranked = ranks.setdefault(i, {"vector": None, "keyword": None})
             if ranked[name] is None:  # a list naming an id twice: its better rank counts
                 ranked[name] = n
-    fused = [(i, sum(1.0 / (k + r) for r in (r["vector"], r["keyword"]) if r is not None), r)
-             for i, r in ranks.items()]
+    def score(r: dict[str, int | None]) -> float:
+        vector, keyword = r["vector"], r["keyword"]
+        return (vector_weight / (k + vector) if vector else 0.0) + (1.0 / (k + keyword) if keyword else 0.0)
+
+    fused = [(i, score(r), r) for i, r in ranks.items()]
     none_last = math.inf
     fused.sort(key=lambda f: (-f[1], f[2]["vector"] or none_last, f[2]["keyword"] or none_last))
     return fused
+
+
+def _vector_weight() -> float:
+    from ray_jobs.settings import StageSettings
+
+    return StageSettings.from_env().hybrid_vector_weight
 
 
 def query_mode(mode: object) -> str:

@@ -89,13 +89,19 @@ class StageSettings:
     # --- chunk (ray_jobs/chunking.py; docs/retrieval.md): sizes in the embedding model's
     # own tokens (special tokens excluded), never above its window (ray_jobs/tokens.py).
     chunk_max_tokens: int = env_var("CHUNK_MAX_TOKENS", 254)
-    chunk_overlap_tokens: int = env_var("CHUNK_OVERLAP_TOKENS", 32)
+    # 254/0: the eval's best (docs/retrieval.md); overlap only helped the vector mode.
+    chunk_overlap_tokens: int = env_var("CHUNK_OVERLAP_TOKENS", 0)
     # PDF page breaks: cross (chunks run on across pages) | prefer (a chunk ends at a page
     # break when it is at least half full) | never (each page is chunked on its own).
     chunk_page_breaks: str = env_var("CHUNK_PAGE_BREAKS", "prefer", parse=str.lower)
 
     # --- query (ray_jobs/search.py): vector | keyword | hybrid (reciprocal rank fusion) ---
-    query_mode: str = env_var("QUERY_MODE", "hybrid", parse=str.lower)
+    # keyword: the eval's best mode, ahead of hybrid and vector on every metric
+    # (docs/retrieval.md); all-MiniLM-L6-v2 reads English only.
+    query_mode: str = env_var("QUERY_MODE", "keyword", parse=str.lower)
+    # The vector list's weight in hybrid's fusion (the keyword list's is 1): 0.5 measured
+    # better than 1 on the eval (docs/retrieval.md).
+    hybrid_vector_weight: float = env_var("HYBRID_VECTOR_WEIGHT", 0.5)
 
     # --- stage services and jobs (ray_jobs/service.py, ray_jobs/callback.py) ------------
     # JSON of the custom resources every document task asks for; the Ray containers set

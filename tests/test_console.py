@@ -225,7 +225,7 @@ def test_refusals_and_not_found(world):
 
 def test_search_cites_and_snippets_and_rejects_bad_queries(world):
     _, _, web, _, _ = world
-    r = web.get("/search?q=pdflatex+pages&k=3")
+    r = web.get("/search?q=printed+text+without+a+meaning&k=3")
     assert r.status_code == 200
     page = r.get_data(as_text=True)
     hits = re.findall(r'<li class="hit".*?</li>', page, re.S)

@@ -137,42 +137,49 @@ def test_finds_the_passage_with_document_pages_score_and_text(lancedb_index, que
 
 
 def test_every_mode_finds_it_and_cites_the_matched_sentence_in_the_document(lancedb_index, query_handler):
-    """The default (QUERY_MODE, hybrid) fuses both lists; each hit's match is a sentence
-    of the document text at the offsets it gives."""
+    """Each mode (the default, QUERY_MODE, is keyword) finds it; each hit's match is a
+    sentence of the document text at the offsets it gives; hybrid fuses both lists."""
     for mode in ("keyword", "hybrid", None):
         status, body = call(query_handler, {"text": "side exits return to the interpreter", "top_k": 2,
                                             **({"mode": mode} if mode else {})})
         assert status == 200, body
         best = body["hits"][0]
         assert (best["s3_key"], best["page_start"], best["page_end"]) == (JIT, 2, 3), (mode, best)
-        assert best["mode"] == (mode or "hybrid")
+        assert best["mode"] == (mode or "keyword")
         match = best["match"]
         assert match["sentence"] == "Side exits return to the interpreter when a guard fails."
         assert document_text(JIT)[match["char_start"]:match["char_end"]] == match["sentence"]
-    status, body = call(query_handler, {"text": QUESTION, "top_k": 1})
+    status, body = call(query_handler, {"text": QUESTION, "top_k": 1, "mode": "hybrid"})
     [best] = body["hits"]
     assert best["mode"] == "hybrid" and best["ranks"]["vector"] == 1 and best["ranks"]["keyword"] >= 1
-    assert best["score"] == pytest.approx(1 / 61 + 1 / (60 + best["ranks"]["keyword"]))
+    # HYBRID_VECTOR_WEIGHT (0.5) on the vector list's term.
+    assert best["score"] == pytest.approx(0.5 / 61 + 1 / (60 + best["ranks"]["keyword"]))
 
 
 def test_where_items_restrict_the_search_like_the_cli(lancedb_index, query_handler):
+    # The tax return shares no word with the question: keyword (the default) finds nothing
+    # there, vector still ranks its chunks.
     status, body = call(query_handler, {"text": QUESTION, "where": [f"document={TAX}"]})
+    assert status == 200 and body["hits"] == []
+    status, body = call(query_handler, {"text": QUESTION, "where": [f"document={TAX}"], "mode": "vector"})
     assert status == 200 and {h["s3_key"] for h in body["hits"]} == {TAX}
-    status, body = call(query_handler, {"text": QUESTION, "where": ["pages=2-2"], "filter": {"s3_key": JIT}})
+    status, body = call(query_handler, {"text": QUESTION, "where": ["pages=2-2"], "filter": {"s3_key": JIT},
+                                        "mode": "vector"})
     assert status == 200 and [(h["s3_key"], h["page_start"]) for h in body["hits"]] == [(JIT, 2)]
     status, body = call(query_handler, {"text": "the tracing JIT", "mode": "keyword", "where": ["page=3"]})
     assert status == 200 and [(h["s3_key"], h["page_end"]) for h in body["hits"]] == [(JIT, 3)]
 
 
 def test_default_top_k_and_base64_bodies(lancedb_index, query_handler):
-    status, body = call(query_handler, {"text": QUESTION}, base64_encoded=True)
+    status, body = call(query_handler, {"text": QUESTION, "mode": "vector"}, base64_encoded=True)
     assert status == 200 and len(body["hits"]) == 4  # all chunks: fewer than the default 5
 
 
 def test_filter_restricts_the_search(lancedb_index, query_handler):
-    status, body = call(query_handler, {"text": QUESTION, "filter": {"s3_key": TAX}})
+    status, body = call(query_handler, {"text": QUESTION, "filter": {"s3_key": TAX}, "mode": "vector"})
     assert status == 200 and {h["s3_key"] for h in body["hits"]} == {TAX}
-    status, body = call(query_handler, {"text": QUESTION, "filter": {"s3_key": [TAX, JIT], "page_start": 2}})
+    status, body = call(query_handler, {"text": QUESTION, "filter": {"s3_key": [TAX, JIT], "page_start": 2},
+                                        "mode": "vector"})
     assert status == 200
     assert sorted((h["s3_key"], h["page_start"]) for h in body["hits"]) == sorted([(TAX, 2), (JIT, 2)])
 
@@ -228,8 +235,8 @@ def test_a_store_failure_is_a_500_without_details(lancedb_index, query_handler, 
 
 def test_pinecone_route(aws_env, monkeypatch, query_handler):
     """VECTOR_STORE_BACKEND=pinecone: the same handler, through the real pinecone client,
-    with the key read from Secrets Manager by its ARN; hybrid (the default) on a
-    dotproduct index, whose records carry sparse vectors for the keyword side."""
+    with the key read from Secrets Manager by its ARN; hybrid on a dotproduct index,
+    whose records carry sparse vectors for the keyword side."""
     from ray_jobs.backends import secrets
 
     secrets.clear_cache()
@@ -240,11 +247,11 @@ def test_pinecone_route(aws_env, monkeypatch, query_handler):
                "PINECONE_NAMESPACE": "docs"}
         build_index(monkeypatch, env)
         assert len(server.ids("docs")) == 4
-        status, body = call(query_handler, {"text": QUESTION, "top_k": 2})
+        status, body = call(query_handler, {"text": QUESTION, "top_k": 2, "mode": "hybrid"})
         assert status == 200 and body["hits"][0]["s3_key"] == JIT and body["hits"][0]["mode"] == "hybrid"
         assert body["hits"][0]["match"]["sentence"] == DOCUMENTS[JIT][0][2]
         assert body["hits"][0]["text"] == DOCUMENTS[JIT][0][2] and body["hits"][0]["page_end"] == 1
-        status, body = call(query_handler, {"text": QUESTION, "filter": {"s3_key": [TAX]}})
+        status, body = call(query_handler, {"text": QUESTION, "filter": {"s3_key": [TAX]}, "mode": "hybrid"})
         assert status == 200 and {h["s3_key"] for h in body["hits"]} == {TAX}
         assert len(server.requests_to("/query", status=200)) == 4  # a dense and a sparse query each
     secrets.clear_cache()
@@ -370,7 +377,7 @@ def test_stack_query_is_signed_and_prints_what_the_local_query_prints(deployed):
 
 
 def test_stack_query_passes_filters_and_no_hits_exits_1(deployed):
-    code, out, _ = docpipe("query", QUESTION, "--stack", "docpipe-prod", "--json",
+    code, out, _ = docpipe("query", QUESTION, "--stack", "docpipe-prod", "--json", "--mode", "vector",
                            "--filter", f"s3_key={TAX}", "--filter", "page_start=2")
     assert code == 0 and [(h["s3_key"], h["page_start"]) for h in json.loads(out)] == [(TAX, 2)]
     code, out, _ = docpipe("query", QUESTION, "--stack", "docpipe-prod", "--json", "--filter", "s3_key=input/none.pdf")

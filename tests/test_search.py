@@ -88,6 +88,20 @@ def test_reciprocal_rank_fusion_adds_one_over_60_plus_rank():
     assert {i: r for i, _, r in fused}["d"] == {"vector": None, "keyword": 3}
 
 
+def test_a_lighter_vector_list_lets_the_keyword_list_lead():
+    # An id both lists rank low (vector 10th, keyword 40th) against the keyword list's
+    # first: with equal weights it wins (1/70 + 1/100 > 1/61), with HYBRID_VECTOR_WEIGHT
+    # 0.3 the keyword list's first leads (0.3/70 + 1/100 < 1/61).
+    vector = [f"v{n}" for n in range(1, 10)] + ["both"]
+    keyword = ["k1"] + [f"k{n}" for n in range(2, 40)] + ["both"]
+    even = [f[0] for f in fuse(vector, keyword)]
+    light = [f[0] for f in fuse(vector, keyword, vector_weight=0.3)]
+    assert even.index("both") < even.index("k1")
+    assert light.index("k1") < light.index("both")
+    scores = {i: s for i, s, _ in fuse(["a"], ["a"], vector_weight=0.3)}
+    assert scores["a"] == pytest.approx(0.3 / 61 + 1 / 61)
+
+
 def test_equal_fused_scores_go_by_vector_rank():
     # a and b both score 1/61 + 1/62: a is the vector list's first.
     assert [f[0] for f in fuse(["a", "b"], ["b", "a"])] == ["a", "b"]
@@ -95,17 +109,18 @@ def test_equal_fused_scores_go_by_vector_rank():
     assert [f[0] for f in fuse(["x"], ["y"])] == ["x", "y"]
 
 
-def test_hybrid_fuses_deep_candidate_lists_and_reports_ranks(fake):
+def test_hybrid_fuses_deep_candidate_lists_and_reports_ranks(fake, monkeypatch):
+    monkeypatch.setenv("HYBRID_VECTOR_WEIGHT", "1")
     store, _ = fake(["a", "b", "c"], ["c", "a", "d"])
     hits = search("revenue growth", top_k=3, mode="hybrid")
     assert [h["id"] for h in hits] == ["a", "c", "b"]
     assert hits[0]["mode"] == "hybrid" and hits[0]["ranks"] == {"vector": 1, "keyword": 2}
     assert hits[0]["score"] == pytest.approx(1 / 61 + 1 / 62)
-    assert [(kind, k) for kind, k, _ in store.asked] == [("vector", 50), ("keyword", 50)]
+    assert sorted((kind, k) for kind, k, _ in store.asked) == [("keyword", 50), ("vector", 50)]
     store.asked.clear()
     search("revenue", top_k=20, mode="hybrid", filter={"s3_key": "input/a.pdf"})
-    assert store.asked == [("vector", 80, {"s3_key": {"$eq": "input/a.pdf"}}),
-                           ("keyword", 80, {"s3_key": {"$eq": "input/a.pdf"}})]
+    assert sorted(store.asked) == [("keyword", 80, {"s3_key": {"$eq": "input/a.pdf"}}),
+                                   ("vector", 80, {"s3_key": {"$eq": "input/a.pdf"}})]
 
 
 def test_each_mode_uses_its_own_list_and_score(fake, monkeypatch):
@@ -137,6 +152,9 @@ def test_a_store_that_cannot_search_by_keyword_runs_hybrid_as_vector(fake, monke
         ("a", "vector", {"vector": 1, "keyword": None}), ("b", "vector", {"vector": 2, "keyword": None})]
     with pytest.raises(BadQuery, match="dotproduct"):
         search("revenue growth", top_k=2, mode="keyword")
+    # The default mode (keyword unless QUERY_MODE says otherwise) still answers.
+    monkeypatch.delenv("QUERY_MODE", raising=False)
+    assert [(h["id"], h["mode"]) for h in search("revenue growth", top_k=1)] == [("a", "vector")]
 
 
 def test_unknown_modes_are_bad_queries(fake, monkeypatch):

@@ -407,7 +407,8 @@ def _filters(pairs) -> dict:
 @click.option("-k", "--top-k", default=5, show_default=True, help="how many chunks")
 @click.option("--mode", type=click.Choice(["vector", "keyword", "hybrid"]), default=None,
               help="vector: embedding similarity (cosine); keyword: BM25 over the chunk text; hybrid: both, "
-                   "fused by reciprocal rank (default: $QUERY_MODE, else hybrid)")
+                   "fused by reciprocal rank (default: $QUERY_MODE, else keyword, which measured best: "
+                   "docs/retrieval.md)")
 @click.option("--where", "where_items", multiple=True, metavar="KEY=VALUE",
               help="only chunks that match (repeatable; different keys: all of them, the same key twice: "
                    "either value): document=<document_id or S3 key such as input/report.pdf>, "
@@ -475,6 +476,10 @@ def query(text, top_k, mode, where_items, filter_pairs, stack_name, region, as_j
     else:
         shown = hits[0]["mode"] if hits and hits[0].get("mode") else mode or "default mode"
         console.print(_hits_table(hits, f"top {top_k} for: {text} ({source}, {shown})"))
+    if not hits and mode in (None, "keyword"):
+        # Keyword search (the default) finds only chunks that share a word with TEXT.
+        click.echo("no chunk shares a word with the question; --mode vector or --mode hybrid "
+                   "also rank chunks by meaning", err=True)
     sys.exit(0 if hits else 1)
 
 
