@@ -17,6 +17,11 @@ _SOFT_HYPHEN_BREAK = re.compile(r"[\u00ad\ufffe]+(?:[ \t]*\n(?![ \t]*\n)[ \t]*)?
 # A word hyphenated across a line end: "infor-\nmation". Joined only when the next line
 # starts in lower case, so "Just-in-\nTime" or "-\n2" keep their hyphen.
 _HYPHEN_BREAK = re.compile(r"([^\W\d_])-[ \t]*\n[ \t]*([^\W\d_])")
+# pdfium (pypdfium2 5) writes U+0002 for a hyphen it found at a line end, in place of the
+# hyphen and the break: "ef\x02ficient", "Lucene\x02BM25". Like "-\n" above: dropped
+# before a lower-case letter (a split syllable), a hyphen before anything else, so
+# "Lucene-BM25" stays two searchable words instead of "LuceneBM25".
+_PDFIUM_LINE_HYPHEN = re.compile(r"\x02[ \t]*(?:\n(?![ \t]*\n)[ \t]*)?(?=(.?))", re.S)
 _SPACES = re.compile(r" {2,}")
 _TRAILING = re.compile(r"[ \t]+\n")
 _NEWLINES = re.compile(r"\n{3,}")
@@ -50,6 +55,7 @@ def normalise_text(s: str) -> str:
     s = s.replace("\r\n", "\n").replace("\r", "\n")
     s = unicodedata.normalize("NFKC", s)  # ligatures (ﬁ -> fi), full-width forms, NBSP
     s = _SOFT_HYPHEN_BREAK.sub("", s)
+    s = _PDFIUM_LINE_HYPHEN.sub(lambda m: "" if m.group(1).islower() or not m.group(1) else "-", s)
     s = s.translate(_CONTROL)
     s = _HYPHEN_BREAK.sub(lambda m: m.group(1) + m.group(2) if m.group(2).islower() else m.group(0), s)
     s = _SPACES.sub(" ", s)
