@@ -11,17 +11,17 @@ import unicodedata
 
 MIN_TEXT_CHARS = 3  # non-space characters for a page to count as having text
 
-# A soft hyphen (U+00AD) or pdfium's marker for a line-end hyphen (U+FFFE, which pdfium
-# emits *instead of* the line break) ends a syllable: drop it and one following line break.
-_SOFT_HYPHEN_BREAK = re.compile(r"[\u00ad\ufffe]+(?:[ \t]*\n(?![ \t]*\n)[ \t]*)?")
+# A soft hyphen (U+00AD) ends a syllable: drop it and one following line break.
+_SOFT_HYPHEN_BREAK = re.compile(r"\u00ad+(?:[ \t]*\n(?![ \t]*\n)[ \t]*)?")
 # A word hyphenated across a line end: "infor-\nmation". Joined only when the next line
 # starts in lower case, so "Just-in-\nTime" or "-\n2" keep their hyphen.
 _HYPHEN_BREAK = re.compile(r"([^\W\d_])-[ \t]*\n[ \t]*([^\W\d_])")
-# pdfium (pypdfium2 5) writes U+0002 for a hyphen it found at a line end, in place of the
-# hyphen and the break: "ef\x02ficient", "Lucene\x02BM25". Like "-\n" above: dropped
-# before a lower-case letter (a split syllable), a hyphen before anything else, so
-# "Lucene-BM25" stays two searchable words instead of "LuceneBM25".
-_PDFIUM_LINE_HYPHEN = re.compile(r"\x02[ \t]*(?:\n(?![ \t]*\n)[ \t]*)?(?=(.?))", re.S)
+# pdfium writes U+FFFE (get_text_range) or U+0002 (get_text_bounded) for a hyphen it found
+# at a line end, in place of the hyphen and the break: "ef\ufffeficient",
+# "Lucene\ufffeBM25". Like "-\n" above: dropped before a lower-case letter (a split
+# syllable), a hyphen before anything else, so "Lucene-BM25" stays two searchable words
+# instead of "LuceneBM25".
+_PDFIUM_LINE_HYPHEN = re.compile(r"[\x02\ufffe]+[ \t]*(?:\n(?![ \t]*\n)[ \t]*)?(?=(.?))", re.S)
 _SPACES = re.compile(r" {2,}")
 _TRAILING = re.compile(r"[ \t]+\n")
 _NEWLINES = re.compile(r"\n{3,}")

@@ -75,11 +75,13 @@ def test_normalise_removes_soft_hyphens_and_pdfium_line_end_hyphen_marker():
 
 
 def test_normalise_reads_pdfiums_u0002_line_end_hyphen_like_a_hyphen_and_break():
-    # Seen in ../shared/corpus multi-column.pdf: "ef\x02ficient", "Lucene\x02BM25". Dropping
-    # every U+0002 made "LuceneBM25", which a keyword search for BM25 cannot find.
+    # Seen in ../shared/corpus multi-column.pdf: "ef\ufffeficient", "Lucene\ufffeBM25" (U+0002
+    # from get_text_bounded). Dropping every marker made "LuceneBM25", which a keyword
+    # search for BM25 cannot find.
     assert normalise_text("relies on ef\x02ficient passage") == "relies on efficient passage"
     assert normalise_text("a strong Lucene\x02BM25 system, top\x0220") == "a strong Lucene-BM25 system, top-20"
     assert normalise_text("ends\x02") == "ends"
+    assert normalise_text("a Lucene\ufffeBM25 run, ef\ufffeficient") == "a Lucene-BM25 run, efficient"
 
 
 def test_normalise_removes_control_characters_but_keeps_newline_and_tab():
