@@ -37,7 +37,8 @@ from bench.run import CORPUS_DIR
 HERE = Path(__file__).resolve().parent
 QUESTIONS = HERE / "eval_questions.jsonl"
 CATEGORIES = ("filings", "tables", "multi-column", "long", "non-english")
-CHUNKINGS = "254/32/prefer,254/32/cross,254/32/never,128/16/prefer,254/0/prefer"
+# The default first, then one change each: overlap, page breaks (two), size.
+CHUNKINGS = "254/0/prefer,254/32/prefer,254/0/cross,254/0/never,128/0/prefer"
 KS = (1, 5, 10)
 QUESTION_KEYS = ("id", "category", "question", "answers", "answer", "evidence")
 # --quick: three small files of three categories (4 pages; well under a minute on 2 cores).
