@@ -50,6 +50,33 @@ def aws_env(monkeypatch, tmp_path):
     aws.reset_clients()
 
 
+@pytest.fixture
+def no_network(monkeypatch) -> list[object]:
+    """Refuse every connection and name lookup beyond this host for the test; returns the
+    list of what was attempted (models that would download at run time show up here)."""
+    import socket
+
+    attempts: list[object] = []
+    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
+    local = {"127.0.0.1", "::1", "localhost"}
+
+    def connect(sock, address):
+        if isinstance(address, tuple) and address[0] not in local:
+            attempts.append(address)
+            raise OSError("network forbidden in this test")
+        return real_connect(sock, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host not in local:
+            attempts.append(host)
+            raise OSError("network forbidden in this test")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return attempts
+
+
 class FakeRayHead:
     """A stand-in for the Ray Jobs REST API that runs each submitted job in a thread,
     in-process, with the real ray_jobs code (no cluster needed): a document's own job

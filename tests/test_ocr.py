@@ -11,7 +11,6 @@ import io
 import json
 import resource
 import shutil
-import socket
 import time
 
 import pytest
@@ -99,25 +98,7 @@ def test_scanned_pages_are_recovered_by_rapidocr(ocred, rel):
     assert json.loads(json.dumps(outcome.summary()))["pages_recovered"] == len(rows)
 
 
-def test_local_engine_never_touches_the_network(monkeypatch):
-    attempts: list[object] = []
-    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
-    local = {"127.0.0.1", "::1", "localhost"}
-
-    def connect(sock, address):
-        if isinstance(address, tuple) and address[0] not in local:
-            attempts.append(address)
-            raise OSError("network forbidden in this test")
-        return real_connect(sock, address)
-
-    def getaddrinfo(host, *args, **kwargs):
-        if host not in local:
-            attempts.append(host)
-            raise OSError("network forbidden in this test")
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+def test_local_engine_never_touches_the_network(no_network):
     fresh = settings(OCR_MIN_CONFIDENCE="0.55")  # a configuration no earlier test built: created here
     assert all(key[1] != fresh.key() for key in warm._cache)
     path, rows = rows_of(TABLE)
@@ -125,7 +106,7 @@ def test_local_engine_never_touches_the_network(monkeypatch):
     outcome = apply_ocr(path, rows, fresh)
 
     assert outcome.pages_recovered == 1 and "64,058" in rows[0]["text"]
-    assert attempts == []
+    assert no_network == []
 
 
 def test_hostile_files_give_page_errors_and_leave_the_parent_alone():
