@@ -23,6 +23,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -314,17 +315,18 @@ class LocalEmbedder:
         ids = [e.ids for e in encs]
         # Sort by length so each batch pads to a similar length; results go back by index.
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        slices = []
-        for s in range(0, len(order), self.batch_size):
-            batch = order[s : s + self.batch_size]
-            rows = max(1, self.tokens_per_pass // len(ids[batch[-1]]))
-            slices += [batch[r : r + rows] for r in range(0, len(batch), rows)]
-        slices.reverse()  # longest first, so the threads finish together
         if self.runtime == "onnx-int8":
             # Activations are quantized with one scale per run: a text alone in its run gets
             # the same vector whatever it is batched with (and no padding). The runs go to
             # `threads` one-threaded sessions at once (onnxruntime releases the GIL).
             slices = [[i] for i in reversed(order)]
+        else:
+            slices = []
+            for s in range(0, len(order), self.batch_size):
+                batch = order[s : s + self.batch_size]
+                rows = max(1, self.tokens_per_pass // len(ids[batch[-1]]))
+                slices += [batch[r : r + rows] for r in range(0, len(batch), rows)]
+            slices.reverse()  # longest first, so the threads finish together
 
         out = np.empty((len(ids), self.hidden), dtype=np.float32)
         onnx = self._onnx
@@ -333,29 +335,29 @@ class LocalEmbedder:
             tokens, mask = _pad([ids[i] for i in idx])
             out[idx] = onnx(tokens, mask) if onnx is not None else self._forward(tokens, mask)
 
-        if self.runtime == "onnx-int8" and self.threads > 1 and len(slices) > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(self.threads) as pool:
-                list(pool.map(run, slices))  # list() re-raises a worker's exception
-            return out
-        if onnx is not None or self._blas is None:
+        if self.runtime == "onnx-int8":
+            self._run_all(run, slices)
+        elif onnx is not None or self._blas is None:
             for idx in slices:
                 run(idx)
-            return out
-        # One BLAS thread even for a single slice: OpenBLAS's threads spin-wait on each
-        # other, and with other processes busy on this 2-core machine a 12-head score
-        # matmul took 150 ms instead of 1.5 ms.
-        with self._blas.limit(limits=1, user_api="blas"):
-            if self.threads == 1 or len(slices) == 1:
-                for idx in slices:
-                    run(idx)
-            else:
-                from concurrent.futures import ThreadPoolExecutor
-
-                with ThreadPoolExecutor(min(self.threads, len(slices))) as pool:
-                    list(pool.map(run, slices))  # list() re-raises a worker's exception
+        else:
+            # One BLAS thread even for a single slice: OpenBLAS's threads spin-wait on each
+            # other, and with other processes busy on this 2-core machine a 12-head score
+            # matmul took 150 ms instead of 1.5 ms.
+            with self._blas.limit(limits=1, user_api="blas"):
+                self._run_all(run, slices)
         return out
+
+    def _run_all(self, run: Callable[[list[int]], None], slices: list[list[int]]) -> None:
+        """`run` over the slices, on up to `threads` threads at once."""
+        if self.threads == 1 or len(slices) <= 1:
+            for idx in slices:
+                run(idx)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(self.threads, len(slices))) as pool:
+            list(pool.map(run, slices))  # list() re-raises a worker's exception
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """numpy forward pass: `_pad`'s ids and mask -> unit vectors."""
