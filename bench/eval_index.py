@@ -195,19 +195,17 @@ def cached_embedder(embedder: Any, cache_dir: Path | None) -> Any:
 # ---------------------------------------------------------------------------- one index
 def _records(chunks: list[dict[str, Any]], enrichment: list[dict[str, Any]], vectors: list[list[float]],
              rel: str) -> list[Any]:
-    """The embed stage's VectorRecords (ray_jobs/embed.py builds them inline: same keys),
-    with s3_key = the corpus-relative path so hits map back to files."""
+    """The embed stage's VectorRecords (ray_jobs.embed.vector_records), with s3_key = the
+    corpus-relative path so hits map back to files."""
     from docpipe import identity
-    from ray_jobs.backends.base import VectorRecord
-    from ray_jobs.embed import as_float32, enrichment_metadata
+    from ray_jobs.embed import as_float32, vector_records
 
-    return [VectorRecord(identity.vector_id(c["document_id"], c["processing_version"], c["chunk_index"]), as_float32(v), {
-        "document_id": c["document_id"], "processing_version": c["processing_version"], "chunk_index": c["chunk_index"],
-        "page_start": c["page_start"], "page_end": c["page_end"], "s3_key": rel,
-        **({"locator": c["locator"]} if c.get("locator") else {}),
-        **{k: c[k] for k in ("char_start", "char_end") if c.get(k) is not None},
-        **enrichment_metadata({**c, **e}),
-        "text": c["text"][:identity.TEXT_IN_INDEX]}) for c, e, v in zip(chunks, enrichment, vectors, strict=True)]
+    if not chunks:
+        return []
+    doc, version = chunks[0]["document_id"], chunks[0]["processing_version"]  # one document version
+    return vector_records([identity.vector_id(doc, version, c["chunk_index"]) for c in chunks],
+                          [{**c, **e} for c, e in zip(chunks, enrichment, strict=True)],
+                          [as_float32(v) for v in vectors], document_id=doc, processing_version=version, s3_key=rel)
 
 
 def build(chunking: Chunking, docs: dict[str, dict[str, Any]], store_dir: Path, embedder: Any,

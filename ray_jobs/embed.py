@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from docpipe import identity
 from docpipe.errors import VectorStoreUnavailable
@@ -22,6 +22,9 @@ from ray_jobs import jobio
 from ray_jobs.callback import TaskCallback
 from ray_jobs.log import emit
 from ray_jobs.runner import main_exit, run
+
+if TYPE_CHECKING:
+    from ray_jobs.backends.base import VectorRecord
 
 ENRICH_BATCH = 64  # texts per enrich call: small (Comprehend takes 25 per request)
 # Enrichment kept in a vector's metadata (Pinecone's 40 KB per vector leaves room for them).
@@ -62,13 +65,29 @@ def enrichment_metadata(row: dict[str, Any]) -> dict[str, list[str]]:
     return {k: v for k, v in out.items() if v}
 
 
+def vector_records(ids: Sequence[str], rows: Sequence[dict[str, Any]], vectors: Sequence[list[float]], *,
+                   document_id: str, processing_version: str, s3_key: str) -> list[VectorRecord]:
+    """The index's records of a document version: each enriched chunk row (chunks.jsonl
+    fields plus its enrichment) with its id and vector, and the metadata of
+    docs/architecture.md ("Vector metadata")."""
+    from ray_jobs.backends.base import VectorRecord
+
+    return [VectorRecord(i, v, {
+        "document_id": document_id, "processing_version": processing_version, "chunk_index": r["chunk_index"],
+        "page_start": r["page_start"], "page_end": r["page_end"], "s3_key": s3_key,
+        # Only a section has one (DOCX/HTML/Markdown/text); Pinecone stores no nulls.
+        **({"locator": r["locator"]} if r.get("locator") else {}),
+        **{k: r[k] for k in ("char_start", "char_end") if r.get(k) is not None},
+        **enrichment_metadata(r),
+        "text": r["text"][:identity.TEXT_IN_INDEX]}) for i, r, v in zip(ids, rows, vectors, strict=True)]
+
+
 def _unique(values: Iterable[str]) -> list[str]:
     return [v for v in dict.fromkeys(values) if v.strip()]
 
 
 def embed_document(job: dict[str, Any], callback: TaskCallback | None = None) -> dict[str, Any]:
     from ray_jobs import warm
-    from ray_jobs.backends.base import VectorRecord
 
     registration = job["registration"]
     document_id, version = registration["document_id"], registration["processing_version"]
@@ -107,14 +126,8 @@ def embed_document(job: dict[str, Any], callback: TaskCallback | None = None) ->
     t_embed = time.monotonic() - t1
 
     t2 = time.monotonic()
-    records = [VectorRecord(i, v, {
-        "document_id": document_id, "processing_version": version, "chunk_index": c["chunk_index"],
-        "page_start": c["page_start"], "page_end": c["page_end"], "s3_key": registration["s3_key"],
-        # Only a section has one (DOCX/HTML/Markdown/text); Pinecone stores no nulls.
-        **({"locator": c["locator"]} if c.get("locator") else {}),
-        **{k: c[k] for k in ("char_start", "char_end") if c.get(k) is not None},
-        **enrichment_metadata(e),
-        "text": c["text"][:identity.TEXT_IN_INDEX]}) for i, c, e, v in zip(ids, chunks, enriched, vectors, strict=True)]
+    records = vector_records(ids, enriched, vectors, document_id=document_id, processing_version=version,
+                             s3_key=registration["s3_key"])
     try:
         sync = warm.replace_document_version(records, document_id, version)
     except VectorStoreUnavailable:
