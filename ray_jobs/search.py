@@ -230,14 +230,13 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def _tied_best(text: str, spans: list[tuple[int, int]], query: str) -> list[int]:
+def _tied_best(text: str, spans: list[tuple[int, int]], wanted: set[str]) -> list[int]:
     """Indices of the spans with the most query-term overlap: the query's distinct terms
-    (ray_jobs.keywords.terms) a sentence has, each weighted by how rare it is among the
+    (`wanted`, ray_jobs.keywords.terms of the query) a sentence has, each weighted by how rare it is among the
     chunk's sentences (log(1 + n / df)) and, if a stopword, by keywords.STOPWORD_WEIGHT,
     so "the" cannot outweigh "revenue". No overlap at all: every span."""
     from ray_jobs import keywords
 
-    wanted = set(keywords.terms(query))
     has = [wanted & set(keywords.terms(text[a:b])) for a, b in spans]
     df: dict[str, int] = {}
     for found in has:
@@ -254,12 +253,15 @@ def _tied_best(text: str, spans: list[tuple[int, int]], query: str) -> list[int]
 def matched_sentences(hits: Sequence[dict[str, Any]], query: str,
                       similarity: Similarity | None = None) -> list[SentenceMatch | None]:
     """`matched_sentence` of each hit, with one embedding call for all the ties."""
+    from ray_jobs import keywords
+
+    wanted = set(keywords.terms(query))  # once for all the hits
     chosen: list[tuple[str, list[tuple[int, int]], list[int]]] = []
     ties: list[str] = []
     for hit in hits:
         text = str(hit.get("text") or "")
         spans = sentence_spans(text)
-        best = _tied_best(text, spans, query) if spans else []
+        best = _tied_best(text, spans, wanted) if spans else []
         chosen.append((text, spans, best))
         if len(best) > 1 and similarity is not None:
             ties += [text[a:b] for a, b in (spans[n] for n in best)]
