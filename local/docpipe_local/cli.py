@@ -202,7 +202,9 @@ def run_ingest(paths_in, prefix="input/", timeout=900.0, quiet=False) -> list:
     live_console = Console(quiet=True) if quiet else console
     with Live(_progress_table(docs, started), console=live_console, refresh_per_second=4,
               transient=False) as live:
-        for d in docs:
+        # Largest first: the longest documents start first instead of finishing last
+        # on one worker while the others idle (the table keeps the files' order).
+        for d in sorted(docs, key=lambda d: -d.path.stat().st_size):
             if ingest.already_there(s3, bucket, d):
                 d.status = "PENDING"  # resume: follow what the earlier run started
             else:
@@ -215,9 +217,7 @@ def run_ingest(paths_in, prefix="input/", timeout=900.0, quiet=False) -> list:
                 err.print(f"[yellow]timed out after {timeout:.0f} s; documents keep processing — "
                           "re-run the same command to follow them[/yellow]")
                 break
-            for d in docs:
-                if not d.done:
-                    ingest.refresh(ddb, table, d)
+            ingest.refresh_all(ddb, table, docs)
             live.update(_progress_table(docs, started))
             time.sleep(0.5)
     if not live_console.is_terminal:
