@@ -55,6 +55,9 @@ def _init(threads: int, lancedb_uri: str) -> None:
     import ray_jobs.backends.version_sync
     import ray_jobs.embed
     import ray_jobs.pdf  # noqa: F401
+    from ray_jobs.pdf_sandbox import start_zygote
+
+    start_zygote()  # the parse children's zygote, as a warm stage worker has it
     _W["warmup_s"] = time.monotonic() - t0
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from docpipe import costs
 from docpipe.config import env_var, read_env
 
-CACHE_MODES = ("auto", "off", "s3")
+CACHE_MODES = ("auto", "off", "s3", "memory")
 
 
 @dataclass(frozen=True)
@@ -29,9 +29,11 @@ class StageSettings:
     embedding_backend: str = env_var("EMBEDDING_BACKEND", "local")
     vector_store_backend: str = env_var("VECTOR_STORE_BACKEND", "lancedb")
     enrichment_backend: str = env_var("ENRICHMENT_BACKEND", "local")
-    # auto = s3 for a paid embedding API, off for the local model (embedding_cache_mode).
+    # auto = s3 for a paid embedding API, memory for the local model (embedding_cache_mode).
     embedding_cache: str = env_var("EMBEDDING_CACHE", "auto", parse=str.lower)
     embedding_cache_prefix: str = env_var("EMBEDDING_CACHE_PREFIX", "embedding-cache/")
+    # Vectors the memory cache keeps per worker process (~1.6 KB each for the local model).
+    embedding_cache_memory_entries: int = env_var("EMBEDDING_CACHE_MEMORY_ENTRIES", 10000)
     document_bucket: str = env_var("DOCUMENT_BUCKET", "")
     # Texts per embed call; 0 = the embedding backend's own (texts_per_embed_call).
     embed_batch_size: int = env_var("EMBED_BATCH_SIZE", 0)
@@ -70,6 +72,9 @@ class StageSettings:
     pdf_timeout_seconds: float = env_var("PDF_TIMEOUT_SECONDS", 300.0)
     pdf_max_memory_mb: int = env_var("PDF_MAX_MEMORY_MB", 2048)
     pdf_parallel_threshold_pages: int = env_var("PDF_PARALLEL_THRESHOLD_PAGES", 200)
+    # How a parse/render child starts: zygote (forked from a process that already imported
+    # the parsers) | exec (a new interpreter each time; ~0.1 CPU-s more per document).
+    pdf_child_start: str = env_var("PDF_CHILD_START", "zygote", parse=str.lower)
     # --- OCR of pages without a text layer (ray_jobs/ocr.py; docs/formats-and-ocr.md) -----
     # none | local (an offline engine in the Ray image) | textract (Amazon Textract).
     ocr_backend: str = env_var("OCR_BACKEND", "local", parse=str.lower)
@@ -121,12 +126,13 @@ class StageSettings:
 
     def embedding_cache_mode(self) -> str:
         """EMBEDDING_CACHE with ``auto`` resolved: pay once per distinct text with a paid
-        API; a local model is cheaper than S3. infra/ray-cluster.yaml grants the workers
-        embedding-cache/ under the same rule (condition UseEmbeddingCache)."""
+        API; a local model is cheaper than S3 but dearer than a hash lookup, so it caches
+        in the worker's memory. infra/ray-cluster.yaml grants the workers embedding-cache/
+        under the same rule (condition UseEmbeddingCache)."""
         if self.embedding_cache not in CACHE_MODES:
             raise ValueError(f"EMBEDDING_CACHE={self.embedding_cache!r}: expected one of {', '.join(CACHE_MODES)}")
         if self.embedding_cache == "auto":
-            return "s3" if self.embedding_backend == "openai" else "off"
+            return "s3" if self.embedding_backend == "openai" else "memory"
         return self.embedding_cache
 
     def texts_per_embed_call(self) -> int:
