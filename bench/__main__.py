@@ -1,6 +1,6 @@
 """`python -m bench` (also `make bench`): docpipe end to end vs its bare compute vs the
-usual LangChain ingestion, on the same files and machine; tables on stdout, raw figures
-in bench/results/<timestamp>.json. See docs/performance.md."""
+usual LangChain ingestion script, on the same files and machine; tables on stdout, raw
+figures in bench/results/<timestamp>.json. See docs/performance.md."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# What bench/peer.py imports (requirements/bench.txt).
+PEER_MODULES = ("langchain_community", "langchain_text_splitters", "langchain_huggingface",
+                "sentence_transformers", "torch")
 
 
 def _pairs(values: list[str], what: str) -> dict[str, str]:
@@ -31,6 +34,7 @@ def parse(argv=None) -> argparse.Namespace:
                     "scaling with pages and documents, and cost per document on AWS.",
         epilog="default mode: 8 to 11 minutes on 2 cores; --quick: 2 to 3 minutes. "
                "Experiments: e.g. --env EMBED_BATCH_SIZE=128 --label batch128, or --job-slots 2. "
+               "The whole ../shared/corpus (every PDF, hostile ones included): --full, or --only full. "
                "OCR speed, cost per page and corpus outcomes: python -m bench.ocr (make bench-ocr).")
     ap.add_argument("--quick", action="store_true", help="small workloads (3 corpus files, 10/100 pages, 4/12 documents)")
     ap.add_argument("--docs", type=int, metavar="N",
@@ -38,6 +42,11 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=HERE / "results", metavar="DIR",
                     help="where the JSON goes (default bench/results/)")
     ap.add_argument("--skip-peer", action="store_true", help="no LangChain peer (requirements/bench.txt not needed)")
+    ap.add_argument("--peer-ablation", action="store_true",
+                    help="also run the peer with docpipe's embedder instead of torch (same script otherwise)")
+    ap.add_argument("--full", action="store_true",
+                    help="also the `full` workload: every PDF of ../shared/corpus, docpipe through "
+                         "`docpipe ingest`'s upload and follow path (adds several minutes per engine)")
     ap.add_argument("--skip-bare", action="store_true", help="no bare-compute run")
     ap.add_argument("--skip-e2e", action="store_true", help="no local stack (bare and peer only)")
     ap.add_argument("--job-slots", type=int, default=8, metavar="N",
@@ -48,7 +57,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="template parameter override for the local stack (repeatable)")
     ap.add_argument("--only", default="", metavar="LIST",
-                    help="comma-separated workload kinds to run: corpus, pages, docs (default: all)")
+                    help="comma-separated workload kinds to run: corpus, pages, docs, full "
+                         "(default: corpus, pages, docs)")
     ap.add_argument("--label", default="", help="name of this run (added to the JSON file name)")
     return ap.parse_args(argv)
 
@@ -65,13 +75,16 @@ def main(argv=None) -> int:
     if not args.skip_peer:
         import importlib.util
 
-        if not all(importlib.util.find_spec(m) for m in ("langchain_community", "langchain_text_splitters")):
-            raise SystemExit("the LangChain peer needs requirements/bench.txt: "
-                             ".venv/bin/pip install -r requirements/bench.txt (or pass --skip-peer)")
+        missing = [m for m in PEER_MODULES if importlib.util.find_spec(m) is None]
+        if missing:
+            raise SystemExit(f"the LangChain peer needs requirements/bench.txt ({', '.join(missing)} not installed): "
+                             ".venv/bin/pip install -r requirements/bench.txt -c requirements/constraints.txt "
+                             "(or pass --skip-peer)")
     plan = Plan.make(args.quick, args.docs, skip_peer=args.skip_peer, skip_bare=args.skip_bare,
                      skip_e2e=args.skip_e2e, job_slots=args.job_slots, env=_pairs(args.env, "--env"),
                      parameters=_pairs(args.param, "--param"), label=re.sub(r"[^A-Za-z0-9_.=-]", "_", args.label),
-                     only=[k.strip() for k in args.only.split(",") if k.strip()])
+                     only=[k.strip() for k in args.only.split(",") if k.strip()], full=args.full,
+                     peer_ablation=args.peer_ablation)
     console = Console(width=max(160, Console().width))
     result, path = run(plan, args.out, echo=lambda msg: console.print(msg, highlight=False))
     report.render(result, console)

@@ -46,6 +46,8 @@ HEAD_VCPU, HEAD_GB = 2, 8
 HOURS_PER_MONTH = 730
 BENCH_CORES = 2  # the machine the throughput was measured on
 
+TEN_PAGE_TARGET_USD = 0.0003  # issue #11: a 10-page document with the local model
+
 OPENAI_DIMS = 1536
 PINECONE_BATCH_RECORDS = 65  # ~2 MB of JSON per upsert at 1536 dims (docs/design.md; PineconeStore.plan_batches)
 S3_MULTIPART_CHUNK = 8 * 2**20  # boto3 download_file: ranged GETs of 8 MB above 8 MB
@@ -163,6 +165,16 @@ def per_document(e2e: dict, bare: dict | None = None, lambda_ms: float | None = 
         "s3_artifacts": round(1000 * avg("artifact_bytes") / 1e9 * S3_PER_GB_MONTH, 4),
     }
     return out
+
+
+def scaled_to_pages(per_doc: dict, pages_per_doc: float, pages: float = 10) -> float:
+    """The "as benchmarked" cost of a `pages`-page document from a workload's average one
+    (`per_document`'s result): Fargate is machine time at the measured throughput, so it
+    scales with pages; the other lines are per document (one execution with its
+    transitions, Lambdas, control and audit items, S3 requests) and do not."""
+    lines = per_doc["as_benchmarked"]
+    per_document = sum(v["usd"] for k, v in lines.items() if k != "fargate")
+    return per_document + lines["fargate"]["usd"] / pages_per_doc * pages
 
 
 def fixed_monthly() -> dict:

@@ -189,11 +189,20 @@ def pct(values: list[float], q: float) -> float | None:
     return v[lo] + (v[hi] - v[lo]) * (k - lo)
 
 
-def run_batch(c: Clients, files: list[Path], label: str, timeout: float = 1800.0,
-              prefix: str = "input/", echo=lambda *_: None) -> dict:
-    """Upload `files`, follow them to a terminal status and measure everything."""
+def run_batch(c: Clients, files: list, label: str, timeout: float = 1800.0,
+              prefix: str = "input/", follow: str = "executions", echo=lambda *_: None) -> dict:
+    """Upload `files` (paths: keys by base name; or docpipe_local.ingest.Source: the keys
+    `docpipe ingest` gives them), follow them to a terminal status and measure everything.
+
+    follow="executions": poll the state machine's executions (once a second).
+    follow="ingest": what `docpipe ingest` does (docpipe_local.cli.run_ingest): uploads
+    largest first, a HEAD (already_there) before each, then the unfinished documents'
+    control items read every 0.5 s (BatchGetItem, 100 a call) until all are terminal;
+    the executions are matched afterwards for the timelines. The CLI's live table is all that is left out."""
     from docpipe_local import ingest
 
+    if follow not in ("executions", "ingest"):
+        raise ValueError(f"follow={follow!r}")
     docs = ingest.plan(list(files), c.bucket, prefix)
     by_key = {d.key: d for d in docs}
     # Executions started by EventBridge have generated names (as in AWS): each is mapped to
@@ -205,13 +214,13 @@ def run_batch(c: Clients, files: list[Path], label: str, timeout: float = 1800.0
     uploaded_at: dict[str, float] = {}
     ends: dict[str, dict] = {}
     t_first = time.time()
-    for d in docs:
+    for d in ingest.upload_order(docs) if follow == "ingest" else docs:
         uploaded_at[d.document_id] = time.time()
-        ingest.upload(c.s3, c.bucket, d)
+        if follow == "executions" or not ingest.already_there(c.s3, c.bucket, d):
+            ingest.upload(c.s3, c.bucket, d)
     deadline = time.monotonic() + timeout
-    reported = -1
-    while len(ends) < len(docs) and time.monotonic() < deadline:
-        time.sleep(1.0)
+
+    def match_executions() -> None:
         for e in c.executions():
             if e["status"] == "RUNNING":
                 continue
@@ -219,11 +228,30 @@ def run_batch(c: Clients, files: list[Path], label: str, timeout: float = 1800.0
                 event = json.loads(c.sfn.describe_execution(executionArn=e["executionArn"])["input"])
                 doc_of[e["executionArn"]] = by_key.get(event.get("detail", {}).get("object", {}).get("key"))
             d = doc_of[e["executionArn"]]
-            if d is None or e["status"] == "RUNNING" or d.document_id in ends:
+            if d is None or d.document_id in ends:
                 continue
             if e["startDate"].timestamp() < uploaded_at[d.document_id] - 1:
                 continue  # an execution of an earlier upload of the same key
             ends[d.document_id] = e
+
+    reported = -1
+    if follow == "ingest":
+        while not all(d.done for d in docs) and time.monotonic() < deadline:
+            ingest.refresh_all(c.ddb, c.table, docs)
+            done = sum(d.done for d in docs)
+            if done != reported:
+                echo(f"  {label}: {done}/{len(docs)} done")
+                reported = done
+            time.sleep(0.5)
+        # A control item turns terminal just before its execution ends.
+        settle = min(deadline, time.monotonic() + 60)
+        while len(ends) < len(docs) and time.monotonic() < settle:
+            match_executions()
+            if len(ends) < len(docs):
+                time.sleep(1.0)
+    while follow == "executions" and len(ends) < len(docs) and time.monotonic() < deadline:
+        time.sleep(1.0)
+        match_executions()
         if len(ends) != reported:
             echo(f"  {label}: {len(ends)}/{len(docs)} done")
             reported = len(ends)

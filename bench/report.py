@@ -26,31 +26,108 @@ def _usd(v):
     return f"${v:.6f}" if v < 0.01 else f"${v:.4f}"
 
 
+PROFILE_STAGES = ("extract", "chunk", "enrich", "embed", "load")
+ENGINE_LABEL = {"peer_ablation": "peer, docpipe's embedder"}
+
+
+def _common_note(ratios: dict) -> str:
+    counts = sorted({x["common_documents"] for x in ratios.values()})
+    return "/".join(map(str, counts)) if counts else "–"
+
+
 def tables(r: dict) -> list[Table]:
     out = []
     e2e = r.get("e2e", {}).get("workloads", {})
     bare = r.get("bare", {}).get("workloads", {})
     peer = r.get("peer", {}).get("workloads", {})
+    ablation = r.get("peer_ablation", {}).get("workloads", {})
     names = list(r.get("workloads", {}))
+    ratios = r.get("ratios", {})
 
-    t = Table(title="Throughput on the same files and machine (wall time of each workload)")
-    for c in ("workload", "docs", "pages", "chunks", "engine", "wall s", "docs/min", "pages/s", "chunks/s",
-              "docpipe ÷ this (throughput)"):
+    t = Table(title="Throughput on the same files and machine (wall time of each workload; "
+                    "pages, chunks: of the documents each engine completed)",
+              caption=f"common: the {_common_note(ratios)} documents every engine completed, their pages ÷ "
+                      "each engine's wall; peer = the LangChain script (PyPDFLoader, 1000/150 splitter, "
+                      "HuggingFaceEmbeddings on torch, LanceDB); bare = docpipe's stage code in a warm pool")
+    for c in ("workload", "engine", "docs", "pages", "chunks", "wall s", "docs/min", "pages/s", "chunks/s",
+              "common pages/s"):
         t.add_column(c, justify="left" if c in ("workload", "engine") else "right")
     for name in names:
         first = True
-        ref = e2e.get(name, {}).get("wall_s")
-        for engine, w in (("docpipe", e2e.get(name)), ("bare", bare.get(name)), ("peer", peer.get(name))):
+        for engine, label, w in (("docpipe", "docpipe", e2e.get(name)), ("bare", "bare", bare.get(name)),
+                                 ("peer", "peer", peer.get(name)),
+                                 ("peer_ablation", "peer, docpipe's embedder", ablation.get(name))):
             if not w:
                 continue
-            speed = (w["wall_s"] / ref) if ref and w.get("wall_s") else None
-            t.add_row(name if first else "", _f(w.get("completed")) if first else "",
-                      _f(w.get("pages")), _f(w.get("chunks")), engine, _f(w.get("wall_s"), 1),
-                      _f(w.get("docs_per_min"), 2), _f(w.get("pages_per_s"), 2), _f(w.get("chunks_per_s"), 2),
-                      "1" if engine == "docpipe" else _f(speed, 3))
+            t.add_row(name if first else "", label, _f(w.get("completed")), _f(w.get("pages")), _f(w.get("chunks")),
+                      _f(w.get("wall_s"), 1), _f(w.get("docs_per_min"), 2), _f(w.get("pages_per_s"), 2),
+                      _f(w.get("chunks_per_s"), 2),
+                      _f(ratios.get(name, {}).get("common_pages_per_s", {}).get(engine), 2))
             first = False
         t.add_section()
     out.append(t)
+
+    if ratios:
+        t = Table(title="Throughput ratios (pages/s ÷ pages/s; > 1 = the first faster). "
+                        "Targets: docpipe ÷ peer >= 3, docpipe ÷ bare >= 0.85",
+                  caption="all: pages of the documents each engine completed; common: pages of the documents "
+                          "every engine completed")
+        cols = [(a, b) for a, b in (("docpipe", "peer"), ("docpipe", "bare"), ("bare", "peer"), ("peer_ablation", "peer"))
+                if any(x.get(f"{a}_over_{b}") is not None for x in ratios.values())]
+        short = {"docpipe": "docpipe", "bare": "bare", "peer": "peer", "peer_ablation": "peer (docpipe's embedder)"}
+        t.add_column("workload")
+        t.add_column("common docs", justify="right")
+        t.add_column("common pages", justify="right")
+        for a, b in cols:
+            t.add_column(f"{short[a]} ÷ {short[b]}", justify="right")
+            t.add_column("(common)", justify="right")
+        for name, x in ratios.items():
+            t.add_row(name, _f(x["common_documents"]), _f(x["common_pages"]),
+                      *[_f(x.get(f"{a}_over_{b}{sfx}"), 2) for a, b in cols for sfx in ("", "_common")])
+        out.append(t)
+
+    prof = r.get("profile", {})
+    if prof:
+        t = Table(title="Per-page profile: seconds per page of each stage (Σ over the completed documents ÷ "
+                        "their pages), wall per page, orchestration",
+                  caption="orchestration = docpipe's wall per page − bare's wall per page; stages run concurrently "
+                          "(2 cores), so they can add up to more than the wall. Peer: extract = PyPDFLoader.load, "
+                          "chunk = split, load = LanceDB write (add_documents minus embedding)")
+        t.add_column("workload")
+        t.add_column("engine")
+        for c in (*PROFILE_STAGES, "orchestration", "wall"):
+            t.add_column(f"{c} s/page", justify="right")
+        for name, rows in prof.items():
+            first = True
+            for engine, row in rows.items():
+                t.add_row(name if first else "", ENGINE_LABEL.get(engine, engine),
+                          *[_f(row.get(c), 4) for c in (*PROFILE_STAGES, "orchestration", "wall")])
+                first = False
+            t.add_section()
+        out.append(t)
+
+    if e2e or bare or peer or ablation:
+        t = Table(title="Time per stage, Σ over the documents (s): docpipe's jobs (control-item durations), bare, peer",
+                  caption="peer rows: extract = PyPDFLoader.load, chunk = split, load = LanceDB write "
+                          "(add_documents minus embedding); the peer does no enrichment")
+        t.add_column("workload")
+        t.add_column("engine")
+        for s in PROFILE_STAGES:
+            t.add_column(s, justify="right")
+        for name in names:
+            rows = []
+            if name in e2e:
+                rows.append(("docpipe", [e2e[name]["stage_compute_s"].get(s) for s in PROFILE_STAGES]))
+            if name in bare:
+                rows.append(("bare", [bare[name]["stage_s"].get(s) for s in PROFILE_STAGES]))
+            for label, eng in (("peer", peer), ("peer, docpipe's embedder", ablation)):
+                if name in eng:
+                    ps = eng[name]["stage_s"]
+                    rows.append((label, [ps.get("load"), ps.get("split"), None, ps.get("embed"), ps.get("store")]))
+            for i, (label, values) in enumerate(rows):
+                t.add_row(name if i == 0 else "", label, *[_f(v, 2) for v in values])
+            t.add_section()
+        out.append(t)
 
     if e2e:
         t = Table(title="docpipe end to end: latency (upload -> terminal status), overhead, memory",
@@ -70,25 +147,6 @@ def tables(r: dict) -> list[Table]:
                       _f(over, 1), _f(over / w["wall_s"] * 100 if over is not None and w["wall_s"] else None, 0, "%"),
                       _f(w["overhead_per_doc_p50_s"], 2), _f(p["peak_pss_mb"], 0), _f(p["peak_rss_mb"], 0),
                       _f(p.get("foreign_cpu_s"), 0))
-        out.append(t)
-
-        stages = ("extract", "chunk", "enrich", "embed", "load")
-        t = Table(title="Time per stage, Σ over the documents (s): docpipe's jobs (control-item durations) vs bare",
-                  caption="peer columns: extract = PyPDFLoader.load, chunk = split, load = LanceDB write "
-                          "(add_documents minus embedding); the peer does no enrichment")
-        t.add_column("workload")
-        t.add_column("engine")
-        for s in stages:
-            t.add_column(s, justify="right")
-        for name, w in e2e.items():
-            t.add_row(name, "docpipe", *[_f(w["stage_compute_s"].get(s), 2) for s in stages])
-            if name in bare:
-                t.add_row("", "bare", *[_f(bare[name]["stage_s"].get(s), 2) for s in stages])
-            if name in peer:
-                ps = peer[name]["stage_s"]
-                t.add_row("", "peer", _f(ps.get("load"), 2), _f(ps.get("split"), 2), "–", _f(ps.get("embed"), 2),
-                          _f(ps.get("store"), 2))
-            t.add_section()
         out.append(t)
 
         parts = ["ingress", "register", "extract_submit", "extract_ray_startup", "extract_compute",
@@ -174,7 +232,15 @@ def tables(r: dict) -> list[Table]:
         first = next(iter(per_doc.values()))
         bases = "; ".join(f"{short}: {first['managed_backends'][line]['basis']}" for line, short in lines
                           if line in first["managed_backends"])
-        t.caption = (f"local = EmbeddingBackend local + LanceDB on the workers; managed = OpenAI "
+        ten = r["cost"].get("ten_page_document") or {}
+        ten_note = ""
+        if ten.get("usd") is not None:
+            verdict = "meets" if ten["meets_target"] else "misses"
+            others = "; ".join(f"{k}: {_usd(v['usd'])} ({v['basis']})" for k, v in ten.items()
+                               if k in ("measured", "scaled"))
+            ten_note = (f"A 10-page document, local model: {_usd(ten['usd'])} — {verdict} the target "
+                        f"{_usd(ten['target_usd'])} ({others}). ")
+        t.caption = (f"{ten_note}local = EmbeddingBackend local + LanceDB on the workers; managed = OpenAI "
                      f"text-embedding-3-small + Pinecone serverless + S3 embedding cache. {bases}. "
                      f"Fixed per month, not in the totals: Ray head ${fm['ray_head_fargate_usd']}, "
                      f"PublishBacklog ${fm['publish_backlog_lambda_usd']}.")
@@ -225,7 +291,8 @@ def recompute(r: dict) -> dict:
     e2e = r.get("e2e", {})
     for w in e2e.get("workloads", {}).values():
         w["procs"]["cpu_s_by_group"] = grouped(w["procs"]["cpu_s_by_category"])
-    r["ratios"] = run.ratios(e2e, r.get("bare"), r.get("peer"))
+    r["ratios"] = run.ratios(r)
+    r["profile"] = run.profile(r)
     r["scaling"] = run.scaling(e2e, r.get("bare"), r.get("peer"))
     r["cost"] = run.costs(e2e, r.get("bare"))
     r["headline"] = run.headline(r)

@@ -1,5 +1,6 @@
-"""One benchmark run: workloads -> bare compute, LangChain peer, docpipe end to end ->
-ratios, scaling, cost -> one JSON document (rendered by bench.report)."""
+"""One benchmark run: workloads -> bare compute, LangChain peer (and its ablation with
+docpipe's embedder), docpipe end to end -> pages/s and ratios, per-page profile, scaling,
+cost -> one JSON document (rendered by bench.report)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,12 @@ CORPUS = [
     "unstructured/example-docs/pdf/layout-parser-paper-with-table.pdf",  # 1 p, table
     "py-pdf-sample-files/011-google-doc-document/google-doc-document.pdf",  # 1 p
 ]
+KINDS = ("corpus", "pages", "docs", "full")
+DEFAULT_KINDS = ("corpus", "pages", "docs")  # `full` only when asked: it adds minutes per engine
+ENGINES = (("docpipe", "e2e"), ("bare", "bare"), ("peer", "peer"), ("peer_ablation", "peer_ablation"))
+STAGES = ("extract", "chunk", "enrich", "embed", "load")
+# The peer's steps under docpipe's stage names (it does no enrichment).
+PEER_STAGES = {"extract": "load", "chunk": "split", "embed": "embed", "load": "store"}
 CORPUS_QUICK = [
     "pdf.js/test/pdfs/tracemonkey.pdf",
     "unstructured/example-docs/pdf/reliance.pdf",
@@ -63,7 +70,9 @@ class Plan:
     env: dict = field(default_factory=dict)  # environment of the stack (Ray jobs inherit it)
     parameters: dict = field(default_factory=dict)  # template parameter overrides
     label: str = ""
-    only: list = field(default_factory=list)  # workload kinds (corpus, pages, docs); empty = all
+    only: list = field(default_factory=list)  # workload kinds (KINDS); empty = DEFAULT_KINDS
+    full: bool = False  # also the `full` workload (every PDF of ../shared/corpus)
+    peer_ablation: bool = False  # also the peer with docpipe's embedder
 
     @classmethod
     def make(cls, quick: bool, docs: int | None = None, **kw) -> Plan:
@@ -77,12 +86,22 @@ class Plan:
         return plan
 
 
+def full_sources(corpus_dir: Path = CORPUS_DIR) -> list:
+    """Every PDF under the corpus folder, as `docpipe ingest <corpus folder>` finds and names
+    them (docpipe_local.ingest.find_documents: keys input/corpus/<path>); the folder's
+    README and LICENSE files (Markdown, text) are left out: the workload is its PDFs."""
+    from docpipe_local.ingest import find_documents
+
+    return [s for s in find_documents([str(corpus_dir)]) if s.path.suffix.lower() == ".pdf"]
+
+
 def workloads(plan: Plan, work: Path) -> dict[str, list[Path]]:
     out: dict[str, list[Path]] = {}
-    unknown = set(plan.only) - {"corpus", "pages", "docs"}
+    unknown = set(plan.only) - set(KINDS)
     if unknown:
-        raise SystemExit(f"--only: unknown workload kinds {sorted(unknown)} (corpus, pages, docs)")
-    wanted = lambda kind: not plan.only or kind in plan.only  # noqa: E731
+        raise SystemExit(f"--only: unknown workload kinds {sorted(unknown)} ({', '.join(KINDS)})")
+    kinds = set(plan.only or DEFAULT_KINDS) | ({"full"} if plan.full else set())
+    wanted = lambda kind: kind in kinds  # noqa: E731
     corpus = [CORPUS_DIR / rel for rel in plan.corpus] if wanted("corpus") else []
     missing = [str(p) for p in corpus if not p.exists()]
     if missing:
@@ -93,19 +112,24 @@ def workloads(plan: Plan, work: Path) -> dict[str, list[Path]]:
         out[f"pages-{pages}"] = generate(work / "gen", 1, pages, seed=10_000 + pages)
     for n in plan.doc_counts if wanted("docs") else []:
         out[f"docs-{n}"] = generate(work / "gen", n, plan.doc_pages, seed=20_000 + 1000 * n)
+    if wanted("full"):
+        out["full"] = [s.path for s in full_sources()]
+        if not out["full"]:
+            raise SystemExit(f"no PDF under {CORPUS_DIR} (../shared/corpus beside the checkout)")
     return out
 
 
 # ---------------------------------------------------------------------------- engines
-def _subprocess(module: str, spec: dict[str, list[Path]], work: Path, echo) -> dict:
+def _subprocess(module: str, spec: dict[str, list[Path]], work: Path, echo, args: tuple = (),
+                name: str = "") -> dict:
     """Run bench.bare / bench.peer in a child (own imports, own memory), sampled."""
-    name = module.rsplit(".", 1)[-1]
+    name = name or module.rsplit(".", 1)[-1]
     spec_file, out_file = work / f"{name}-spec.json", work / f"{name}-out.json"
     spec_file.write_text(json.dumps({k: [str(p) for p in v] for k, v in spec.items()}))
     cmd = [sys.executable, "-m", module, "--spec", str(spec_file), "--out", str(out_file),
-           "--lancedb", str(work / f"{name}-lancedb")]
+           "--lancedb", str(work / f"{name}-lancedb"), *args]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "HF_HUB_OFFLINE": "1", "DOCPIPE_NO_RAY": "1"}
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DOCPIPE_NO_RAY": "1"}
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env)
     sampler = Sampler([proc.pid]).start()
@@ -164,7 +188,13 @@ def run_e2e(plan: Plan, loads: dict[str, list[Path]], work: Path, echo) -> dict:
         out["cold_start_parts_s"] = warm["latency_parts_median_s"]
         for name, files in loads.items():
             t = time.monotonic()
-            out["workloads"][name] = e2e.run_batch(c, files, name, echo=lambda *_: None)
+            if name == "full":
+                # As `docpipe ingest <corpus folder>` does it (keys, upload, following by the
+                # control items): see e2e.run_batch.
+                out["workloads"][name] = e2e.run_batch(c, full_sources(), name, timeout=3600.0,
+                                                       follow="ingest", echo=lambda *_: None)
+            else:
+                out["workloads"][name] = e2e.run_batch(c, files, name, echo=lambda *_: None)
             r = out["workloads"][name]
             echo(f"  docpipe {name}: {r['completed']}/{r['documents']} in {r['wall_s']:.1f} s "
                  f"(p50 {r['latency_p50_s']} s; {time.monotonic() - t:.0f} s with collection)")
@@ -174,17 +204,83 @@ def run_e2e(plan: Plan, loads: dict[str, list[Path]], work: Path, echo) -> dict:
 
 
 # ---------------------------------------------------------------------------- derived
-def ratios(e2e: dict, bare: dict | None, peer: dict | None) -> dict:
+def _engine(r: dict, key: str, name: str) -> dict:
+    return (r.get(key) or {}).get("workloads", {}).get(name) or {}
+
+
+def completed_pages(w: dict) -> dict[str, int]:
+    """File name -> pages of each document the engine completed (docpipe end to end:
+    COMPLETED or PARTIAL, as its summary counts them)."""
+    if "per_doc" in w:
+        return {d["file"]: int(d.get("pages") or 0) for d in w["per_doc"]
+                if d.get("status") in ("COMPLETED", "PARTIAL") and "latency_s" in d}
+    return {d["file"]: int(d.get("pages") or 0) for d in w.get("docs", []) if d.get("status") == "COMPLETED"}
+
+
+RATIOS = (("docpipe", "peer"), ("docpipe", "bare"), ("bare", "peer"), ("peer_ablation", "peer"),
+          ("docpipe", "peer_ablation"), ("bare", "peer_ablation"))
+
+
+def ratios(r: dict) -> dict:
+    """Per workload and engine: pages/s of the documents it completed, and "common" pages/s:
+    the pages of the documents EVERY engine of the run completed over each engine's wall
+    (a document only docpipe reads, e.g. a scan through OCR, does not inflate its ratio).
+    A common document's pages are docpipe's count (pdfium's), else the peer's (pypdf's)."""
     out = {}
-    for name, r in e2e.get("workloads", {}).items():
-        row = {"docpipe_wall_s": r["wall_s"], "docpipe_docs_per_min": r["docs_per_min"]}
-        for label, eng in (("bare", bare), ("peer", peer)):
-            w = (eng or {}).get("workloads", {}).get(name)
-            if w and w.get("wall_s") and r["wall_s"]:
-                row[f"{label}_wall_s"] = w["wall_s"]
-                # Throughput ratio docpipe / engine (same documents): < 1 = docpipe slower.
-                row[f"docpipe_over_{label}_throughput"] = round(w["wall_s"] / r["wall_s"], 4)
+    for name in r.get("workloads", {}):
+        engines = {label: w for label, key in ENGINES
+                   if (w := _engine(r, key, name)) and w.get("wall_s") and w["wall_s"] == w["wall_s"]}
+        if not engines:
+            continue
+        done = {label: completed_pages(w) for label, w in engines.items()}
+        common = set.intersection(*(set(d) for d in done.values()))
+        ref = done[next(label for label, _ in ENGINES if label in done)]
+        common_pages = sum(ref[f] for f in common)
+        row: dict = {"common_documents": len(common), "common_pages": common_pages, "wall_s": {}, "completed": {},
+                     "pages": {}, "pages_per_s": {}, "common_pages_per_s": {}}
+        for label, w in engines.items():
+            pages = sum(done[label].values())
+            row["wall_s"][label] = w["wall_s"]
+            row["completed"][label] = len(done[label])
+            row["pages"][label] = pages
+            row["pages_per_s"][label] = round(pages / w["wall_s"], 3)
+            row["common_pages_per_s"][label] = round(common_pages / w["wall_s"], 3)
+        for a, b in RATIOS:
+            for key, suffix in (("pages_per_s", ""), ("common_pages_per_s", "_common")):
+                x, y = row[key].get(a), row[key].get(b)
+                # Throughput ratio a / b: > 1 = a faster.
+                row[f"{a}_over_{b}{suffix}"] = round(x / y, 3) if x and y else None
         out[name] = row
+    return out
+
+
+def profile(r: dict) -> dict:
+    """Per workload and engine: seconds per page of each stage (Σ over the completed
+    documents ÷ their pages; documents run concurrently, so the stages can add up to more
+    than the wall per page) and the wall per page; for docpipe end to end also
+    orchestration = its wall per page − the bare run's wall per page (what the pipeline
+    adds to its own code run warm)."""
+    out: dict = {}
+    for name in r.get("workloads", {}):
+        rows = {}
+        for label, key in ENGINES:
+            w = _engine(r, key, name)
+            pages = w.get("pages")
+            if not pages or not w.get("wall_s"):
+                continue
+            if label == "docpipe":
+                stage = w.get("stage_compute_s", {})
+            elif label == "bare":
+                stage = w.get("stage_s", {})
+            else:
+                stage = {s: w.get("stage_s", {}).get(p) for s, p in PEER_STAGES.items()}
+            row = {s: round(stage[s] / pages, 5) if stage.get(s) is not None else None for s in STAGES}
+            row["wall"] = round(w["wall_s"] / pages, 5)
+            rows[label] = row
+        if "docpipe" in rows and "bare" in rows:
+            rows["docpipe"]["orchestration"] = round(rows["docpipe"]["wall"] - rows["bare"]["wall"], 5)
+        if rows:
+            out[name] = rows
     return out
 
 
@@ -234,6 +330,31 @@ def costs(e2e: dict, bare: dict | None) -> dict:
         if r["completed"]:
             b = (bare or {}).get("workloads", {}).get(name)
             out["per_document"][name] = cost.per_document(r, b, out["lambda_ms_per_doc_idle"])
+    out["ten_page_document"] = ten_page_document(e2e, out["per_document"])
+    return out
+
+
+def ten_page_document(e2e: dict, per_document: dict) -> dict:
+    """The cost of a 10-page document with the local model: the generated 10-page document
+    (pages-10) when the run has it; and from the corpus mix (corpus, else full) scaled per
+    page (cost.scaled_to_pages) — that one too when both exist, as it is measured at
+    throughput while pages-10 is one document alone on the machine."""
+    out: dict = {"target_usd": cost.TEN_PAGE_TARGET_USD}
+    if "pages-10" in per_document:
+        usd = per_document["pages-10"]["total_as_benchmarked_usd"]
+        out["measured"] = {"usd": usd, "basis": "pages-10: the generated 10-page document, end to end"}
+    for name in ("corpus", "full"):
+        w = e2e.get("workloads", {}).get(name)
+        if name in per_document and w and w.get("completed") and w.get("pages"):
+            pages_per_doc = w["pages"] / w["completed"]
+            usd = cost.scaled_to_pages(per_document[name], pages_per_doc, 10)
+            out["scaled"] = {"usd": usd, "basis": f"{name} workload ({pages_per_doc:.1f} pages per document) "
+                                                  "scaled to 10 pages: Fargate per page, the other lines per document"}
+            break
+    best = out.get("measured") or out.get("scaled")
+    out["usd"] = best["usd"] if best else None
+    out["basis"] = best["basis"] if best else "no end-to-end run"
+    out["meets_target"] = out["usd"] <= out["target_usd"] if best else None
     return out
 
 
@@ -243,10 +364,17 @@ def headline(r: dict) -> dict:
     for name, w in r.get("e2e", {}).get("workloads", {}).items():
         b = r.get("bare", {}).get("workloads", {}).get(name, {})
         p = r.get("peer", {}).get("workloads", {}).get(name, {})
+        pa = r.get("peer_ablation", {}).get("workloads", {}).get(name, {})
+        ratio = r.get("ratios", {}).get(name, {})
         c = r.get("cost", {}).get("per_document", {}).get(name, {})
         out[name] = {
             "docs_per_min": {"docpipe": w["docs_per_min"], "bare": b.get("docs_per_min"), "peer": p.get("docs_per_min")},
-            "pages_per_s": {"docpipe": w["pages_per_s"], "bare": b.get("pages_per_s"), "peer": p.get("pages_per_s")},
+            "pages_per_s": {"docpipe": w["pages_per_s"], "bare": b.get("pages_per_s"), "peer": p.get("pages_per_s"),
+                            "peer_ablation": pa.get("pages_per_s")},
+            "common_pages_per_s": ratio.get("common_pages_per_s", {}),
+            "docpipe_over_peer": ratio.get("docpipe_over_peer"),
+            "docpipe_over_peer_common": ratio.get("docpipe_over_peer_common"),
+            "docpipe_over_bare": ratio.get("docpipe_over_bare"),
             "latency_p50_s": w["latency_p50_s"], "latency_p95_s": w["latency_p95_s"],
             "overhead_vs_bare_share": round(1 - b["wall_s"] / w["wall_s"], 3) if b.get("wall_s") and w["wall_s"] else None,
             "cpu_s_per_doc": round(w["procs"]["cpu_s"] / max(1, w["documents"]), 2),
@@ -269,7 +397,8 @@ def machine() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     for pkg in ("ray", "moto", "lancedb", "pypdf", "pypdfium2", "numpy", "langchain-community",
-                "langchain-text-splitters", "langchain-core"):
+                "langchain-text-splitters", "langchain-core", "langchain-huggingface", "sentence-transformers",
+                "transformers", "torch"):
         try:
             versions[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -303,13 +432,18 @@ def run(plan: Plan, out_dir: Path, echo=print) -> tuple[dict, Path]:
             echo("bare compute (docpipe's code in a warm 2-process pool) ...")
             result["bare"] = _subprocess("bench.bare", loads, work, echo)
         if not plan.skip_peer:
-            echo("peer (LangChain PyPDFLoader + RecursiveCharacterTextSplitter + LanceDB) ...")
+            echo("peer (LangChain PyPDFLoader + RecursiveCharacterTextSplitter + HuggingFaceEmbeddings + LanceDB) ...")
             result["peer"] = _subprocess("bench.peer", loads, work, echo)
+        if not plan.skip_peer and plan.peer_ablation:
+            echo("peer with docpipe's embedder (ablation) ...")
+            result["peer_ablation"] = _subprocess("bench.peer", loads, work, echo, ("--embedder", "docpipe"),
+                                                  name="peer-docpipe-embedder")
         if not plan.skip_e2e:
             echo("docpipe end to end on the local stack ...")
             result["e2e"] = run_e2e(plan, loads, work, echo)
         e2e = result.get("e2e", {})
-        result["ratios"] = ratios(e2e, result.get("bare"), result.get("peer"))
+        result["ratios"] = ratios(result)
+        result["profile"] = profile(result)
         result["scaling"] = scaling(e2e, result.get("bare"), result.get("peer"))
         result["cost"] = costs(e2e, result.get("bare"))
         result["headline"] = headline(result)

@@ -202,9 +202,7 @@ def run_ingest(paths_in, prefix="input/", timeout=900.0, quiet=False) -> list:
     live_console = Console(quiet=True) if quiet else console
     with Live(_progress_table(docs, started), console=live_console, refresh_per_second=4,
               transient=False) as live:
-        # Largest first: the longest documents start first instead of finishing last
-        # on one worker while the others idle (the table keeps the files' order).
-        for d in sorted(docs, key=lambda d: -d.path.stat().st_size):
+        for d in ingest.upload_order(docs):  # the table keeps the files' order
             if ingest.already_there(s3, bucket, d):
                 d.status = "PENDING"  # resume: follow what the earlier run started
             else:

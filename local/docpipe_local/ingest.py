@@ -121,6 +121,12 @@ def already_there(s3, bucket: str, doc: Doc) -> bool:
     return stored == sha256_of(doc.path)
 
 
+def upload_order(docs: list[Doc]) -> list[Doc]:
+    """Largest first: the longest documents start first instead of finishing last on one
+    worker while the others idle."""
+    return sorted(docs, key=lambda d: -d.path.stat().st_size)
+
+
 def upload(s3, bucket: str, doc: Doc) -> None:
     data = doc.path.read_bytes()
     s3.put_object(Bucket=bucket, Key=doc.key, Body=data, Metadata={"sha256": hashlib.sha256(data).hexdigest()},
