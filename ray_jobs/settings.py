@@ -32,7 +32,7 @@ class StageSettings:
     # auto = s3 for a paid embedding API, memory for the local model (embedding_cache_mode).
     embedding_cache: str = env_var("EMBEDDING_CACHE", "auto", parse=str.lower)
     embedding_cache_prefix: str = env_var("EMBEDDING_CACHE_PREFIX", "embedding-cache/")
-    # Vectors the memory cache keeps per worker process (~1.6 KB each for the local model).
+    # Vectors the memory cache keeps per worker process (~1.8 KB each for the local model).
     embedding_cache_memory_entries: int = env_var("EMBEDDING_CACHE_MEMORY_ENTRIES", 10000)
     document_bucket: str = env_var("DOCUMENT_BUCKET", "")
     # Texts per embed call; 0 = the embedding backend's own (texts_per_embed_call).
@@ -40,7 +40,7 @@ class StageSettings:
 
     local_embedding_model_dir: str = env_var("LOCAL_EMBEDDING_MODEL_DIR", "")  # "" = the wheel's model
     local_embedding_threads: int = env_var("LOCAL_EMBEDDING_THREADS", 0)  # 0 = Ray's OMP_NUM_THREADS, else all cores
-    # onnx-int8 (the encoder's MatMuls in int8, ~1.9x onnx; cosine to the model >= 0.98) |
+    # onnx-int8 (the encoder's MatMuls in int8, ~2.5x onnx per CPU-second; cosine to the model >= 0.98) |
     # onnx (float32, the model's vectors to ~1e-6) | numpy (no onnxruntime). docs/retrieval.md
     # measures int8's effect on retrieval.
     local_embedding_runtime: str = env_var("LOCAL_EMBEDDING_RUNTIME", "onnx-int8", parse=str.lower)

@@ -12,6 +12,7 @@ from moto import mock_aws
 from ray_jobs.backends.base import Embedder, EmbeddingResult
 from ray_jobs.backends.embedding_cache import (
     CachedEmbedder,
+    LruCacheStore,
     MemoryCacheStore,
     S3CacheStore,
     cache_key,
@@ -136,9 +137,76 @@ def test_wrap_from_env_choices():
             return EmbeddingResult(vectors=[[0.0, 0.0, 1.0] for _ in texts])
 
     inner = Dummy()
-    assert wrap_with_cache_from_env(inner, {}) is inner  # default: off
+    local = wrap_with_cache_from_env(inner, {})  # default: the local model, cached in memory
+    assert isinstance(local, CachedEmbedder) and isinstance(local.store, LruCacheStore)
+    assert local.store.max_entries == 10000
+    assert wrap_with_cache_from_env(inner, {"EMBEDDING_CACHE_MEMORY_ENTRIES": "0"}) is inner
     assert wrap_with_cache_from_env(inner, {"EMBEDDING_CACHE": "off"}) is inner
+    with pytest.raises(ValueError, match="DOCUMENT_BUCKET"):  # openai: S3, as before
+        wrap_with_cache_from_env(inner, {"EMBEDDING_BACKEND": "openai"})
     with pytest.raises(ValueError, match="DOCUMENT_BUCKET"):
         wrap_with_cache_from_env(inner, {"EMBEDDING_CACHE": "s3"})
     with pytest.raises(ValueError, match="EMBEDDING_CACHE"):
         wrap_with_cache_from_env(inner, {"EMBEDDING_CACHE": "redis"})
+
+
+class CountingLocal:
+    """Vectors that are exact float32 values (as the local model's are) or not."""
+
+    model, dims = "local", 3
+
+    def __init__(self, float32: bool = True) -> None:
+        self.texts: list[str] = []
+        self.float32 = float32
+
+    def embed(self, texts: list[str]) -> EmbeddingResult:
+        self.texts += texts
+        third = 0.5 if self.float32 else 1 / 3
+        return EmbeddingResult(vectors=[[float(len(t)), third, -1.0] for t in texts])
+
+
+def test_lru_store_keeps_the_most_recently_used():
+    inner = CountingLocal()
+    cached = CachedEmbedder(inner, LruCacheStore(max_entries=3))
+    cached.embed(["a", "bb", "ccc"])
+    cached.embed(["a"])  # "a" is now the most recently used
+    cached.embed(["dddd"])  # evicts "bb", the least recently used
+    assert len(cached.store) == 3
+    inner.texts.clear()
+    result = cached.embed(["a", "ccc", "dddd", "bb"])
+    assert inner.texts == ["bb"] and result.cache_hits == 3
+    assert result.vectors == [[1.0, 0.5, -1.0], [3.0, 0.5, -1.0], [4.0, 0.5, -1.0], [2.0, 0.5, -1.0]]
+
+
+@pytest.mark.parametrize("float32", [True, False])
+def test_lru_hit_is_bit_identical(float32):
+    inner = CountingLocal(float32)
+    cached = CachedEmbedder(inner, LruCacheStore(max_entries=10))
+    first = cached.embed(["x", "yy"]).vectors
+    again = cached.embed(["yy", "x"])
+    assert again.cache_hits == 2 and again.vectors == [first[1], first[0]]
+    assert inner.texts == ["x", "yy"]
+    with pytest.raises(ValueError):
+        LruCacheStore(max_entries=0)
+
+
+def test_local_model_behind_the_memory_cache_embeds_a_text_once():
+    from ray_jobs.backends.local_embedder import LocalEmbedder
+
+    local = LocalEmbedder(runtime="onnx-int8", threads=1)
+    cached = wrap_with_cache_from_env(local, {})
+    texts = ["The board approved the budget.", "Invoice 42 is overdue.", "The board approved the budget."]
+    first = cached.embed(texts)
+    runs: list[int] = []
+    session = local._onnx
+
+    def counting(ids, mask):
+        runs.append(len(ids))
+        return session(ids, mask)
+
+    local._onnx = counting
+    second = cached.embed([texts[1], "A new sentence.", texts[0]])
+    assert runs == [1]  # only the new sentence reached the model
+    assert second.cache_hits == 2
+    assert second.vectors[0] == first.vectors[1] and second.vectors[2] == first.vectors[0]
+    assert first.vectors[0] == first.vectors[2]

@@ -124,7 +124,7 @@ def test_a_malformed_value_is_refused_with_its_variable_named(name, value):
         StageSettings.from_env({name: value})
 
 
-@pytest.mark.parametrize("env, mode, batch", [({}, "off", 64),
+@pytest.mark.parametrize("env, mode, batch", [({}, "memory", 64),
                                               ({"EMBEDDING_BACKEND": "openai"}, "s3", 1024),
                                               ({"EMBEDDING_BACKEND": "openai", "EMBEDDING_CACHE": "off"}, "off", 1024),
                                               ({"EMBEDDING_CACHE": "s3", "EMBED_BATCH_SIZE": "16"}, "s3", 16)])
@@ -164,7 +164,7 @@ def test_a_paid_embedder_gets_the_s3_cache_when_nothing_says_otherwise(monkeypat
         assert inner.texts == ["alpha", "beta"], "the second call was served from S3"
         assert second.vectors == first.vectors and second.cache_hits == 2
         assert s3.list_objects_v2(Bucket="docs", Prefix="embedding-cache/")["KeyCount"] == 2
-    assert wrap_with_cache_from_env(inner, {}) is inner  # the local model: no cache
+    assert wrap_with_cache_from_env(inner, {}).store.__class__.__name__ == "LruCacheStore"  # the local model: memory
 
 
 def test_warm_objects_follow_the_configuration(monkeypatch, tmp_path):

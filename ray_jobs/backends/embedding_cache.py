@@ -17,7 +17,15 @@ Storage layouts:
   as a list of floats (Python's shortest round-trip repr), so a cached vector is
   bit-identical to the one first returned, whatever the inner embedder's precision.
   Put an S3 lifecycle rule on the prefix to expire entries (e.g. 90 days).
-- ``MemoryCacheStore``: a dict, for tests and one-process runs.
+- ``MemoryCacheStore``: an unbounded dict, for tests.
+- ``LruCacheStore``: at most ``max_entries`` vectors in this process, least recently
+  used out first: the local model's cache (one per worker process, ray_jobs/warm.py). A
+  hit costs ~20 us against ~15-23 ms to embed a chunk on 2 cores, and a miss adds
+  ~25-35 us (~0.15%; bench/embed_speed.py), so it pays as soon as more than ~0.2% of
+  texts repeat: 0.9% of the corpus's chunks do, and a retried or re-run document's all do.
+  Vectors are kept as float32 when that holds them exactly (the local model's always
+  are: 10000 entries take ~18 MB), else float64, so a hit is bit-identical to the first
+  result.
 
 A cache failure never fails the stage: an unreadable entry is a miss, a failed write
 is logged and dropped.
@@ -26,9 +34,10 @@ Environment (``wrap_with_cache_from_env``):
 
 | env var                | meaning                                                     |
 |------------------------|-------------------------------------------------------------|
-| EMBEDDING_CACHE        | ``auto`` (default: ``s3`` for openai, else ``off``), ``off``, ``s3`` |
+| EMBEDDING_CACHE        | ``auto`` (default: ``s3`` for openai, ``memory`` for the local model), ``off``, ``s3``, ``memory`` |
 | DOCUMENT_BUCKET        | bucket of the S3 cache (the pipeline's own bucket)          |
 | EMBEDDING_CACHE_PREFIX | default ``embedding-cache/``                                |
+| EMBEDDING_CACHE_MEMORY_ENTRIES | vectors the ``memory`` cache keeps per process (10000) |
 """
 
 from __future__ import annotations
@@ -37,11 +46,13 @@ import hashlib
 import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
+import numpy as np
 from botocore.config import Config
 
 from docpipe import aws
@@ -86,6 +97,46 @@ class MemoryCacheStore:
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+class LruCacheStore:
+    """At most ``max_entries`` vectors, the least recently used dropped first; thread-safe."""
+
+    def __init__(self, max_entries: int) -> None:
+        if max_entries < 1:
+            raise ValueError("an LRU embedding cache needs max_entries >= 1")
+        self.max_entries = max_entries
+        self._data: OrderedDict[tuple[str, int, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_many(self, model: str, dims: int, keys: list[str]) -> dict[str, list[float]]:
+        found: dict[str, np.ndarray] = {}
+        with self._lock:
+            for k in keys:
+                v = self._data.get((model, dims, k))
+                if v is not None:
+                    self._data.move_to_end((model, dims, k))
+                    found[k] = v
+        return {k: cast(list[float], v.tolist()) for k, v in found.items()}
+
+    def put_many(self, model: str, dims: int, entries: dict[str, list[float]]) -> None:
+        stored = {k: _compact(v) for k, v in entries.items()}
+        with self._lock:
+            for k, v in stored.items():
+                self._data[(model, dims, k)] = v
+                self._data.move_to_end((model, dims, k))
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def _compact(vector: list[float]) -> np.ndarray:
+    """float32 when that is exact (the local model's vectors), else float64: never lossy."""
+    wide = np.asarray(vector, dtype=np.float64)
+    narrow = wide.astype(np.float32)
+    return narrow if np.array_equal(narrow, wide) else wide
 
 
 @cache
@@ -218,7 +269,9 @@ class CachedEmbedder:
 
 def wrap_with_cache_from_env(embedder: Embedder, env: Mapping[str, str] | None = None, *, client: Any = None) -> Embedder:
     """Wrap ``embedder`` as ``EMBEDDING_CACHE`` says (``auto`` resolved by
-    ray_jobs.settings): ``off`` returns it unchanged; ``s3`` caches under ``s3://$DOCUMENT_BUCKET/$EMBEDDING_CACHE_PREFIX``."""
+    ray_jobs.settings): ``off`` returns it unchanged; ``s3`` caches under
+    ``s3://$DOCUMENT_BUCKET/$EMBEDDING_CACHE_PREFIX``; ``memory`` in this process, in an
+    LRU of ``EMBEDDING_CACHE_MEMORY_ENTRIES`` vectors (0: no cache)."""
     settings = StageSettings.from_env(env)
     kind = settings.embedding_cache_mode()
     if kind == "off":
@@ -230,4 +283,8 @@ def wrap_with_cache_from_env(embedder: Embedder, env: Mapping[str, str] | None =
             client=client,
         )
         return CachedEmbedder(embedder, store)
-    raise ValueError(f"EMBEDDING_CACHE={kind!r}: expected 'off' or 's3'")
+    if kind == "memory":
+        if settings.embedding_cache_memory_entries < 1:
+            return embedder
+        return CachedEmbedder(embedder, LruCacheStore(settings.embedding_cache_memory_entries))
+    raise ValueError(f"EMBEDDING_CACHE={kind!r}: expected 'off', 's3' or 'memory'")

