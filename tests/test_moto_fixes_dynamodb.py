@@ -1,0 +1,104 @@
+"""The local stack's DynamoDB fixes (docpipe_local.moto_fixes) keep DynamoDB's behaviour:
+a cancelled transaction leaves every item as it was, a Query on the table's key returns
+that partition in key order (pages and reverse included), and an index Query is unchanged
+- while no transaction copies a whole table any more."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
+
+from docpipe_local import moto_fixes
+
+
+@pytest.fixture
+def ddb(aws_env):
+    with mock_aws():
+        moto_fixes.install()
+        client = boto3.client("dynamodb")
+        client.create_table(
+            TableName="t",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                  {"AttributeName": "sk", "AttributeType": "S"},
+                                  {"AttributeName": "status", "AttributeType": "S"}],
+            GlobalSecondaryIndexes=[{"IndexName": "by-status",
+                                     "KeySchema": [{"AttributeName": "status", "KeyType": "HASH"}],
+                                     "Projection": {"ProjectionType": "ALL"}}],
+            BillingMode="PAY_PER_REQUEST")
+        yield client
+
+
+def put(ddb, pk: str, sk: str, status: str = "RUNNING", n: int = 0) -> None:
+    ddb.put_item(TableName="t", Item={"pk": {"S": pk}, "sk": {"S": sk}, "status": {"S": status}, "n": {"N": str(n)}})
+
+
+def items(ddb) -> list[tuple[str, str, str, str]]:
+    return sorted((i["pk"]["S"], i["sk"]["S"], i["status"]["S"], i["n"]["N"])
+                  for i in ddb.scan(TableName="t")["Items"])
+
+
+def test_a_cancelled_transaction_leaves_every_item_as_it_was(ddb):
+    put(ddb, "a", "1", n=1)
+    put(ddb, "b", "1", n=2)
+    put(ddb, "z", "1", n=7)
+    before = items(ddb)
+    with pytest.raises(ClientError) as err:
+        ddb.transact_write_items(TransactItems=[
+            {"Put": {"TableName": "t", "Item": {"pk": {"S": "c"}, "sk": {"S": "1"}, "status": {"S": "NEW"},
+                                                "n": {"N": "3"}}}},
+            {"Update": {"TableName": "t", "Key": {"pk": {"S": "a"}, "sk": {"S": "1"}},
+                        "UpdateExpression": "SET n = :n", "ExpressionAttributeValues": {":n": {"N": "9"}}}},
+            {"Delete": {"TableName": "t", "Key": {"pk": {"S": "b"}, "sk": {"S": "1"}}}},
+            {"ConditionCheck": {"TableName": "t", "Key": {"pk": {"S": "z"}, "sk": {"S": "1"}},
+                                "ConditionExpression": "n = :x", "ExpressionAttributeValues": {":x": {"N": "5"}}}},
+        ])
+    assert err.value.response["Error"]["Code"] == "TransactionCanceledException"
+    assert items(ddb) == before
+    # And one that holds is applied whole.
+    ddb.transact_write_items(TransactItems=[
+        {"Update": {"TableName": "t", "Key": {"pk": {"S": "a"}, "sk": {"S": "1"}},
+                    "UpdateExpression": "SET n = :n", "ExpressionAttributeValues": {":n": {"N": "9"}}}},
+        {"Delete": {"TableName": "t", "Key": {"pk": {"S": "b"}, "sk": {"S": "1"}}}}])
+    assert items(ddb) == [("a", "1", "RUNNING", "9"), ("z", "1", "RUNNING", "7")]
+
+
+def test_no_transaction_copies_a_whole_table(ddb, monkeypatch):
+    from moto.dynamodb.models.table import Table
+
+    for i in range(50):
+        put(ddb, f"doc-{i}", "v1")
+
+    def no_copy(self, memo):
+        raise AssertionError("a whole table was deep-copied")
+
+    monkeypatch.setattr(Table, "__deepcopy__", no_copy, raising=False)
+    ddb.transact_write_items(TransactItems=[
+        {"Put": {"TableName": "t", "Item": {"pk": {"S": "doc-x"}, "sk": {"S": "v1"}, "status": {"S": "NEW"},
+                                            "n": {"N": "1"}}}}])
+    assert len(items(ddb)) == 51
+
+
+def test_a_query_on_the_key_reads_its_partition_in_order_with_pages(ddb):
+    for sk in ("3", "1", "2", "5", "4"):
+        put(ddb, "doc", sk, status="DONE" if sk in "24" else "RUNNING")
+        put(ddb, "other", sk)
+    query = {"TableName": "t", "KeyConditionExpression": "pk = :p", "ExpressionAttributeValues": {":p": {"S": "doc"}}}
+    assert [i["sk"]["S"] for i in ddb.query(**query)["Items"]] == ["1", "2", "3", "4", "5"]
+    assert [i["sk"]["S"] for i in ddb.query(**query, ScanIndexForward=False)["Items"]] == ["5", "4", "3", "2", "1"]
+    first = ddb.query(**query, Limit=2)
+    rest = ddb.query(**query, ExclusiveStartKey=first["LastEvaluatedKey"])
+    assert [i["sk"]["S"] for i in first["Items"] + rest["Items"]] == ["1", "2", "3", "4", "5"]
+    ranged = ddb.query(TableName="t", KeyConditionExpression="pk = :p AND sk BETWEEN :a AND :b",
+                       ExpressionAttributeValues={":p": {"S": "doc"}, ":a": {"S": "2"}, ":b": {"S": "4"}})
+    assert [i["sk"]["S"] for i in ranged["Items"]] == ["2", "3", "4"]
+    assert ddb.query(TableName="t", KeyConditionExpression="pk = :p",
+                     ExpressionAttributeValues={":p": {"S": "nobody"}})["Items"] == []
+    # An index still sees every partition.
+    done = ddb.query(TableName="t", IndexName="by-status", KeyConditionExpression="#s = :s",
+                     ExpressionAttributeNames={"#s": "status"}, ExpressionAttributeValues={":s": {"S": "DONE"}})
+    assert sorted((i["pk"]["S"], i["sk"]["S"]) for i in done["Items"]) == [("doc", "2"), ("doc", "4")]
+    # And a scan, every item.
+    assert len(items(ddb)) == 10
