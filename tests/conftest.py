@@ -207,6 +207,20 @@ class FakeRayHead:
         self.server.shutdown()
 
 
+_sessions: list[object] = []
+
+
+def _boto3_session():
+    """The boto3 session every moto stack of this process creates its resources with: its
+    service models are loaded once, not per stack (a new session reloads them, ~0.5 s CPU).
+    Made inside mock_aws: moto's stub is on every session made after moto is imported."""
+    import boto3
+
+    if not _sessions:
+        _sessions.append(boto3.session.Session(region_name="us-east-1"))
+    return _sessions[0]
+
+
 @contextlib.contextmanager
 def local_aws_stack(parameters: dict | None = None, secrets: dict | None = None):
     """moto with Step Functions executing the real ASL, every resource of template.yaml
@@ -233,7 +247,7 @@ def local_aws_stack(parameters: dict | None = None, secrets: dict | None = None)
                   "UseExistingRayCluster": "true", "RayEntrypointResources": "{}"}
         params.update({k: arns.get(v, v) for k, v in (parameters or {}).items()})
         stack = template.load("docpipe", params)
-        resources.create_stack(stack)
+        resources.create_stack(stack, session=_boto3_session())
         clients = {n: boto3.client(n) for n in ("s3", "stepfunctions", "dynamodb", "sns", "sqs", "lambda")}
         try:
             yield stack, clients, head

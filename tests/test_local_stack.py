@@ -234,13 +234,18 @@ def set_function_env(state, name_part: str, **values):
 def test_killed_job_is_retried_after_its_heartbeat_timeout(local_stack):
     """SIGKILL of a document's own Ray job sends nothing back: the state's heartbeat
     catches it, its Retry submits the stage again (a new submission id, a new job) and
-    the document completes."""
+    the document completes. The heartbeat is the template's minimum (10 s); the document
+    is small (4 pages: the driver is killed while it starts, so its size changes nothing
+    but the time the retry's extract and embed jobs take)."""
+    sys.path.insert(0, str(REPO))
+    from bench.gen import document_bytes
+
     c = clients(local_stack)
 
     restore = [set_function_env(local_stack, "RegisterDocument", STAGE_HEARTBEAT_SECONDS="10"),
                set_function_env(local_stack, "SubmitRayJob", STAGE_SERVICE_MAX_BYTES="0")]  # every document its own job
     try:
-        body = corpus_file("py-pdf-sample-files/009-pdflatex-geotopo/GeoTopo-komprimiert.pdf").read_bytes()
+        body = document_bytes(3100, 4)
         c["s3"].put_object(Bucket=local_stack["outputs"]["DocumentBucketName"], Key="input/killed.pdf", Body=body)
         pid = _wait_for_driver("ray_jobs.extract", timeout=60)
         os.kill(pid, signal.SIGKILL)
