@@ -35,7 +35,6 @@ import hashlib
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -186,8 +185,9 @@ def target_check(files: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    from ray_jobs.pdf_sandbox import children_cpu_seconds
+
+    return children_cpu_seconds()  # the render children forked by the zygote included
 
 
 def _settings(env: dict[str, str]) -> Any:

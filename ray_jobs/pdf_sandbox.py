@@ -189,8 +189,9 @@ def zygote_main(sock_fd: int) -> None:
         for fd in fds:
             os.close(fd)
         sock.send(json.dumps({"pid": pid}).encode())
-        _, status = os.waitpid(pid, 0)
-        sock.send(json.dumps({"pid": pid, "rc": os.waitstatus_to_exitcode(status)}).encode())
+        _, status, usage = os.wait4(pid, 0)
+        sock.send(json.dumps({"pid": pid, "rc": os.waitstatus_to_exitcode(status),
+                              "cpu_s": usage.ru_utime + usage.ru_stime}).encode())
 
 
 def _forked_child(code: str, request: bytes, stdout_fd: int, stderr_fd: int) -> None:
@@ -245,6 +246,16 @@ def _zygote_socket() -> Any:
     theirs.close()
     _zygote.update(proc=proc, sock=ours, owner=os.getpid())
     return ours
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds of every parse/render child this process has run and seen end: those it
+    started itself (getrusage) and those its zygote forked for it (which getrusage cannot
+    see: they are the zygote's children)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime + float(_zygote.get("children_cpu_s", 0.0))
 
 
 def start_zygote() -> None:
@@ -302,7 +313,9 @@ def _zygote_child(code: str, request: dict[str, Any], timeout_s: float) -> tuple
             for fd in chunks:
                 os.close(fd)
         sock.settimeout(None)  # a killed child is reaped at once; a finished one already was
-        rc = int(json.loads(sock.recv(_MSG_MAX))["rc"])
+        end = json.loads(sock.recv(_MSG_MAX))
+        rc = int(end["rc"])
+        _zygote["children_cpu_s"] = _zygote.get("children_cpu_s", 0.0) + float(end.get("cpu_s", 0.0))
         return rc, b"".join(chunks[out_r]), b"".join(chunks[err_r]), timed_out
     except (OSError, ValueError, KeyError):
         # The zygote died or answered nonsense: stop it; this request runs the old way.

@@ -27,9 +27,12 @@ def test_a_zygote_child_parses_like_a_new_interpreter(monkeypatch):
     monkeypatch.setenv("PDF_CHILD_START", "zygote")
     first = pdf_sandbox.run_child(request(FOUR_PAGES), 60)
     zygote = pdf_sandbox._zygote["proc"].pid
+    cpu = pdf_sandbox.children_cpu_seconds()
     second = pdf_sandbox.run_child(request(FOUR_PAGES), 60)
     assert first == second == fresh and len(first["pages"]) == 4
     assert pdf_sandbox._zygote["proc"].pid == zygote  # one zygote serves both
+    # The forked child's CPU is counted, though it is the zygote's child, not ours.
+    assert pdf_sandbox.children_cpu_seconds() > cpu
 
 
 @needs_corpus
