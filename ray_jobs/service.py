@@ -49,6 +49,7 @@ from ray_jobs.settings import StageSettings
 CLIENT_CONFIG = Config(retries={"max_attempts": 10, "mode": "standard"}, max_pool_connections=16)
 MAX_HELD = 20000  # documents held at once; past it the service stops receiving for a moment
 TASK_MAX_RETRIES = 3  # worker process or node died mid-document: Ray runs it again
+WARM_UP_MAX = 64  # worker processes warmed when the service starts (one per CPU up to this)
 
 
 def stage_work(stage: str) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
@@ -75,6 +76,12 @@ def run_document(stage: str, job: dict[str, Any]) -> dict[str, Any]:
     except Exception as err:  # any crash still answers the task token
         return {"ok": False, "error": StageFailed.__name__, "cause": f"{type(err).__name__}: {err}"[:1000],
                 "pid": os.getpid()}
+
+
+def warm_up_worker(stage: str) -> int:
+    from ray_jobs import warm
+
+    return warm.warm_up(stage)
 
 
 def task_resources() -> dict[str, Any]:
@@ -405,6 +412,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     threading.Thread(target=watch_cluster, args=(gcs,), name="watch-cluster", daemon=True).start()
     remote = ray.remote(run_document).options(num_cpus=1, resources=task_resources() or None,
                                               max_retries=TASK_MAX_RETRIES)
+
+    # One warm-up per CPU the cluster has now: Ray starts that many worker processes for
+    # this job at once and each loads the stage's model and imports before a document
+    # arrives (a document that starts a cold worker waits seconds for it). Not awaited: a
+    # failed warm-up only means the first document warms its worker itself.
+    warm = ray.remote(warm_up_worker).options(num_cpus=1, resources=task_resources() or None)
+    cpus = ray.available_resources().get("CPU", 1)  # type: ignore[no-untyped-call]  # ray leaves it untyped
+    for _ in range(max(1, min(WARM_UP_MAX, int(cpus)))):
+        warm.remote(args.stage)
 
     def wait(refs: list[Any], timeout: float) -> list[Any]:
         # Back as soon as one is done, then take every other one that is done too.

@@ -80,3 +80,28 @@ def replace_document_version(records: list[VectorRecord], document_id: str, vers
     from ray_jobs.backends.version_sync import replace_document_version as sync
 
     return sync(vector_store(), records, document_id, version)
+
+
+def warm_up(stage: str) -> int:
+    """Load what `stage` needs in this worker process before its first document: the
+    stage service runs it once per worker slot when it starts, so no document pays a
+    worker's start (model, tokenizer, lancedb import, the parse zygote: seconds of CPU).
+    Returns the process id."""
+    import importlib
+    import os
+
+    if stage == "extract":
+        importlib.import_module("ray_jobs.extract")  # and its imports: formats, pdf, chunking
+        from ray_jobs.pdf_sandbox import start_zygote
+        from ray_jobs.tokens import chunk_tokenizer
+
+        start_zygote()
+        chunk_tokenizer().count("warm up the tokenizer")
+    elif stage == "embed":
+        importlib.import_module("ray_jobs.embed")
+        embedder().embed(["warm up the model"])
+        enricher().enrich(["Warm up: Northwind grew 5% in 2025."])
+        vector_store().count()  # imports lancedb and opens the table
+    else:
+        raise ValueError(f"unknown stage {stage!r}")
+    return os.getpid()
