@@ -60,3 +60,20 @@ def test_many_documents_are_followed_in_batches_to_their_items(aws_env, tmp_path
         calls.clear()
         ingest.refresh_all(ddb, "control", docs)
         assert calls == ["BatchGetItem", "BatchGetItem"]  # 100 RUNNING + 29 unregistered
+
+
+def test_ingest_finds_a_refused_upload_under_another_pipeline_version(aws_env, tmp_path):
+    """`docpipe ingest` follows a too-large file to its FAILED unread version; with
+    PipelineVersion v2 that version starts "v2-etag", not "v1-etag"."""
+    pdf = tmp_path / "big.pdf"
+    pdf.write_bytes(b"%PDF-1.4 too large")
+    [doc] = ingest.plan([Path(pdf)], "docs", "input/", pipeline_version="v2")
+    with mock_aws():
+        ddb = boto3.client("dynamodb")
+        _control_table(ddb)
+        unread = identity.unread_version('"0123abcd"', "v2")
+        ddb.put_item(TableName="control", Item={
+            "document_id": {"S": doc.document_id}, "processing_version": {"S": unread},
+            "status": {"S": "FAILED"}, "error_code": {"S": "TooLarge"}})
+        ingest.refresh(ddb, "control", doc)
+    assert doc.status == "FAILED" and doc.item["processing_version"] == unread
