@@ -123,7 +123,7 @@ def spawn_child(code: str, request: dict[str, Any], timeout_s: float) -> tuple[i
 
     PDF_CHILD_START=zygote (default): the child is forked from a zygote process that has
     already imported the parsers (started once per process, never given a document
-    itself): ~0.01 CPU-s instead of the ~0.11 a new interpreter and its imports cost per
+    itself): ~0.02 CPU-s instead of the ~0.14 a new interpreter and its imports cost per
     document. `exec` starts a new interpreter each time (also the fallback when another
     thread is using the zygote or the zygote failed)."""
     from ray_jobs.settings import StageSettings
@@ -200,6 +200,7 @@ def _forked_child(code: str, request: bytes, stdout_fd: int, stderr_fd: int) -> 
     import io
     import traceback
 
+    status = 1
     try:
         os.setsid()  # own process group, as start_new_session=True: killpg on timeout
         os.dup2(stdout_fd, 1)
@@ -214,16 +215,16 @@ def _forked_child(code: str, request: bytes, stdout_fd: int, stderr_fd: int) -> 
         sys.stdin = io.TextIOWrapper(io.FileIO(0, "rb", closefd=False))
         sys.stdout = io.TextIOWrapper(io.FileIO(1, "wb", closefd=False), write_through=True)
         sys.stderr = io.TextIOWrapper(io.FileIO(2, "wb", closefd=False), write_through=True)
-        status = 0
         try:
             exec(compile(code, "<child>", "exec"), {"__name__": "__main__"})
+            status = 0
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
             traceback.print_exc()  # as `python -c` does: the parent reads the reason in it
             status = 1
     finally:
-        os._exit(locals().get("status", 1))  # never back into the zygote's loop
+        os._exit(status)  # never back into the zygote's loop
 
 
 def _zygote_socket() -> Any:
@@ -236,8 +237,7 @@ def _zygote_socket() -> Any:
         proc = None
     if proc is not None and proc.poll() is None:
         return _zygote["sock"]
-    if proc is not None:
-        _zygote["sock"].close()
+    _stop_zygote()  # dead: its socket goes with it
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     env = _child_env()
     proc = subprocess.Popen([sys.executable, "-c", ZYGOTE_CODE.format(fd=theirs.fileno())],
@@ -319,12 +319,21 @@ def _zygote_child(code: str, request: dict[str, Any], timeout_s: float) -> tuple
         return rc, b"".join(chunks[out_r]), b"".join(chunks[err_r]), timed_out
     except (OSError, ValueError, KeyError):
         # The zygote died or answered nonsense: stop it; this request runs the old way.
-        proc = _zygote.pop("proc", None)
-        if proc is not None:
-            _kill_group(proc)
+        _stop_zygote()
         return None
     finally:
         _zygote_lock.release()
+
+
+def _stop_zygote() -> None:
+    """Kill this process's zygote, if any, and close its socket (the next request starts
+    a new one); the CPU count of the children it ran stays."""
+    proc, sock = _zygote.pop("proc", None), _zygote.pop("sock", None)
+    if proc is not None and proc.poll() is None:
+        _kill_group(proc)
+        proc.wait()
+    if sock is not None:
+        sock.close()
 
 
 def _kill_pid_group(pid: int) -> None:

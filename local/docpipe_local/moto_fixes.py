@@ -91,7 +91,7 @@ def _install_dynamodb() -> None:
         key = getattr(_partition, "key", None)
         if key is None or getattr(_partition, "table", None) is not self:
             return all_items(self)
-        found = self.items.get(key[0])
+        found = self.items.get(key)
         if found is None:
             return []
         return sorted(found.values(), key=lambda x: x.range_key) if self.range_key_attr else [found]
@@ -101,7 +101,7 @@ def _install_dynamodb() -> None:
         index_name = args[6] if len(args) > 6 else kwargs.get("index_name")
         if index_name or hash_key is None:
             return query(self, hash_key, *args, **kwargs)
-        _partition.key, _partition.table = (hash_key,), self
+        _partition.key, _partition.table = hash_key, self
         try:
             return query(self, hash_key, *args, **kwargs)
         finally:
