@@ -1,0 +1,123 @@
+"""The local stack's Step Functions engine fixes (docpipe_local.moto_fixes) keep what an
+execution does: concurrent executions of one state machine that share its parsed ASL each
+get their own input, path results, retries and DynamoDB writes; two state machines never
+share a program; and the engine's per-service client and parsed JSONPaths are made once."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from docpipe_local import moto_fixes
+from tests.conftest import wait_for_execution
+
+ROLE = "arn:aws:iam::123456789012:role/sfn"
+
+
+@pytest.fixture
+def aws(aws_env):
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+        moto_fixes.install()
+        ddb = boto3.client("dynamodb")
+        ddb.create_table(TableName="t", KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                         BillingMode="PAY_PER_REQUEST")
+        yield boto3.client("stepfunctions"), ddb
+
+
+def definition(marker: str, label: str) -> str:
+    """Pass -> DynamoDB putItem (the engine's service client) -> Choice on a path ->
+    Pass with a path result. `marker` makes the definition new to the engine's cache."""
+    return json.dumps({
+        "Comment": f"moto fixes test {marker}",
+        "StartAt": "Shape",
+        "States": {
+            "Shape": {"Type": "Pass", "Parameters": {"id.$": "$.id", "n.$": "$.n", "label": label},
+                      "Next": "Write"},
+            "Write": {"Type": "Task", "Resource": "arn:aws:states:::dynamodb:putItem",
+                      "Parameters": {"TableName": "t",
+                                     "Item": {"pk": {"S.$": "$.id"}, "label": {"S.$": "$.label"}}},
+                      "ResultPath": "$.write", "Next": "Big"},
+            "Big": {"Type": "Choice",
+                    "Choices": [{"Variable": "$.n", "NumericGreaterThan": 2, "Next": "Large"}],
+                    "Default": "Small"},
+            "Large": {"Type": "Pass", "Result": "large", "ResultPath": "$.size", "End": True},
+            "Small": {"Type": "Pass", "Result": "small", "ResultPath": "$.size", "End": True},
+        },
+    })
+
+
+def run(sfn, arn: str, inputs: list[dict]) -> list[dict]:
+    def one(item):
+        started = sfn.start_execution(stateMachineArn=arn, name=f"e-{item['id']}", input=json.dumps(item))
+        return wait_for_execution(sfn, started["executionArn"], timeout=60)
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, inputs))
+
+
+def test_concurrent_executions_share_one_parse_and_keep_their_own_state(aws, monkeypatch):
+    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+
+    sfn, ddb = aws
+    parses: list[str] = []
+    real_parse = AmazonStateLanguageParser.parse
+    monkeypatch.setattr(AmazonStateLanguageParser, "parse",
+                        staticmethod(lambda d: parses.append(d) or real_parse(d)))
+    arn = sfn.create_state_machine(name="m", definition=definition(uuid.uuid4().hex, "A"),
+                                   roleArn=ROLE)["stateMachineArn"]
+    parses.clear()  # CreateStateMachine's own check
+    inputs = [{"id": f"doc{i}", "n": i} for i in range(8)]
+
+    results = run(sfn, arn, inputs)
+
+    assert [r["status"] for r in results] == ["SUCCEEDED"] * 8
+    outputs = {json.loads(r["output"])["id"]: json.loads(r["output"]) for r in results}
+    for item in inputs:
+        out = outputs[item["id"]]
+        assert (out["n"], out["label"], out["size"]) == (item["n"], "A", "large" if item["n"] > 2 else "small")
+    stored = {i["pk"]["S"]: i["label"]["S"] for i in ddb.scan(TableName="t")["Items"]}
+    assert stored == {f"doc{i}": "A" for i in range(8)}
+    assert len(parses) == 1  # the engine parsed the definition once for 8 executions
+
+
+def test_two_state_machines_never_share_a_program(aws):
+    sfn, ddb = aws
+    marker = uuid.uuid4().hex
+    a = sfn.create_state_machine(name="a", definition=definition(marker, "A"), roleArn=ROLE)["stateMachineArn"]
+    b = sfn.create_state_machine(name="b", definition=definition(marker, "B"), roleArn=ROLE)["stateMachineArn"]
+
+    (ra,), (rb,) = run(sfn, a, [{"id": "x", "n": 1}]), run(sfn, b, [{"id": "y", "n": 5}])
+
+    assert (json.loads(ra["output"])["label"], json.loads(ra["output"])["size"]) == ("A", "small")
+    assert (json.loads(rb["output"])["label"], json.loads(rb["output"])["size"]) == ("B", "large")
+
+
+def test_a_missing_path_still_fails_the_execution_with_the_path_named(aws):
+    sfn, _ = aws
+    arn = sfn.create_state_machine(name="m", definition=definition(uuid.uuid4().hex, "A"),
+                                   roleArn=ROLE)["stateMachineArn"]
+
+    (result,) = run(sfn, arn, [{"id": "z"}])  # no "n"
+
+    assert result["status"] == "FAILED"
+    assert result["error"] == "States.Runtime" and "$.n" in result["cause"]
+
+
+def test_engine_clients_and_paths_are_made_once():
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import state_task_service_dynamodb
+    from moto.stepfunctions.parser.asl.utils import json_path
+
+    moto_fixes.install()
+    client = state_task_service_dynamodb.boto_client_for("us-east-1", "dynamodb")
+    assert state_task_service_dynamodb.boto_client_for("us-east-1", "dynamodb") is client
+    assert lambda_eval_utils.boto_client_for is state_task_service_dynamodb.boto_client_for
+    assert client.meta.config.retries["total_max_attempts"] == 1  # moto's engine settings kept
+    assert state_task_service_dynamodb.boto_client_for("eu-west-1", "dynamodb") is not client
+    assert json_path.parse("$.a.b") is json_path.parse("$.a.b")
+    assert json_path.extract_json("$.a.b", {"a": {"b": 3}}) == 3
