@@ -86,7 +86,7 @@ def test_concurrent_executions_share_one_parse_and_keep_their_own_state(aws, mon
 
 
 def test_two_state_machines_never_share_a_program(aws):
-    sfn, ddb = aws
+    sfn, _ = aws
     marker = uuid.uuid4().hex
     a = sfn.create_state_machine(name="a", definition=definition(marker, "A"), roleArn=ROLE)["stateMachineArn"]
     b = sfn.create_state_machine(name="b", definition=definition(marker, "B"), roleArn=ROLE)["stateMachineArn"]
@@ -109,6 +109,7 @@ def test_a_missing_path_still_fails_the_execution_with_the_path_named(aws):
 
 
 def test_engine_clients_and_paths_are_made_once():
+    from moto.core import responses
     from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
     from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import state_task_service_dynamodb
     from moto.stepfunctions.parser.asl.utils import json_path
@@ -121,3 +122,6 @@ def test_engine_clients_and_paths_are_made_once():
     assert state_task_service_dynamodb.boto_client_for("eu-west-1", "dynamodb") is not client
     assert json_path.parse("$.a.b") is json_path.parse("$.a.b")
     assert json_path.extract_json("$.a.b", {"a": {"b": 3}}) == 3
+    from moto.stepfunctions.responses import StepFunctionResponse
+    names = responses.method_names_from_class(StepFunctionResponse)
+    assert names is responses.method_names_from_class(StepFunctionResponse) and "send_task_failure" in names
