@@ -95,6 +95,11 @@ class FakeRayHead:
         self.deleted: list[str] = []
         self.stop_services = threading.Event()
         self.fail_next = 0  # answer 503 to the next N submissions
+        # Taken to start a job's thread and to stop taking jobs: a submission that races
+        # the stack's teardown is refused, never left running past it (unjoined, and then
+        # calling AWS with moto gone).
+        self.jobs_lock = threading.Lock()
+        self.closing = False
         head = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -137,12 +142,15 @@ class FakeRayHead:
                     return self._send(503, {"error": "head restarting"})
                 if any(s["submission_id"] == body["submission_id"] for s in head.submissions):
                     return self._send(400, {"error": f"Job with submission_id {body['submission_id']} already exists."})
-                head.submissions.append(body)
-                head.status[body["submission_id"]] = "RUNNING" if head.run_jobs else "PENDING"
-                if head.run_jobs:
-                    t = threading.Thread(target=head._run, args=(body,), daemon=True)
-                    head.threads.append(t)
-                    t.start()
+                with head.jobs_lock:
+                    if head.closing:
+                        return self._send(503, {"error": "head shutting down"})
+                    head.submissions.append(body)
+                    head.status[body["submission_id"]] = "RUNNING" if head.run_jobs else "PENDING"
+                    if head.run_jobs:
+                        t = threading.Thread(target=head._run, args=(body,), daemon=True)
+                        t.start()
+                        head.threads.append(t)
                 return self._send(200, {"submission_id": body["submission_id"], "job_id": None})
 
             def _send(self, code, payload):
@@ -252,6 +260,8 @@ def local_aws_stack(parameters: dict | None = None, secrets: dict | None = None)
         try:
             yield stack, clients, head
         finally:
+            with head.jobs_lock:
+                head.closing = True
             head.stop_services.set()
             for t in head.threads:
                 t.join(timeout=30)
