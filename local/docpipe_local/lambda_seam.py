@@ -21,6 +21,7 @@ from docpipe_local import handlers
 
 _CODE_ROOT = Path(tempfile.gettempdir()) / "docpipe-lambda-code"
 _installed = False
+_in_process = False  # AWS calls made in this process go to moto's backends directly
 
 
 def _code_dir(fn) -> str:
@@ -41,12 +42,33 @@ def _code_dir(fn) -> str:
 
 def _invoke_lambda(self, event=None):
     payload = json.loads(event) if isinstance(event, (str, bytes)) and event else (event or {})
+    env = dict(self.environment_vars or {})
+    if _in_process:
+        env.pop("AWS_ENDPOINT_URL", None)  # the handler's calls stay in this process (dispatch_in_process)
     result, errored, logs = handlers.invoke(
-        _code_dir(self), self.handler, payload, dict(self.environment_vars or {}),
+        _code_dir(self), self.handler, payload, env,
         self.function_name, timeout_s=float(self.timeout or 60))
     if logs:
         sys.stderr.write(logs)
     return json.dumps(result), errored, logs
+
+
+def dispatch_in_process() -> None:
+    """In the local stack's server process: the AWS calls its Step Functions engine and its
+    Lambda handlers make reach moto's backends directly, through moto's own botocore hook
+    (the transport of `mock_aws`), instead of a round trip through this process's HTTP
+    server. Requests, responses and backends are the same; the socket, the WSGI stack and
+    a thread per request are not (in a burst, over half of each handler's AWS call was
+    the server side of that round trip). Clients outside this process (Ray jobs, the CLI,
+    the console) still call the HTTP endpoint."""
+    global _in_process
+    import os
+
+    from moto.core.models import botocore_stubber
+
+    os.environ.pop("AWS_ENDPOINT_URL", None)
+    botocore_stubber.enabled = True
+    _in_process = True
 
 
 def install() -> None:

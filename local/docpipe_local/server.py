@@ -60,6 +60,7 @@ def main(argv=None) -> int:
               "AwsEndpointUrl": endpoint}  # the functions call this server, whatever else changes
     stack = template.load(args.stack_name, params)
     created = resources.create_stack(stack, session, endpoint)
+    lambda_seam.dispatch_in_process()
     with open(args.ready_file + ".tmp", "w") as f:
         json.dump({"endpoint": endpoint, "pid": os.getpid(), "outputs": stack.outputs,
                    "parameters": stack.parameters, "resources": created,

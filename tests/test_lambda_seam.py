@@ -1,0 +1,68 @@
+"""The local stack's Lambda seam (docpipe_local.lambda_seam) in the server process: once
+`dispatch_in_process` is on, a handler's AWS calls reach moto's backends directly, even
+when the function's environment names an HTTP endpoint, and what they write is there for
+every other client."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import boto3
+from moto import mock_aws
+
+from docpipe_local import lambda_seam
+
+HANDLER = '''
+import boto3
+from botocore.config import Config
+
+def handler(event, context):
+    s3 = boto3.client("s3", config=Config(retries={"total_max_attempts": 1}))
+    s3.put_object(Bucket="seam-test", Key=event["key"], Body=b"written by the handler")
+    return {"written": event["key"]}
+'''
+
+
+def _function(lam, iam) -> None:
+    role = iam.create_role(RoleName="r", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("app.py", HANDLER)
+    lam.create_function(FunctionName="writer", Runtime="python3.12", Role=role, Handler="app.handler",
+                        Code={"ZipFile": buf.getvalue()},
+                        # Nothing listens here: a call that left the process would fail.
+                        Environment={"Variables": {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}})
+
+
+def test_a_handlers_calls_stay_in_the_server_process(aws_env, monkeypatch):
+    monkeypatch.setattr(lambda_seam, "_in_process", False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)  # restored after the test
+    with mock_aws():
+        lambda_seam.install()
+        lam, s3 = boto3.client("lambda"), boto3.client("s3")
+        s3.create_bucket(Bucket="seam-test")
+        _function(lam, boto3.client("iam"))
+
+        lambda_seam.dispatch_in_process()
+        resp = lam.invoke(FunctionName="writer", Payload=json.dumps({"key": "k1"}).encode())
+
+        assert "FunctionError" not in resp, resp["Payload"].read()
+        assert json.loads(resp["Payload"].read()) == {"written": "k1"}
+        assert s3.get_object(Bucket="seam-test", Key="k1")["Body"].read() == b"written by the handler"
+
+
+def test_without_it_the_same_call_goes_to_the_functions_endpoint(aws_env, monkeypatch):
+    monkeypatch.setattr(lambda_seam, "_in_process", False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        lambda_seam.install()
+        lam, s3 = boto3.client("lambda"), boto3.client("s3")
+        s3.create_bucket(Bucket="seam-test")
+        _function(lam, boto3.client("iam"))
+
+        resp = lam.invoke(FunctionName="writer", Payload=json.dumps({"key": "k2"}).encode())
+
+        assert resp.get("FunctionError") and "127.0.0.1:9" in resp["Payload"].read().decode()
+        assert "Contents" not in s3.list_objects_v2(Bucket="seam-test")
