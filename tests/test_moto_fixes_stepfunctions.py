@@ -125,3 +125,53 @@ def test_engine_clients_and_paths_are_made_once():
     from moto.stepfunctions.responses import StepFunctionResponse
     names = responses.method_names_from_class(StepFunctionResponse)
     assert names is responses.method_names_from_class(StepFunctionResponse) and "send_task_failure" in names
+
+
+WAITING = json.dumps({
+    "StartAt": "Wait",
+    "States": {"Wait": {"Type": "Task", "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
+                        "Parameters": {"QueueUrl.$": "$.queue", "MessageBody": {"token.$": "$$.Task.Token",
+                                                                                "id.$": "$.id"}},
+                        "HeartbeatSeconds": 60, "End": True}},
+})
+
+
+def test_task_tokens_reach_their_own_execution_and_finished_ones_are_refused(aws, monkeypatch):
+    from botocore.exceptions import ClientError
+    from moto.stepfunctions.parser.models import StepFunctionsParserBackend
+
+    sfn, _ = aws
+    sqs = boto3.client("sqs")
+    queue = sqs.create_queue(QueueName="tokens")["QueueUrl"]
+    arn = sfn.create_state_machine(name="waits", definition=WAITING, roleArn=ROLE)["stateMachineArn"]
+    runs = {i: sfn.start_execution(stateMachineArn=arn, name=f"w{i}",
+                                   input=json.dumps({"queue": queue, "id": i}))["executionArn"] for i in range(3)}
+    tokens: dict[int, str] = {}
+    while len(tokens) < 3:
+        for m in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
+            body = json.loads(m["Body"])
+            tokens[body["id"]] = body["token"]
+
+    searched: list[int] = []  # executions each call looked through
+    listed = StepFunctionsParserBackend._get_executions
+    monkeypatch.setattr(StepFunctionsParserBackend, "_get_executions",
+                        lambda self, status=None: searched.append(len(out := listed(self, status))) or out)
+    for token in tokens.values():
+        sfn.send_task_heartbeat(taskToken=token)
+    sfn.send_task_success(taskToken=tokens[0], output=json.dumps({"answer": 0}))
+    sfn.send_task_failure(taskToken=tokens[1], error="StageFailed", cause="failed on purpose")
+    assert searched == [1] * 5  # each went to its own execution, not through all three
+    monkeypatch.setattr(StepFunctionsParserBackend, "_get_executions", listed)
+
+    done = {i: wait_for_execution(sfn, runs[i], timeout=30) for i in (0, 1)}
+    assert done[0]["status"] == "SUCCEEDED" and json.loads(done[0]["output"]) == {"answer": 0}
+    assert (done[1]["status"], done[1]["error"], done[1]["cause"]) == ("FAILED", "StageFailed", "failed on purpose")
+    assert sfn.describe_execution(executionArn=runs[2])["status"] == "RUNNING"  # its token untouched
+    for call in (lambda: sfn.send_task_heartbeat(taskToken=tokens[0]),
+                 lambda: sfn.send_task_success(taskToken=tokens[0], output="{}"),
+                 lambda: sfn.send_task_heartbeat(taskToken="not-a-token")):
+        with pytest.raises(ClientError) as err:
+            call()
+        assert err.value.response["Error"]["Code"] in ("InvalidToken", "TaskTimedOut", "TaskDoesNotExist")
+    sfn.send_task_success(taskToken=tokens[2], output="{}")
+    assert wait_for_execution(sfn, runs[2], timeout=30)["status"] == "SUCCEEDED"

@@ -149,6 +149,8 @@ def _install_stepfunctions_engine() -> None:
                     **kwargs)
         return client
 
+    _install_task_token_index(ExecutionWorker)
+
     # Every engine module imported the function by name: rebind it where it is.
     boto_client.boto_client_for = client_for
     for module in list(sys.modules.values()):
@@ -156,6 +158,73 @@ def _install_stepfunctions_engine() -> None:
             module.boto_client_for = client_for
     json_path.parse = functools.lru_cache(maxsize=1024)(jsonpath_ext_parse)
     result_path.parse = functools.lru_cache(maxsize=1024)(jsonpath_parse)
+
+
+_token_scope = threading.local()  # the one execution a SendTask* call looks in, when known
+
+
+def _install_task_token_index(execution_worker: Any) -> None:
+    """SendTaskSuccess, SendTaskFailure and SendTaskHeartbeat look for their token in every
+    execution's callback pool, one after the other: with 1,000 documents in flight each
+    answer and each heartbeat walks 1,000 executions. Each token is now indexed to its
+    execution when the engine creates it, and the call's own loop runs over that one
+    execution, with moto's checks (a token of a finished execution is still refused as
+    moto refuses it). A token not in the index (e.g. made before this ran) takes moto's
+    full search."""
+    import weakref
+
+    from moto.stepfunctions.parser.asl.eval.callback.callback import CallbackPoolManager
+    from moto.stepfunctions.parser.models import StepFunctionsParserBackend
+
+    pools: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+    executions: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+    for name in ("add", "add_activity_task"):
+        original_add = getattr(CallbackPoolManager, name)
+
+        def add(self, callback_id, *args, _original=original_add, **kwargs):
+            endpoint = _original(self, callback_id, *args, **kwargs)
+            pools[callback_id] = self
+            return endpoint
+
+        setattr(CallbackPoolManager, name, add)
+
+    original_environment = execution_worker._get_evaluation_environment
+
+    def evaluation_environment(self):
+        env = original_environment(self)
+        execution = getattr(self._execution_communication, "execution", None)
+        if execution is not None:
+            executions[env.callback_pool_manager] = execution
+        return env
+
+    execution_worker._get_evaluation_environment = evaluation_environment
+
+    original_get_executions = StepFunctionsParserBackend._get_executions
+
+    def get_executions(self, execution_status=None):
+        execution = getattr(_token_scope, "execution", None)
+        if execution is None:
+            return original_get_executions(self, execution_status)
+        return [execution] if execution_status is None or execution.status == execution_status else []
+
+    StepFunctionsParserBackend._get_executions = get_executions
+
+    def scoped(original):
+        def method(self, task_token, *args, **kwargs):
+            pool = pools.get(task_token)
+            execution = executions.get(pool) if pool is not None else None
+            if execution is None or not any(execution in sm.executions for sm in self.state_machines):
+                return original(self, task_token, *args, **kwargs)
+            _token_scope.execution = execution
+            try:
+                return original(self, task_token, *args, **kwargs)
+            finally:
+                _token_scope.execution = None
+        return method
+
+    for name in ("send_task_success", "send_task_failure", "send_task_heartbeat"):
+        setattr(StepFunctionsParserBackend, name, scoped(getattr(StepFunctionsParserBackend, name)))
 
 
 _partition = threading.local()  # the hash key a Query on this thread reads, if on the table's key
