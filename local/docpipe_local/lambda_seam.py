@@ -4,6 +4,7 @@ moto runs Lambda code in Docker, which is absent. `LambdaFunction._invoke_lambda
 is the single place where it would start a container; we replace it so that the zip
 the function was created with (the real functions/<name>/ code) is unpacked and its
 handler called in this process, with the function's environment applied.
+`dispatch_in_process` then keeps the AWS calls those handlers make inside the process.
 Pin moto exactly: this hook is private API.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import sys
 import tempfile
 import zipfile
@@ -58,12 +60,10 @@ def dispatch_in_process() -> None:
     Lambda handlers make reach moto's backends directly, through moto's own botocore hook
     (the transport of `mock_aws`), instead of a round trip through this process's HTTP
     server. Requests, responses and backends are the same; the socket, the WSGI stack and
-    a thread per request are not (in a burst, over half of each handler's AWS call was
-    the server side of that round trip). Clients outside this process (Ray jobs, the CLI,
-    the console) still call the HTTP endpoint."""
+    a thread per request are not (the server's CPU per 2-page document in a 50-document
+    burst: 0.28 -> 0.20 s). Clients outside this process (Ray jobs, the CLI, the console)
+    still call the HTTP endpoint."""
     global _in_process
-    import os
-
     from moto.core.models import botocore_stubber
 
     os.environ.pop("AWS_ENDPOINT_URL", None)
