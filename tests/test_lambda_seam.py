@@ -10,6 +10,7 @@ import json
 import zipfile
 
 import boto3
+import pytest
 from moto import mock_aws
 
 from docpipe_local import lambda_seam
@@ -36,7 +37,10 @@ def _function(lam, iam) -> None:
                         Environment={"Variables": {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}})
 
 
-def test_a_handlers_calls_stay_in_the_server_process(aws_env, monkeypatch):
+@pytest.fixture
+def seam(aws_env, monkeypatch):
+    """moto with the seam installed, a bucket and the writer function; in-process dispatch
+    off until the test turns it on."""
     monkeypatch.setattr(lambda_seam, "_in_process", False)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)  # restored after the test
     with mock_aws():
@@ -44,25 +48,24 @@ def test_a_handlers_calls_stay_in_the_server_process(aws_env, monkeypatch):
         lam, s3 = boto3.client("lambda"), boto3.client("s3")
         s3.create_bucket(Bucket="seam-test")
         _function(lam, boto3.client("iam"))
-
-        lambda_seam.dispatch_in_process()
-        resp = lam.invoke(FunctionName="writer", Payload=json.dumps({"key": "k1"}).encode())
-
-        assert "FunctionError" not in resp, resp["Payload"].read()
-        assert json.loads(resp["Payload"].read()) == {"written": "k1"}
-        assert s3.get_object(Bucket="seam-test", Key="k1")["Body"].read() == b"written by the handler"
+        yield lam, s3
 
 
-def test_without_it_the_same_call_goes_to_the_functions_endpoint(aws_env, monkeypatch):
-    monkeypatch.setattr(lambda_seam, "_in_process", False)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        lambda_seam.install()
-        lam, s3 = boto3.client("lambda"), boto3.client("s3")
-        s3.create_bucket(Bucket="seam-test")
-        _function(lam, boto3.client("iam"))
+def test_a_handlers_calls_stay_in_the_server_process(seam):
+    lam, s3 = seam
+    lambda_seam.dispatch_in_process()
 
-        resp = lam.invoke(FunctionName="writer", Payload=json.dumps({"key": "k2"}).encode())
+    resp = lam.invoke(FunctionName="writer", Payload=json.dumps({"key": "k1"}).encode())
 
-        assert resp.get("FunctionError") and "127.0.0.1:9" in resp["Payload"].read().decode()
-        assert "Contents" not in s3.list_objects_v2(Bucket="seam-test")
+    assert "FunctionError" not in resp, resp["Payload"].read()
+    assert json.loads(resp["Payload"].read()) == {"written": "k1"}
+    assert s3.get_object(Bucket="seam-test", Key="k1")["Body"].read() == b"written by the handler"
+
+
+def test_without_it_the_same_call_goes_to_the_functions_endpoint(seam):
+    lam, s3 = seam
+
+    resp = lam.invoke(FunctionName="writer", Payload=json.dumps({"key": "k2"}).encode())
+
+    assert resp.get("FunctionError") and "127.0.0.1:9" in resp["Payload"].read().decode()
+    assert "Contents" not in s3.list_objects_v2(Bucket="seam-test")

@@ -113,6 +113,7 @@ def test_engine_clients_and_paths_are_made_once():
     from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
     from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import state_task_service_dynamodb
     from moto.stepfunctions.parser.asl.utils import json_path
+    from moto.stepfunctions.responses import StepFunctionResponse
 
     moto_fixes.install()
     client = state_task_service_dynamodb.boto_client_for("us-east-1", "dynamodb")
@@ -122,7 +123,6 @@ def test_engine_clients_and_paths_are_made_once():
     assert state_task_service_dynamodb.boto_client_for("eu-west-1", "dynamodb") is not client
     assert json_path.parse("$.a.b") is json_path.parse("$.a.b")
     assert json_path.extract_json("$.a.b", {"a": {"b": 3}}) == 3
-    from moto.stepfunctions.responses import StepFunctionResponse
     names = responses.method_names_from_class(StepFunctionResponse)
     assert names is responses.method_names_from_class(StepFunctionResponse) and "send_task_failure" in names
 

@@ -80,6 +80,7 @@ def install() -> None:
 
     _install_dynamodb()
     _install_stepfunctions_engine()
+    _install_task_token_index()
 
     from moto import backends
     from moto.core import responses as core_responses
@@ -149,8 +150,6 @@ def _install_stepfunctions_engine() -> None:
                     **kwargs)
         return client
 
-    _install_task_token_index(ExecutionWorker)
-
     # Every engine module imported the function by name: rebind it where it is.
     boto_client.boto_client_for = client_for
     for module in list(sys.modules.values()):
@@ -163,7 +162,7 @@ def _install_stepfunctions_engine() -> None:
 _token_scope = threading.local()  # the one execution a SendTask* call looks in, when known
 
 
-def _install_task_token_index(execution_worker: Any) -> None:
+def _install_task_token_index() -> None:
     """SendTaskSuccess, SendTaskFailure and SendTaskHeartbeat look for their token in every
     execution's callback pool, one after the other: with 1,000 documents in flight each
     answer and each heartbeat walks 1,000 executions. Each token is now indexed to its
@@ -174,6 +173,7 @@ def _install_task_token_index(execution_worker: Any) -> None:
     import weakref
 
     from moto.stepfunctions.parser.asl.eval.callback.callback import CallbackPoolManager
+    from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
     from moto.stepfunctions.parser.models import StepFunctionsParserBackend
 
     pools: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
@@ -189,7 +189,7 @@ def _install_task_token_index(execution_worker: Any) -> None:
 
         setattr(CallbackPoolManager, name, add)
 
-    original_environment = execution_worker._get_evaluation_environment
+    original_environment = ExecutionWorker._get_evaluation_environment
 
     def evaluation_environment(self):
         env = original_environment(self)
@@ -198,7 +198,7 @@ def _install_task_token_index(execution_worker: Any) -> None:
             executions[env.callback_pool_manager] = execution
         return env
 
-    execution_worker._get_evaluation_environment = evaluation_environment
+    ExecutionWorker._get_evaluation_environment = evaluation_environment
 
     original_get_executions = StepFunctionsParserBackend._get_executions
 
@@ -228,6 +228,7 @@ def _install_task_token_index(execution_worker: Any) -> None:
 
 
 _partition = threading.local()  # the hash key a Query on this thread reads, if on the table's key
+_transaction = threading.local()  # set while this thread runs moto's TransactWriteItems
 
 
 def _install_dynamodb() -> None:
@@ -290,7 +291,7 @@ def _install_dynamodb() -> None:
             if marker not in backups:
                 current = table.get_item(hash_value, range_value)
                 backups[marker] = (hash_value, range_value, copy.deepcopy(current))
-        _partition.in_transaction = True
+        _transaction.active = True
         try:
             return original(self, transact_items)
         except Exception:
@@ -304,7 +305,7 @@ def _install_dynamodb() -> None:
                         table.items[hash_value] = previous
             raise
         finally:
-            _partition.in_transaction = False
+            _transaction.active = False
 
     DynamoDBBackend.transact_write_items = transact_write_items
     models.copy = _CopyInTransaction()
@@ -321,6 +322,6 @@ class _CopyInTransaction:
     def deepcopy(x: Any, memo: Any = None) -> Any:
         from moto.dynamodb.models.table import Table
 
-        if getattr(_partition, "in_transaction", False) and isinstance(x, Table):
+        if getattr(_transaction, "active", False) and isinstance(x, Table):
             return x
         return copy.deepcopy(x, memo)
