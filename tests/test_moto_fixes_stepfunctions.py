@@ -175,3 +175,30 @@ def test_task_tokens_reach_their_own_execution_and_finished_ones_are_refused(aws
         assert err.value.response["Error"]["Code"] in ("InvalidToken", "TaskTimedOut", "TaskDoesNotExist")
     sfn.send_task_success(taskToken=tokens[2], output="{}")
     assert wait_for_execution(sfn, runs[2], timeout=30)["status"] == "SUCCEEDED"
+
+
+def test_a_token_answered_before_the_task_call_returns_completes_the_task(aws):
+    """A worker may answer before the Task state's own call has returned (a warm stage
+    service finishing a small document while SubmitRayJob still ensures the service). On
+    AWS that completes the task; moto waited for HeartbeatSeconds (60 here) and timed out."""
+    from moto.stepfunctions.parser.asl.utils import boto_client
+
+    sfn, _ = aws
+    sqs = boto3.client("sqs")
+    queue = sqs.create_queue(QueueName="early")["QueueUrl"]
+    arn = sfn.create_state_machine(name="early", definition=WAITING, roleArn=ROLE)["stateMachineArn"]
+
+    def answer_inside_the_call(params, **_):
+        body = json.loads(params["MessageBody"])
+        sfn.send_task_success(taskToken=body["token"], output=json.dumps({"early": body["id"]}))
+
+    engine_sqs = boto_client.boto_client_for("us-east-1", "sqs")
+    engine_sqs.meta.events.register("provide-client-params.sqs.SendMessage", answer_inside_the_call)
+    try:
+        started = sfn.start_execution(stateMachineArn=arn, input=json.dumps({"queue": queue, "id": 7}))
+        done = wait_for_execution(sfn, started["executionArn"], timeout=20)
+    finally:
+        engine_sqs.meta.events.unregister("provide-client-params.sqs.SendMessage", answer_inside_the_call)
+    assert done["status"] == "SUCCEEDED" and json.loads(done["output"]) == {"early": 7}
+    types = [e["type"] for e in sfn.get_execution_history(executionArn=started["executionArn"])["events"]]
+    assert "TaskTimedOut" not in types and types.count("TaskScheduled") == 1

@@ -81,6 +81,7 @@ def install() -> None:
     _install_dynamodb()
     _install_stepfunctions_engine()
     _install_task_token_index()
+    _install_early_answer_fix()
 
     from moto import backends
     from moto.core import responses as core_responses
@@ -225,6 +226,31 @@ def _install_task_token_index() -> None:
 
     for name in ("send_task_success", "send_task_failure", "send_task_heartbeat"):
         setattr(StepFunctionsParserBackend, name, scoped(getattr(StepFunctionsParserBackend, name)))
+
+
+def _install_early_answer_fix() -> None:
+    """An answer that arrives before the Task state's own call has returned is kept.
+
+    moto makes a waitForTaskToken task's heartbeat endpoint only after the integration's call
+    (Lambda invoke, SQS send) returns, and its wait with HeartbeatSeconds listens to that
+    endpoint alone. A token answered earlier (a warm stage service answering a small document
+    while SubmitRayJob is still ensuring the service) set an event nobody listened to: the
+    execution sat until HeartbeatSeconds ran out and was retried as a missed heartbeat. On
+    AWS the answer completes the task. The heartbeat endpoint now starts signalled when the
+    answer is already there."""
+    from moto.stepfunctions.parser.asl.eval.callback.callback import CallbackEndpoint
+
+    original_setup = CallbackEndpoint.setup_heartbeat_endpoint
+
+    def setup_heartbeat_endpoint(self, heartbeat_seconds):
+        endpoint = original_setup(self, heartbeat_seconds)
+        # notify() sets the event before it reads _heartbeat_endpoint, which is set above:
+        # either it sees this endpoint or this check sees its event.
+        if self.get_outcome() is not None:
+            endpoint.notify()
+        return endpoint
+
+    CallbackEndpoint.setup_heartbeat_endpoint = setup_heartbeat_endpoint
 
 
 _partition = threading.local()  # the hash key a Query on this thread reads, if on the table's key
