@@ -202,3 +202,34 @@ def test_a_token_answered_before_the_task_call_returns_completes_the_task(aws):
     assert done["status"] == "SUCCEEDED" and json.loads(done["output"]) == {"early": 7}
     types = [e["type"] for e in sfn.get_execution_history(executionArn=started["executionArn"])["events"]]
     assert "TaskTimedOut" not in types and types.count("TaskScheduled") == 1
+
+
+@pytest.mark.parametrize("heartbeat", [60, None], ids=["heartbeat", "no-heartbeat"])
+def test_a_retried_task_waits_for_its_own_answer_not_the_last_attempts(aws, heartbeat):
+    """moto gives a retried attempt the same token as the one before; the earlier answer
+    (a failure the Retry matched) must not answer the new attempt too."""
+    sfn, _ = aws
+    sqs = boto3.client("sqs")
+    queue = sqs.create_queue(QueueName=f"retry-{heartbeat}")["QueueUrl"]
+    state = json.loads(WAITING)
+    wait_state = state["States"]["Wait"]
+    wait_state["Retry"] = [{"ErrorEquals": ["Again"], "IntervalSeconds": 1, "MaxAttempts": 1}]
+    if heartbeat is None:
+        del wait_state["HeartbeatSeconds"]
+    arn = sfn.create_state_machine(name=f"retry{heartbeat}", definition=json.dumps(state),
+                                   roleArn=ROLE)["stateMachineArn"]
+    run_arn = sfn.start_execution(stateMachineArn=arn, input=json.dumps({"queue": queue, "id": 1}))["executionArn"]
+
+    def next_token() -> str:
+        for _ in range(30):
+            msgs = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1).get("Messages", [])
+            if msgs:
+                return json.loads(msgs[0]["Body"])["token"]
+        raise AssertionError("no task message")
+
+    sfn.send_task_failure(taskToken=next_token(), error="Again", cause="first attempt")
+    second = next_token()  # the Retry's attempt: still waiting, not failed with the old answer
+    assert sfn.describe_execution(executionArn=run_arn)["status"] == "RUNNING"
+    sfn.send_task_success(taskToken=second, output=json.dumps({"attempt": 2}))
+    done = wait_for_execution(sfn, run_arn, timeout=20)
+    assert done["status"] == "SUCCEEDED" and json.loads(done["output"]) == {"attempt": 2}

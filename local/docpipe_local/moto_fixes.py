@@ -237,8 +237,29 @@ def _install_early_answer_fix() -> None:
     while SubmitRayJob is still ensuring the service) set an event nobody listened to: the
     execution sat until HeartbeatSeconds ran out and was retried as a missed heartbeat. On
     AWS the answer completes the task. The heartbeat endpoint now starts signalled when the
-    answer is already there."""
+    answer is already there.
+
+    moto's Retry runs the next attempt with the same token and endpoint, so the previous
+    attempt's answer would still be there: each attempt clears it before its call (a state
+    without HeartbeatSeconds re-failed at once with it, moto's own behaviour too)."""
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.resource import ResourceCondition
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_callback import (
+        StateTaskServiceCallback,
+    )
     from moto.stepfunctions.parser.asl.eval.callback.callback import CallbackEndpoint
+
+    original_execution = StateTaskServiceCallback._eval_execution
+
+    def eval_execution(self, env):
+        if self.resource.condition == ResourceCondition.WaitForTaskToken:
+            token = (env.states.context_object.context_object_data.get("Task") or {}).get("Token")
+            endpoint = env.callback_pool_manager.get(token) if token else None
+            if endpoint is not None:
+                endpoint._outcome = None
+                endpoint._notify_event.clear()
+        return original_execution(self, env)
+
+    StateTaskServiceCallback._eval_execution = eval_execution
 
     original_setup = CallbackEndpoint.setup_heartbeat_endpoint
 
