@@ -41,9 +41,9 @@ def waiting_document(local_aws):
     return stack, clients, execution["executionArn"], queue
 
 
-def service_on(queue: str, submit, signalled=None) -> StageService:
+def service_on(queue: str, submit, signalled=None, capacity=None) -> StageService:
     pool = ThreadPoolExecutor(2)
-    return StageService("extract", queue, idle_seconds=1, signalled=signalled,
+    return StageService("extract", queue, idle_seconds=1, signalled=signalled, capacity=capacity,
                         submit=submit or (lambda stage, job: pool.submit(run_document, stage, job)),
                         wait=lambda fs, timeout: list(wait(fs, timeout, return_when=FIRST_COMPLETED).done),
                         get=lambda f: f.result(), cancel=lambda f: f.cancel())
@@ -146,3 +146,52 @@ def test_a_message_received_after_sigterm_is_handed_back_not_held(waiting_docume
     msgs = clients["sqs"].receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1)["Messages"]
     assert len(msgs) == 1 and json.loads(msgs[0]["Body"])["submission_id"]
     move_on(clients, stack, arn)
+
+
+def test_documents_past_capacity_stay_held_and_run_in_the_order_received(local_aws):
+    """The service puts no more documents into Ray than the cluster has CPUs (each extra
+    one made Ray start a worker process that a warm worker then beat to the task). The
+    others stay held, in the order received, and every one is answered."""
+    stack, clients, head = local_aws
+    head.run_jobs = False
+    bucket = stack.outputs["DocumentBucketName"]
+    for i in range(3):
+        clients["s3"].put_object(Bucket=bucket, Key=f"input/cap-{i}.pdf", Body=corpus_file(GOOD).read_bytes())
+    executions = executions_for(clients["stepfunctions"], stack.outputs["IngestDocumentStateMachineArn"], 3)
+    queue = stack.outputs["ExtractQueueUrl"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        attrs = clients["sqs"].get_queue_attributes(QueueUrl=queue, AttributeNames=["ApproximateNumberOfMessages"])
+        if int(attrs["Attributes"]["ApproximateNumberOfMessages"]) == 3:
+            break
+        time.sleep(0.1)
+    pool = ThreadPoolExecutor(4)
+    in_ray: list[str] = []  # submission ids in Ray now
+    peak, order = [0], []
+
+    def submit(stage, job):
+        sid = job["submission_id"]
+        in_ray.append(sid)
+        order.append(sid)
+        peak[0] = max(peak[0], len(in_ray))
+
+        def run():
+            try:
+                return run_document(stage, job)
+            finally:
+                in_ray.remove(sid)
+        return pool.submit(run)
+
+    service = service_on(queue, submit, capacity=lambda: 1)
+    received = 0
+    while received < 3 and time.monotonic() < deadline:
+        received += service.receive_once(1)
+    assert received == 3 and len(service.held) == 3 and len(order) == 1
+    taken = [h.sid for h in service.held.values()]  # dict order: as received
+    while service.held and time.monotonic() < deadline + 60:
+        service.collect(timeout=1)
+    assert peak[0] == 1 and order == taken
+    assert service.counts["succeeded"] == 3 and queue_is_empty(clients, queue)
+    for e in executions:  # each execution moved past Extract
+        events = history(clients["stepfunctions"], e["executionArn"])
+        assert any(ev["type"] == "TaskSucceeded" for ev in events)
