@@ -8,7 +8,8 @@ deterministic, generation-numbered submission id. The driver:
   cannot heartbeat: a document waiting in Ray's task queue is held, and so heartbeated);
 - runs each document as one Ray task (`num_cpus=1` plus DOCPIPE_TASK_RESOURCES, so none
   lands on the head) in the job's worker processes, where the model, tokenizer, clients
-  and imports stay warm (ray_jobs.warm); Ray retries a task whose worker died;
+  and imports stay warm (ray_jobs.warm), no more in Ray at once than the cluster has CPUs
+  (StageService.dispatch); Ray retries a task whose worker died;
 - heartbeats every held token, keeps the held messages invisible, answers each token
   exactly once, then deletes the message and the job file;
 - drops a token that answers TaskTimedOut / InvalidToken (its execution moved on: the
