@@ -207,7 +207,7 @@ class StageService:
         Ray's task submitter asks the raylet for a worker lease per queued task. A lease
         granted while this job has no idle worker starts a new worker process (~1.2 CPU s
         of imports on the local stack), and when a warm worker takes the task first the new
-        process stays idle: measured, 3 to 5 such processes per stage service at the start
+        process stays idle: measured, 2 to 5 such processes per stage service at the start
         of a 20-document burst. With no more tasks in Ray than the cluster has CPUs, a
         granted lease finds the job's warm worker idle."""
         sent = 0
