@@ -195,3 +195,25 @@ def test_documents_past_capacity_stay_held_and_run_in_the_order_received(local_a
     for e in executions:  # each execution moved past Extract
         events = history(clients["stepfunctions"], e["executionArn"])
         assert any(ev["type"] == "TaskSucceeded" for ev in events)
+
+
+def test_cluster_cpus_is_at_least_one_and_follows_workers_that_join():
+    """The service's capacity: the cluster's CPUs, re-read every few seconds (workers that
+    join are used), at least 1 (on AWS the head has none and workers scale out from zero),
+    the last value kept while the GCS does not answer."""
+    from ray_jobs.service import ClusterCpus
+
+    answers = [{"CPU": 0.0}, {"CPU": 4.0}, RuntimeError("GCS restarting"), {"CPU": 8.0}]
+
+    class FakeRay:
+        def cluster_resources(self):
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    cpus = ClusterCpus(FakeRay(), every_s=0.0)
+    assert [cpus(), cpus(), cpus(), cpus()] == [1, 4, 4, 8]
+    cached = ClusterCpus(FakeRay(), every_s=3600.0)
+    answers[:] = [{"CPU": 2.0}, {"CPU": 6.0}]
+    assert [cached(), cached()] == [2, 2] and answers == [{"CPU": 6.0}]
