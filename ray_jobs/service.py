@@ -354,8 +354,6 @@ class StageService:
                 result = {"ok": False, "error": StageFailed.__name__,
                           "cause": f"the {self.stage} task was lost: {type(err).__name__}: {err}"[:1000]}
             self.answer(held, result)
-        if done:
-            self.dispatch()
         return len(done)
 
     # --- life cycle -------------------------------------------------------------------------
@@ -405,11 +403,11 @@ class StageService:
 
 class ClusterCpus:
     """The cluster's CPUs now (at least 1: on AWS the first document arrives before the
-    worker service has scaled out from zero), read again every `every_s` seconds so that
-    workers that join are used."""
+    worker service has scaled out from zero), from `read` (pdf_parallel.cluster_cpus in
+    the service) again every `every_s` seconds so that workers that join are used."""
 
-    def __init__(self, ray: Any, every_s: float = 5.0):
-        self.ray, self.every_s = ray, every_s
+    def __init__(self, read: Callable[[], int], every_s: float = 5.0):
+        self.read, self.every_s = read, every_s
         self.value, self.read_at = 1, -every_s
 
     def __call__(self) -> int:
@@ -417,7 +415,7 @@ class ClusterCpus:
         if now - self.read_at >= self.every_s:
             self.read_at = now
             try:
-                self.value = max(1, int(self.ray.cluster_resources().get("CPU", 1)))
+                self.value = max(1, self.read())
             except Exception as err:  # keep the last value; the GCS may be restarting
                 emit_warning(message="cluster resources not read", error=type(err).__name__)
         return self.value
@@ -459,6 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import ray
 
+    from ray_jobs.pdf_parallel import cluster_cpus
+
     ray.init(ignore_reinit_error=True, log_to_driver=True)
     gcs = ray.get_runtime_context().gcs_address
     threading.Thread(target=watch_cluster, args=(gcs,), name="watch-cluster", daemon=True).start()
@@ -483,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     service = StageService(args.stage, args.queue_url, args.idle_seconds,
                            submit=lambda stage, job: remote.remote(stage, job), wait=wait, get=ray.get,
-                           cancel=lambda ref: ray.cancel(ref, force=False), capacity=ClusterCpus(ray))
+                           cancel=lambda ref: ray.cancel(ref, force=False), capacity=ClusterCpus(cluster_cpus))
     signal.signal(signal.SIGTERM, lambda *_: SIGNALLED.set())
     return service.run()
 

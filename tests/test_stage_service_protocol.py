@@ -30,15 +30,18 @@ def waiting_document(local_aws):
                              Body=corpus_file(GOOD).read_bytes())
     [execution] = executions_for(clients["stepfunctions"], stack.outputs["IngestDocumentStateMachineArn"], 1)
     queue = stack.outputs["ExtractQueueUrl"]
-    deadline = time.monotonic() + 30
+    wait_for_messages(clients, queue, 1)
+    return stack, clients, execution["executionArn"], queue
+
+
+def wait_for_messages(clients, queue: str, count: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         attrs = clients["sqs"].get_queue_attributes(QueueUrl=queue, AttributeNames=["ApproximateNumberOfMessages"])
-        if int(attrs["Attributes"]["ApproximateNumberOfMessages"]):
-            break
+        if int(attrs["Attributes"]["ApproximateNumberOfMessages"]) >= count:
+            return
         time.sleep(0.1)
-    else:
-        raise AssertionError("the document never reached the extract queue")
-    return stack, clients, execution["executionArn"], queue
+    raise AssertionError(f"{count} document(s) never reached the extract queue")
 
 
 def service_on(queue: str, submit, signalled=None, capacity=None) -> StageService:
@@ -159,12 +162,8 @@ def test_documents_past_capacity_stay_held_and_run_in_the_order_received(local_a
         clients["s3"].put_object(Bucket=bucket, Key=f"input/cap-{i}.pdf", Body=corpus_file(GOOD).read_bytes())
     executions = executions_for(clients["stepfunctions"], stack.outputs["IngestDocumentStateMachineArn"], 3)
     queue = stack.outputs["ExtractQueueUrl"]
+    wait_for_messages(clients, queue, 3)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        attrs = clients["sqs"].get_queue_attributes(QueueUrl=queue, AttributeNames=["ApproximateNumberOfMessages"])
-        if int(attrs["Attributes"]["ApproximateNumberOfMessages"]) == 3:
-            break
-        time.sleep(0.1)
     pool = ThreadPoolExecutor(4)
     in_ray: list[str] = []  # submission ids in Ray now
     peak, order = [0], []
@@ -203,17 +202,16 @@ def test_cluster_cpus_is_at_least_one_and_follows_workers_that_join():
     the last value kept while the GCS does not answer."""
     from ray_jobs.service import ClusterCpus
 
-    answers = [{"CPU": 0.0}, {"CPU": 4.0}, RuntimeError("GCS restarting"), {"CPU": 8.0}]
+    answers: list = [0, 4, RuntimeError("GCS restarting"), 8]
 
-    class FakeRay:
-        def cluster_resources(self):
-            answer = answers.pop(0)
-            if isinstance(answer, Exception):
-                raise answer
-            return answer
+    def read() -> int:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
-    cpus = ClusterCpus(FakeRay(), every_s=0.0)
+    cpus = ClusterCpus(read, every_s=0.0)
     assert [cpus(), cpus(), cpus(), cpus()] == [1, 4, 4, 8]
-    cached = ClusterCpus(FakeRay(), every_s=3600.0)
-    answers[:] = [{"CPU": 2.0}, {"CPU": 6.0}]
-    assert [cached(), cached()] == [2, 2] and answers == [{"CPU": 6.0}]
+    cached = ClusterCpus(read, every_s=3600.0)
+    answers[:] = [2, 6]
+    assert [cached(), cached()] == [2, 2] and answers == [6]
