@@ -69,3 +69,23 @@ def test_without_it_the_same_call_goes_to_the_functions_endpoint(seam):
 
     assert resp.get("FunctionError") and "127.0.0.1:9" in resp["Payload"].read().decode()
     assert "Contents" not in s3.list_objects_v2(Bucket="seam-test")
+
+
+def test_clients_made_before_it_are_made_again_in_the_process(seam, monkeypatch):
+    # The server's own clients (the EventBridge deliveries' StartExecution among them) are
+    # made while AWS_ENDPOINT_URL still names the HTTP endpoint; after the switch they must
+    # not keep calling it.
+    from docpipe import aws
+
+    _, s3 = seam
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens here
+    aws.reset_clients()
+    before, generation = aws.client("s3"), aws.generation()
+    assert before.meta.endpoint_url == "http://127.0.0.1:9"
+
+    lambda_seam.dispatch_in_process()
+
+    assert aws.generation() > generation
+    after = aws.client("s3")
+    after.put_object(Bucket="seam-test", Key="k3", Body=b"after the switch")
+    assert s3.get_object(Bucket="seam-test", Key="k3")["Body"].read() == b"after the switch"

@@ -72,7 +72,7 @@ def mark_superseded(records: Records, doc: str, ver: str) -> list[str]:
     """Record on every other finished version that `ver` replaced it; returns all versions
     `ver` superseded (marked now or by an earlier attempt), so a retry answers the same."""
     superseded = []
-    for other in records.versions(doc):
+    for other in records.versions(doc, attributes=("status", "superseded_by")):
         if other["processing_version"] == ver or other.get("status") not in DONE_STATUSES:
             continue
         if not other.get("superseded_by"):

@@ -92,13 +92,19 @@ class Records:
             raise
         return _deserialize(resp["Item"]) if "Item" in resp else None
 
-    def versions(self, document_id: str) -> list[Item]:
+    def versions(self, document_id: str, attributes: tuple[str, ...] = ()) -> list[Item]:
+        """Every version's control item of a document; only `attributes` (and the key) when
+        given: a whole item is ~35 attributes that each cost serialising on every call."""
         items: list[Item] = []
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "TableName": self.settings.control_table,
             "KeyConditionExpression": "document_id = :d",
             "ExpressionAttributeValues": {":d": {"S": document_id}},
         }
+        if attributes:
+            names = {f"#p{i}": a for i, a in enumerate(("document_id", "processing_version", *attributes))}
+            kwargs["ProjectionExpression"] = ", ".join(names)
+            kwargs["ExpressionAttributeNames"] = names
         while True:
             resp = self.ddb.query(**kwargs)
             items += [_deserialize(i) for i in resp.get("Items", [])]

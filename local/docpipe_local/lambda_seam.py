@@ -66,9 +66,12 @@ def dispatch_in_process() -> None:
     global _in_process
     from moto.core.models import botocore_stubber
 
+    from docpipe import aws
+
     os.environ.pop("AWS_ENDPOINT_URL", None)
     botocore_stubber.enabled = True
     _in_process = True
+    aws.reset_clients()  # clients made before (with the endpoint) are made again without it
 
 
 def install() -> None:

@@ -42,7 +42,9 @@ def main(argv=None) -> int:
 
     lambda_seam.install()
     moto_fixes.install()
-    eventbridge.install(endpoint_url=endpoint, region_name="us-east-1")
+    # No endpoint: once dispatch_in_process is on, the deliveries' StartExecution stays in
+    # this process too (until then AWS_ENDPOINT_URL names this server).
+    eventbridge.install(region_name="us-east-1")
     # werkzeug logs every request at INFO: a line per AWS call into aws.log, measured as
     # 7% of this process's CPU in a burst. Warnings and errors still reach the log.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
