@@ -79,6 +79,7 @@ def install() -> None:
     StepFunctionResponse.send_task_failure = send_task_failure
 
     _install_dynamodb()
+    _install_sqs()
     _install_stepfunctions_engine()
     _install_task_token_index()
     _install_early_answer_fix()
@@ -276,6 +277,23 @@ def _install_early_answer_fix() -> None:
 
 _partition = threading.local()  # the hash key a Query on this thread reads, if on the table's key
 _transaction = threading.local()  # set while this thread runs moto's TransactWriteItems
+
+
+def _install_sqs() -> None:
+    """ReceiveMessage checked each message it returned against the queue's retention
+    period through get_queue_attributes, which computes every attribute of the queue three
+    times over, each count of messages by a walk over all of them: per message received,
+    nine walks over the queue (1,000 documents held in a stage's queue: ~9,000 checks for
+    each one received). The retention period is read from the queue instead; the rule is
+    moto's own (a message is kept until sent + MessageRetentionPeriod)."""
+    from moto.core.utils import unix_time
+    from moto.sqs.models import SQSBackend
+
+    def is_message_valid_based_on_retention_period(self, queue_name, message):
+        retention_s = int(self.get_queue(queue_name).message_retention_period)
+        return retention_s + message.sent_timestamp / 1000 > unix_time()
+
+    SQSBackend.is_message_valid_based_on_retention_period = is_message_valid_based_on_retention_period
 
 
 def _install_dynamodb() -> None:
