@@ -346,6 +346,7 @@ class StageService:
             time.sleep(min(timeout, 0.2))
             return 0
         done = self._wait(list(by_ref), timeout)
+        finished = []
         for ref in done:
             held = by_ref[ref]
             try:
@@ -353,6 +354,16 @@ class StageService:
             except Exception as err:  # worker died past its retries, cancelled, ...
                 result = {"ok": False, "error": StageFailed.__name__,
                           "cause": f"the {self.stage} task was lost: {type(err).__name__}: {err}"[:1000]}
+            with self.lock:
+                if held.ref is ref:
+                    held.ref = None  # out of Ray: its CPU can take the next document
+            finished.append((held, result))
+        if finished:
+            # The next documents start before these are answered: an answer is three AWS
+            # calls (SendTask*, DeleteMessage, the job file's delete) during which the
+            # freed CPU would otherwise wait.
+            self.dispatch()
+        for held, result in finished:
             self.answer(held, result)
         return len(done)
 

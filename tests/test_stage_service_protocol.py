@@ -196,6 +196,43 @@ def test_documents_past_capacity_stay_held_and_run_in_the_order_received(local_a
         assert any(ev["type"] == "TaskSucceeded" for ev in events)
 
 
+def test_the_next_document_starts_before_the_finished_one_is_answered(local_aws):
+    """A finished document leaves Ray before its answer (SendTaskSuccess, DeleteMessage,
+    the job file's delete): the next held one takes its CPU first, and the cap holds."""
+    stack, clients, head = local_aws
+    head.run_jobs = False
+    bucket = stack.outputs["DocumentBucketName"]
+    for i in range(2):
+        clients["s3"].put_object(Bucket=bucket, Key=f"input/next-{i}.pdf", Body=corpus_file(GOOD).read_bytes())
+    executions_for(clients["stepfunctions"], stack.outputs["IngestDocumentStateMachineArn"], 2)
+    queue = stack.outputs["ExtractQueueUrl"]
+    wait_for_messages(clients, queue, 2)
+    deadline = time.monotonic() + 60
+    pool = ThreadPoolExecutor(2)
+    steps: list[tuple[str, str]] = []
+
+    def submit(stage, job):
+        steps.append(("submit", job["submission_id"]))
+        return pool.submit(run_document, stage, job)
+
+    service = service_on(queue, submit, capacity=lambda: 1)
+    answer = service.answer
+
+    def recording_answer(held, result):
+        steps.append(("answer", held.sid))
+        answer(held, result)
+
+    service.answer = recording_answer  # type: ignore[method-assign]
+    received = 0
+    while received < 2 and time.monotonic() < deadline:
+        received += service.receive_once(1)
+    [first, second] = [h.sid for h in service.held.values()]
+    while service.held and time.monotonic() < deadline:
+        service.collect(timeout=1)
+    assert steps == [("submit", first), ("submit", second), ("answer", first), ("answer", second)]
+    assert service.counts["succeeded"] == 2 and queue_is_empty(clients, queue)
+
+
 def test_cluster_cpus_is_at_least_one_and_follows_workers_that_join():
     """The service's capacity: the cluster's CPUs, re-read every few seconds (workers that
     join are used), at least 1 (on AWS the head has none and workers scale out from zero),
