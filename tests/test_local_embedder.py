@@ -174,7 +174,9 @@ def test_identical_texts_are_embedded_once(runtime, corpus_chunks):
     got = e.embed([a, b, a, a, "", b, ""]).vectors
     assert sum(runs) == 3  # a, b and "" once each
     assert got[0] == got[2] == got[3] and got[1] == got[5] and got[4] == got[6]
-    assert got[:2] == e.embed([a, b]).vectors
+    # Embedded again in a batch of another shape: equal to float32 rounding (numpy's BLAS
+    # may sum in another order for another shape; CI saw 4e-8 apart).
+    assert np.allclose(got[:2], e.embed([a, b]).vectors, rtol=0, atol=1e-6)
 
 
 def test_graph_variants_compute_the_same_model(numpy_embedder):
