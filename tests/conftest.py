@@ -295,6 +295,19 @@ def executions_for(sfn, state_machine_arn: str, count: int, timeout: float = 30)
     raise AssertionError(f"expected {count} executions, saw {len(execs)}")
 
 
+def wait_for_messages(clients, queue: str, count: int, timeout: float = 30,
+                      attribute: str = "ApproximateNumberOfMessages") -> None:
+    """Until the queue's `attribute` (visible messages; NotVisible: received and held)
+    reaches `count`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        attrs = clients["sqs"].get_queue_attributes(QueueUrl=queue, AttributeNames=[attribute])
+        if int(attrs["Attributes"][attribute]) >= count:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{attribute} of {queue} never reached {count}")
+
+
 def history(sfn, arn: str) -> list[dict]:
     from docpipe_local.executions import execution_history
 

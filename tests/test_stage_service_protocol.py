@@ -13,7 +13,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import pytest
-from conftest import corpus_file, executions_for, history, wait_for_execution
+from conftest import corpus_file, executions_for, history, wait_for_execution, wait_for_messages
 
 from ray_jobs.service import StageService, run_document
 
@@ -32,16 +32,6 @@ def waiting_document(local_aws):
     queue = stack.outputs["ExtractQueueUrl"]
     wait_for_messages(clients, queue, 1)
     return stack, clients, execution["executionArn"], queue
-
-
-def wait_for_messages(clients, queue: str, count: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        attrs = clients["sqs"].get_queue_attributes(QueueUrl=queue, AttributeNames=["ApproximateNumberOfMessages"])
-        if int(attrs["Attributes"]["ApproximateNumberOfMessages"]) >= count:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{count} document(s) never reached the extract queue")
 
 
 def service_on(queue: str, submit, signalled=None, capacity=None) -> StageService:

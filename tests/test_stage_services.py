@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import REPO, corpus_file, history
+from conftest import REPO, corpus_file, history, wait_for_messages
 from test_local_stack import clients, control_items, set_function_env
 
 from docpipe import identity, rayjobs
@@ -145,12 +145,9 @@ def test_killed_service_driver_loses_nothing(local_stack):
         assert drivers, "no extract service driver running"
         # Kill it while it holds part of the burst (messages received, not yet deleted): a
         # warm service answers 20 two-page documents within seconds.
-        sqs, queue = clients(local_stack)["sqs"], local_stack["outputs"]["ExtractQueueUrl"]
-        held = 0
-        while held < 2 and time.monotonic() < deadline:
-            held = int(sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=[
-                "ApproximateNumberOfMessagesNotVisible"])["Attributes"]["ApproximateNumberOfMessagesNotVisible"])
-        assert held >= 2, "the extract service never held two documents of the burst"
+        wait_for_messages(clients(local_stack), local_stack["outputs"]["ExtractQueueUrl"], 2,
+                          timeout=max(1.0, deadline - time.monotonic()),
+                          attribute="ApproximateNumberOfMessagesNotVisible")
         for pid in drivers:
             os.kill(pid, signal.SIGKILL)
         found = executions_by_key(local_stack, docs, timeout=600)
