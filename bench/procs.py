@@ -8,9 +8,11 @@ daemons this stack started carry its temp dir), and records
   their peaks. PSS shares pages such as Ray's object store and the shared libraries
   fairly, so it is the honest sum; the RSS sum counts them once per process;
 - CPU seconds per category of process (moto, Ray system daemons, job supervisors,
-  stage drivers, PDF parse children, the embedder actor, ...). Short-lived processes
-  are seen only while alive: each contributes its CPU up to its last sample, so the
-  per-category figures (and their sum, `cpu_s`) are lower bounds.
+  stage drivers, PDF parse children, the embedder actor, ...). A Ray worker process
+  runs different tasks over its life (a page-range task, then a stage document): the
+  CPU it used between two samples goes to the category of its title at the second.
+  Short-lived processes are seen only while alive: each contributes its CPU up to its
+  last sample, so the per-category figures (and their sum, `cpu_s`) are lower bounds.
 
 Also records machine-wide busy CPU from /proc/stat, so a run that shared the cores
 with other work (another test session) says so (`foreign_cpu_s`).
@@ -36,15 +38,21 @@ def _read(path: str) -> str | None:
 
 
 def _stat(pid: str) -> tuple[int, float] | None:
-    """(ppid, cpu seconds) of a pid."""
+    """(ppid, cpu seconds) of a pid; a PDF zygote's include its reaped children's (it forks
+    one per parse, most live less than a sample interval and would go unseen)."""
     raw = _read(f"/proc/{pid}/stat")
     if not raw:
         return None
     # comm may contain spaces and parentheses: split after the last ')'.
     fields = raw[raw.rfind(")") + 2:].split()
     ppid = int(fields[1])
-    utime, stime = int(fields[11]), int(fields[12])
-    return ppid, (utime + stime) / _TICK
+    ticks = int(fields[11]) + int(fields[12])
+    if pid in _ZYGOTES:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime: children waited for
+    return ppid, ticks / _TICK
+
+
+_ZYGOTES: set[str] = set()  # pids of PDF parse zygotes (categorise adds them)
 
 
 def descendants(root: int) -> list[int]:
@@ -88,6 +96,8 @@ def _rss_pss(pid: str) -> tuple[int, int]:
 # starts as default_worker.py, idles as "ray::IDLE", then retitles itself after the
 # actor or task it runs ("ray::JobSupervisor", "ray::_extract_bytes", ...).
 GENERIC = ("Ray idle or starting workers", "Ray other actors/tasks", "other")
+# Categories whose process may be retitled later: the generic ones and Ray's task workers.
+RETITLED = (*GENERIC, "Ray stage task workers", "Ray extract task workers")
 
 # Display groups of the categories (the JSON keeps the fine ones).
 GROUPS = {
@@ -104,6 +114,7 @@ GROUPS = {
     "vector-store actor": "warm actors (embedder, vector store)",
     "Ray idle or starting workers": "Ray task workers (parse tasks, idle/prestarted)",
     "PDF parse child": "PDF parse children",
+    "PDF parse zygote and its children": "PDF parse children",
     "stage service driver": "stage service drivers",
     "Ray stage task workers": "Ray task workers (stage services' documents)",
     "embedder actor": "warm actors (embedder, vector store)",
@@ -116,6 +127,8 @@ def categorise(cmdline: str) -> str:
         return "moto server (AWS APIs, Step Functions, Lambdas)"
     if "ray_jobs.pdf_sandbox import child_main" in cmdline:
         return "PDF parse child"
+    if "ray_jobs.pdf_sandbox import zygote_main" in cmdline:
+        return "PDF parse zygote and its children"
     if cmdline.startswith(("/bin/sh -c python -m ray_jobs", "sh -c python -m ray_jobs")):
         return "job entrypoint shell"
     if "-m ray_jobs.service" in cmdline:
@@ -179,6 +192,8 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self._cmd: dict[str, str] = {}
         self._cpu: dict[str, float] = {}  # pid -> last seen own cpu
+        self._cpu_by_cat: dict[str, float] = defaultdict(float)  # CPU since start(), by category when used
+        self._started = False  # the first sample is the baseline: CPU before it is not the run's
         self._cat: dict[str, str] = {}
         self.peak_rss = 0
         self.peak_pss = 0
@@ -223,13 +238,20 @@ class Sampler:
         full = self.samples % self.pss_every == 0
         rss_total = pss_total = 0
         per_cat: dict[str, int] = defaultdict(int)
-        for pid, (_, own) in members.items():
-            if self._cat.get(pid, "other") in GENERIC:
-                # Re-read: Ray retitles a worker once it knows what it runs.
+        for pid, (ppid, own) in members.items():
+            if self._cat.get(pid, "other") in RETITLED:
+                # Re-read: Ray retitles a worker after each task it starts.
                 self._cmd[pid] = (_read(f"/proc/{pid}/cmdline") or "").replace("\0", " ").strip()
                 self._cat[pid] = categorise(self._cmd[pid])
+                if self._cat[pid] == "PDF parse zygote and its children" and str(ppid) not in _ZYGOTES:
+                    _ZYGOTES.add(pid)
             cat = self._cat[pid]
-            self._cpu[pid] = max(self._cpu.get(pid, 0.0), own)
+            # A parse child (forked, its zygote's title) is counted by its zygote once reaped.
+            if str(ppid) not in _ZYGOTES:
+                last = self._cpu.get(pid, 0.0)  # a process born since start(): all of its CPU
+                if self._started and own > last:
+                    self._cpu_by_cat[cat] += own - last
+                self._cpu[pid] = max(last, own)
             if full:
                 rss, pss = _rss_pss(pid)
                 pss_total += pss
@@ -255,7 +277,7 @@ class Sampler:
         self._busy_start = machine_busy_s()
         self.sample()
         # CPU already spent before the run started is not the run's.
-        self._cpu_base = dict(self._cpu)
+        self._started = True
         self._thread = threading.Thread(target=self._loop, name="proc-sampler", daemon=True)
         self._thread.start()
         return self
@@ -274,9 +296,7 @@ class Sampler:
         self.sample()
         wall = time.monotonic() - self._t_start
         busy = machine_busy_s() - self._busy_start
-        cpu_by_cat: dict[str, float] = defaultdict(float)
-        for pid, cpu in self._cpu.items():
-            cpu_by_cat[self._cat[pid]] += cpu - self._cpu_base.get(pid, 0.0)
+        cpu_by_cat = self._cpu_by_cat
         cpu_total = sum(cpu_by_cat.values())
         self.result = {
             "wall_s": round(wall, 3),

@@ -39,7 +39,8 @@ def test_many_documents_are_followed_in_batches_to_their_items(aws_env, tmp_path
             status = "COMPLETED" if i % 2 else "RUNNING"
             ddb.put_item(TableName="control", Item={
                 "document_id": {"S": d.document_id}, "processing_version": {"S": d.processing_version},
-                "status": {"S": status}, "current_stage": {"S": "embed"}, "pages": {"N": str(i)}})
+                "status": {"S": status}, "current_stage": {"S": "embed"}, "pages": {"N": str(i)},
+                "durations": {"M": {"extract_s": {"N": "0.5"}}}})
         refused = docs[200]  # too large: its FAILED item is under an unread version
         unread = identity.unread_version('"0123abcd"', "v1")
         ddb.put_item(TableName="control", Item={
@@ -47,12 +48,16 @@ def test_many_documents_are_followed_in_batches_to_their_items(aws_env, tmp_path
             "status": {"S": "FAILED"}, "error_code": {"S": "TooLarge"}})
 
         ingest.refresh_all(ddb, "control", docs)
-        assert calls.count("BatchGetItem") == 3 and "GetItem" not in calls
+        # 3 polls of what the live table shows (100 + 100 + 30), then the 50 + 50 that turned
+        # terminal read whole, once.
+        assert calls.count("BatchGetItem") == 5 and "GetItem" not in calls
         # The 30 without an item under their version are looked for once under an unread one.
         assert calls.count("Query") == 30
 
         assert [d.status for d in docs[:4]] == ["RUNNING", "COMPLETED", "RUNNING", "COMPLETED"]
         assert docs[7].item["pages"] == 7 and docs[7].stage == "embed"
+        assert docs[7].item["durations"] == {"extract_s": 0.5}  # terminal: the whole item
+        assert docs[6].item["pages"] == 6 and "durations" not in docs[6].item  # in flight: the polled fields
         assert refused.status == "FAILED" and refused.item["error_code"] == "TooLarge"
         assert {d.status for d in docs[201:]} == {"UPLOADING"}  # not registered yet
 

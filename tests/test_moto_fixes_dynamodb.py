@@ -5,6 +5,8 @@ that partition in key order (pages and reverse included), and an index Query is 
 
 from __future__ import annotations
 
+import json
+
 import boto3
 import pytest
 from botocore.exceptions import ClientError
@@ -102,3 +104,89 @@ def test_a_query_on_the_key_reads_its_partition_in_order_with_pages(ddb):
     assert sorted((i["pk"]["S"], i["sk"]["S"]) for i in done["Items"]) == [("doc", "2"), ("doc", "4")]
     # And a scan, every item.
     assert len(items(ddb)) == 10
+
+
+ALL_TYPES = {"pk": {"S": "a"}, "sk": {"S": "1"}, "status": {"S": "RUNNING"}, "n": {"N": "1.50"},
+             "b": {"B": b"\x00\xffhi"}, "bs": {"BS": [b"x", b"y"]}, "ss": {"SS": ["p", "q"]}, "ns": {"NS": ["1", "2"]},
+             "m": {"M": {"x": {"L": [{"S": "é \u2028 \"q\""}, {"NULL": True}, {"BOOL": False}, {"N": "-0"}]}}},
+             "empty": {"M": {}}, "s": {"S": ""}}
+
+
+def test_items_are_written_as_moto_itself_writes_them(ddb, monkeypatch):
+    """Every response that carries items, written by the fast path and by moto's own
+    serializer: the same JSON; and the fast path was taken."""
+    from moto.core.serialize import JSONSerializer
+    from moto.dynamodb.responses import DynamoResult
+
+    fast_calls = []
+    attribute_value = moto_fixes._attribute_value
+    monkeypatch.setattr(moto_fixes, "_attribute_value", lambda v, b64: fast_calls.append(1) or attribute_value(v, b64))
+    compared: list[str] = []
+    execute = DynamoResult.execute_result
+
+    def both(self, context):
+        fast = execute(self, context)
+        with monkeypatch.context() as m:
+            m.setattr(JSONSerializer, "_serialize_type_map", JSONSerializer._serialize_type_map.moto_original)
+            slow = execute(self, context)
+        assert (fast[0], json.loads(fast[2])) == (slow[0], json.loads(slow[2])), context.operation_model.name
+        compared.append(context.operation_model.name)
+        return fast
+
+    monkeypatch.setattr(DynamoResult, "execute_result", both)
+    key = {"pk": {"S": "a"}, "sk": {"S": "1"}}
+    ddb.put_item(TableName="t", Item=ALL_TYPES, ReturnConsumedCapacity="TOTAL")
+    ddb.put_item(TableName="t", Item={**ALL_TYPES, "sk": {"S": "2"}}, ReturnValues="ALL_OLD")
+    ddb.put_item(TableName="t", Item={**ALL_TYPES, "sk": {"S": "2"}}, ReturnValues="ALL_OLD")
+    got = ddb.get_item(TableName="t", Key=key)["Item"]
+    assert got == ALL_TYPES
+    assert ddb.get_item(TableName="t", Key={"pk": {"S": "zz"}, "sk": {"S": "1"}}).get("Item") is None
+    batch = ddb.batch_get_item(RequestItems={"t": {
+        "Keys": [key, {"pk": {"S": "a"}, "sk": {"S": "9"}}],
+        "ProjectionExpression": "#m, n", "ExpressionAttributeNames": {"#m": "m"}}})
+    assert batch["Responses"]["t"] == [{"m": ALL_TYPES["m"], "n": ALL_TYPES["n"]}]
+    page = ddb.query(TableName="t", KeyConditionExpression="pk = :k", ExpressionAttributeValues={":k": {"S": "a"}}, Limit=1)
+    assert page["LastEvaluatedKey"] == key and page["Items"] == [ALL_TYPES]
+    assert ddb.query(TableName="t", KeyConditionExpression="pk = :k", ExpressionAttributeValues={":k": {"S": "a"}},
+                     Select="COUNT")["Count"] == 2
+    assert ddb.query(TableName="t", IndexName="by-status", KeyConditionExpression="#s = :s",
+                     ExpressionAttributeNames={"#s": "status"}, ExpressionAttributeValues={":s": {"S": "RUNNING"}})["Count"] == 2
+    assert len(ddb.scan(TableName="t")["Items"]) == 2
+    new = ddb.update_item(TableName="t", Key=key, UpdateExpression="SET n = :v", ExpressionAttributeValues={":v": {"N": "3"}},
+                          ReturnValues="ALL_NEW")["Attributes"]
+    assert new == {**ALL_TYPES, "n": {"N": "3"}}
+    old = ddb.delete_item(TableName="t", Key=key, ReturnValues="ALL_OLD")["Attributes"]
+    assert old == new
+    assert {"PutItem", "GetItem", "BatchGetItem", "Query", "Scan", "UpdateItem", "DeleteItem"} <= set(compared)
+    assert fast_calls  # the items went through the fast path, not moto's serializer
+
+
+def _sets_sorted(item: dict) -> dict:
+    """DynamoDB sets have no order (moto's own projection may reorder them)."""
+    out = {}
+    for name, value in item.items():
+        kind, x = next(iter(value.items()))
+        out[name] = {kind: sorted(x) if kind in ("SS", "NS", "BS") else x}
+    return out
+
+
+@pytest.mark.parametrize("projection", ["n", "#m, n, ss, bs, nothing", "pk, sk, b, s, #e", "m.x[1], n", "m.x"])
+def test_a_projection_returns_what_moto_itself_returns(ddb, monkeypatch, projection):
+    from moto.dynamodb.models.dynamo_type import Item
+
+    ddb.put_item(TableName="t", Item=ALL_TYPES)
+    key = {"pk": {"S": "a"}, "sk": {"S": "1"}}
+    names = {k: v for k, v in (("#m", "m"), ("#e", "empty")) if k in projection}
+
+    def read() -> list[dict]:
+        extra = {"ExpressionAttributeNames": names} if names else {}
+        got = [ddb.get_item(TableName="t", Key=key, ProjectionExpression=projection, **extra)["Item"],
+               *ddb.batch_get_item(RequestItems={"t": {"Keys": [key], "ProjectionExpression": projection, **extra}})
+               ["Responses"]["t"],
+               *ddb.query(TableName="t", KeyConditionExpression="pk = :k", ExpressionAttributeValues={":k": {"S": "a"}},
+                          ProjectionExpression=projection, **extra)["Items"]]
+        return [_sets_sorted(i) for i in got]
+
+    fast = read()
+    monkeypatch.setattr(Item, "project", Item.project.moto_original)
+    assert fast == read()

@@ -140,6 +140,12 @@ def refresh(ddb, table: str, doc: Doc) -> None:
     _apply(doc, item or _unread_failure(ddb, table, doc))
 
 
+# What the live table shows of a document in flight. A poll reads only these; a document
+# is read whole once, when it turns terminal (its durations, error message, artifacts):
+# whole control items (~35 attributes) twice a second were most of what the poll cost.
+POLLED = ("document_id", "processing_version", "status", "current_stage", "pages", "chunks", "vectors", "error_code")
+
+
 def refresh_all(ddb, table: str, docs: list[Doc]) -> None:
     """`refresh` of every document not yet done, in BatchGetItem calls of 100 keys: one
     request per 100 documents per poll instead of one each (1,000 documents polled twice
@@ -148,13 +154,9 @@ def refresh_all(ddb, table: str, docs: list[Doc]) -> None:
     now = time.monotonic()
     for start in range(0, len(pending), BATCH_GET_KEYS):
         group = {(d.document_id, d.processing_version): d for d in pending[start:start + BATCH_GET_KEYS]}
-        found: dict[tuple[str, str], dict] = {}
-        request = {table: {"Keys": [_key(d) for d in group.values()], "ConsistentRead": True}}
-        while request:
-            resp = ddb.batch_get_item(RequestItems=request)
-            for item in resp.get("Responses", {}).get(table, []):
-                found[(item["document_id"]["S"], item["processing_version"]["S"])] = item
-            request = resp.get("UnprocessedKeys") or {}
+        found = _batch_get(ddb, table, list(group.values()), POLLED)
+        finished = [d for key, d in group.items() if found.get(key, {}).get("status", {}).get("S") in TERMINAL]
+        found.update(_batch_get(ddb, table, finished))
         for key, d in group.items():
             item = found.get(key)
             if item is None and now >= d.next_unread_check:
@@ -162,6 +164,24 @@ def refresh_all(ddb, table: str, docs: list[Doc]) -> None:
                 d.next_unread_check = now + UNREAD_CHECK_SECONDS
                 item = _unread_failure(ddb, table, d)
             _apply(d, item)
+
+
+def _batch_get(ddb, table: str, docs: list[Doc], attributes: tuple[str, ...] = ()) -> dict[tuple[str, str], dict]:
+    """The control items of `docs` (at most BATCH_GET_KEYS), by key; only `attributes` if given."""
+    found: dict[tuple[str, str], dict] = {}
+    if not docs:
+        return found
+    keys: dict = {"Keys": [_key(d) for d in docs], "ConsistentRead": True}
+    if attributes:
+        names = {f"#a{i}": a for i, a in enumerate(attributes)}  # `status` is a reserved word
+        keys.update(ProjectionExpression=", ".join(names), ExpressionAttributeNames=names)
+    request = {table: keys}
+    while request:
+        resp = ddb.batch_get_item(RequestItems=request)
+        for item in resp.get("Responses", {}).get(table, []):
+            found[(item["document_id"]["S"], item["processing_version"]["S"])] = item
+        request = resp.get("UnprocessedKeys") or {}
+    return found
 
 
 def _key(doc: Doc) -> dict:

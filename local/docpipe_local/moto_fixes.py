@@ -28,6 +28,14 @@ keep no execution state (that lives in the execution's Environment), clients are
 thread-safe, and a parsed path is only read: each is now made once per definition,
 service and path.
 
+DynamoDB responses: moto serialises every attribute of every item through its generic,
+shape-driven serializer (a value picker trying several spellings of each member): in a
+full-corpus run that was half of the server's CPU, most of it `docpipe ingest`'s poll of
+the control items. Attribute values are already in DynamoDB's JSON form when they reach
+the serializer, so a map of them is now written directly (the same JSON: compared with
+moto's own output in tests/test_moto_fixes_dynamodb.py); anything else still goes
+through moto's serializer.
+
 The server's dispatcher lists moto's package directory (os.listdir + isdir of ~150
 entries) on every request, under one lock: measured as 8% of the local stack's CPU in a
 200-upload burst, and a point every request queues at. The list never changes while the
@@ -79,6 +87,7 @@ def install() -> None:
     StepFunctionResponse.send_task_failure = send_task_failure
 
     _install_dynamodb()
+    _install_dynamodb_serializer()
     _install_sqs()
     _install_stepfunctions_engine()
     _install_task_token_index()
@@ -294,6 +303,78 @@ def _install_sqs() -> None:
         return retention_s + message.sent_timestamp / 1000 > unix_time()
 
     SQSBackend.is_message_valid_based_on_retention_period = is_message_valid_based_on_retention_period
+
+
+class _NotWireForm(Exception):
+    """An attribute value the fast path does not know: moto's serializer writes it."""
+
+
+def _attribute_value(value: Any, b64: Any) -> dict[str, Any]:
+    """One DynamoDB AttributeValue as moto's JSON serializer writes it."""
+    if not isinstance(value, dict):
+        raise _NotWireForm(type(value).__name__)
+    out: dict[str, Any] = {}
+    for kind, x in value.items():
+        if kind in ("S", "N"):
+            out[kind] = str(x)
+        elif kind in ("SS", "NS"):
+            out[kind] = [str(i) for i in x]
+        elif kind == "B":
+            out[kind] = b64(x)
+        elif kind == "BS":
+            out[kind] = [b64(i) for i in x]
+        elif kind == "M":
+            out[kind] = {k: _attribute_value(i, b64) for k, i in x.items()}
+        elif kind == "L":
+            out[kind] = [_attribute_value(i, b64) for i in x]
+        elif kind in ("NULL", "BOOL") and isinstance(x, bool):
+            out[kind] = x
+        else:
+            raise _NotWireForm(kind)
+    return out
+
+
+def _install_dynamodb_serializer() -> None:
+    from moto.core.serialize import JSONSerializer
+
+    serialize_map = JSONSerializer._serialize_type_map
+
+    def _serialize_type_map(self, serialized, value, shape, key):
+        # AttributeMap, Key, ExpressionAttributeValueMap...: maps whose values are AttributeValues.
+        if getattr(shape.value, "name", "") == "AttributeValue" and isinstance(value, dict):
+            try:
+                written = {k: _attribute_value(v, self._base64) for k, v in value.items()}
+            except _NotWireForm:
+                pass
+            else:
+                serialized[self.get_serialized_name(shape, key)] = written
+                return
+        serialize_map(self, serialized, value, shape, key)
+
+    from moto.dynamodb.models.dynamo_type import Item, LimitedSizeDict
+
+    project = Item.project
+
+    def project_names(self, expressions):
+        # moto turns the whole item into plain JSON once per projected name, then back:
+        # a poll of 8 attributes of a ~35-attribute item paid for 280. Top-level names
+        # (what `docpipe ingest` and the handlers ask for) are picked and copied instead.
+        names = [expr[0] for expr in expressions if len(expr) == 1 and "[" not in expr[0]]
+        if len(names) != len(expressions):
+            return project(self, expressions)
+        item = Item.__new__(Item)
+        item.hash_key, item.range_key = self.hash_key, self.range_key
+        item.attrs = LimitedSizeDict.__new__(LimitedSizeDict)  # already within the size limit
+        dict.__init__(item.attrs)
+        for name in names:
+            if name in self.attrs:
+                dict.__setitem__(item.attrs, name, copy.deepcopy(self.attrs[name]))
+        return item
+
+    project_names.moto_original = project  # type: ignore[attr-defined]
+    Item.project = project_names
+    _serialize_type_map.moto_original = serialize_map  # type: ignore[attr-defined]  # tests compare with it
+    JSONSerializer._serialize_type_map = _serialize_type_map
 
 
 def _install_dynamodb() -> None:
