@@ -275,6 +275,7 @@ class Sampler:
 
     # ---- thread -------------------------------------------------------------------
     def start(self) -> Sampler:
+        _ZYGOTES.clear()  # pids of an earlier run's zygotes may have been reused since
         self._t_start = time.monotonic()
         self._busy_start = machine_busy_s()
         self.sample()
