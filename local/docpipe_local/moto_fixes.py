@@ -16,8 +16,10 @@ DynamoDB: moto's TransactWriteItems deep-copies every table it touches before wr
 rollback), and a Query on a table's own key sorts every item of the table to find one
 partition. Both grow with the table: over a 1,000-document burst the control and audit
 tables' copies made each document slower than the one before. The transaction now keeps
-the previous version of each item it writes (the same rollback), and a Query on the
-table's key reads that partition alone (the same items, in the same order).
+the previous version of each item it writes (the same rollback), a Query on the table's
+key reads that partition alone (the same items, in the same order), and a projection of
+top-level names picks those attributes instead of turning the whole item into plain JSON
+and back once per name.
 
 Step Functions engine: for every execution moto's engine parses the state machine's ASL
 with ANTLR into a tree of evaluation components, for every Task state it builds a new
@@ -351,28 +353,6 @@ def _install_dynamodb_serializer() -> None:
                 return
         serialize_map(self, serialized, value, shape, key)
 
-    from moto.dynamodb.models.dynamo_type import Item, LimitedSizeDict
-
-    project = Item.project
-
-    def project_names(self, expressions):
-        # moto turns the whole item into plain JSON once per projected name, then back:
-        # a poll of 8 attributes of a ~35-attribute item paid for 280. Top-level names
-        # (what `docpipe ingest` and the handlers ask for) are picked and copied instead.
-        names = [expr[0] for expr in expressions if len(expr) == 1 and "[" not in expr[0]]
-        if len(names) != len(expressions):
-            return project(self, expressions)
-        item = Item.__new__(Item)
-        item.hash_key, item.range_key = self.hash_key, self.range_key
-        item.attrs = LimitedSizeDict.__new__(LimitedSizeDict)  # already within the size limit
-        dict.__init__(item.attrs)
-        for name in names:
-            if name in self.attrs:
-                dict.__setitem__(item.attrs, name, copy.deepcopy(self.attrs[name]))
-        return item
-
-    project_names.moto_original = project  # type: ignore[attr-defined]
-    Item.project = project_names
     _serialize_type_map.moto_original = serialize_map  # type: ignore[attr-defined]  # tests compare with it
     JSONSerializer._serialize_type_map = _serialize_type_map
 
@@ -380,6 +360,7 @@ def _install_dynamodb_serializer() -> None:
 def _install_dynamodb() -> None:
     from moto.dynamodb import models
     from moto.dynamodb.models import DynamoDBBackend
+    from moto.dynamodb.models.dynamo_type import Item, LimitedSizeDict
     from moto.dynamodb.models.table import Table
 
     all_items = Table.all_items
@@ -455,6 +436,27 @@ def _install_dynamodb() -> None:
 
     DynamoDBBackend.transact_write_items = transact_write_items
     models.copy = _CopyInTransaction()
+
+    project = Item.project
+
+    def project_names(self, expressions):
+        # moto turns the whole item into plain JSON once per projected name, then back:
+        # a poll of 8 attributes of a ~35-attribute item paid for 280. Top-level names
+        # (what `docpipe ingest` and the handlers ask for) are picked and copied instead.
+        names = [expr[0] for expr in expressions if len(expr) == 1 and "[" not in expr[0]]
+        if len(names) != len(expressions):
+            return project(self, expressions)
+        item = Item.__new__(Item)
+        item.hash_key, item.range_key = self.hash_key, self.range_key
+        item.attrs = LimitedSizeDict.__new__(LimitedSizeDict)  # already within the size limit
+        dict.__init__(item.attrs)
+        for name in names:
+            if name in self.attrs:
+                dict.__setitem__(item.attrs, name, copy.deepcopy(self.attrs[name]))
+        return item
+
+    project_names.moto_original = project  # type: ignore[attr-defined]
+    Item.project = project_names
 
 
 class _CopyInTransaction:
