@@ -38,22 +38,15 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _stat(pid: str) -> tuple[int, float] | None:
-    """(ppid, cpu seconds) of a pid; a PDF zygote's include its reaped children's (it forks
-    one per parse, most live less than a sample interval and would go unseen)."""
+def _stat(pid: str) -> tuple[int, float, float] | None:
+    """(ppid, cpu seconds, cpu seconds of its children it has waited for) of a pid."""
     raw = _read(f"/proc/{pid}/stat")
     if not raw:
         return None
     # comm may contain spaces and parentheses: split after the last ')'.
     fields = raw[raw.rfind(")") + 2:].split()
     ppid = int(fields[1])
-    ticks = int(fields[11]) + int(fields[12])
-    if pid in _ZYGOTES:
-        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime: children waited for
-    return ppid, ticks / _TICK
-
-
-_ZYGOTES: set[str] = set()  # pids of PDF parse zygotes (categorise adds them)
+    return ppid, (int(fields[11]) + int(fields[12])) / _TICK, (int(fields[13]) + int(fields[14])) / _TICK
 
 
 def descendants(root: int) -> list[int]:
@@ -196,6 +189,9 @@ class Sampler:
         self._cpu_by_cat: dict[str, float] = defaultdict(float)  # CPU since start(), by category when used
         self._started = False  # the first sample is the baseline: CPU before it is not the run's
         self._cat: dict[str, str] = {}
+        # PDF parse zygotes: each forks a child per parse, most shorter than a sample; a
+        # zygote's CPU includes its reaped children's, and the children are not counted.
+        self._zygotes: set[str] = set()
         self.peak_rss = 0
         self.peak_pss = 0
         self.peak_by_category: dict[str, int] = defaultdict(int)
@@ -206,16 +202,16 @@ class Sampler:
         self.result: dict = {}
 
     # ---- tree ---------------------------------------------------------------------
-    def _members(self) -> dict[str, tuple[int, float]]:
-        stats = {}
+    def _members(self) -> dict[str, tuple[int, float, float]]:
+        stats: dict[str, tuple[int, float, float]] = {}
         for entry in os.scandir("/proc"):
             if entry.name.isdigit():
                 st = _stat(entry.name)
                 if st:
                     stats[entry.name] = st
-        members: dict[str, tuple[int, float]] = {}
+        members: dict[str, tuple[int, float, float]] = {}
         by_parent: dict[int, list[str]] = defaultdict(list)
-        for pid, (ppid, _) in stats.items():
+        for pid, (ppid, *_) in stats.items():
             by_parent[ppid].append(pid)
         todo = [str(r) for r in self.roots if str(r) in stats]
         if self.markers:
@@ -235,16 +231,18 @@ class Sampler:
     def sample(self) -> None:
         members = self._members()
         rss_total = 0
-        for pid, (ppid, own) in members.items():
+        for pid, (ppid, own, reaped) in members.items():
             if self._cat.get(pid, "other") in RETITLED:
                 # Re-read: Ray retitles a worker after each task it starts.
                 self._cmd[pid] = (_read(f"/proc/{pid}/cmdline") or "").replace("\0", " ").strip()
                 self._cat[pid] = categorise(self._cmd[pid])
-                if self._cat[pid] == "PDF parse zygote and its children" and str(ppid) not in _ZYGOTES:
-                    _ZYGOTES.add(pid)
+                if self._cat[pid] == "PDF parse zygote and its children" and str(ppid) not in self._zygotes:
+                    self._zygotes.add(pid)
             cat = self._cat[pid]
+            if pid in self._zygotes:
+                own += reaped
             # A parse child (forked, its zygote's title) is counted by its zygote once reaped.
-            if str(ppid) not in _ZYGOTES:
+            if str(ppid) not in self._zygotes:
                 last = self._cpu.get(pid, 0.0)  # a process born since start(): all of its CPU
                 if self._started and own > last:
                     self._cpu_by_cat[cat] += own - last
@@ -275,7 +273,6 @@ class Sampler:
 
     # ---- thread -------------------------------------------------------------------
     def start(self) -> Sampler:
-        _ZYGOTES.clear()  # pids of an earlier run's zygotes may have been reused since
         self._t_start = time.monotonic()
         self._busy_start = machine_busy_s()
         self.sample()
