@@ -190,3 +190,54 @@ def test_a_projection_returns_what_moto_itself_returns(ddb, monkeypatch, project
     fast = read()
     monkeypatch.setattr(Item, "project", Item.project.moto_original)
     assert fast == read()
+
+
+# Each is run twice (the second meets the parsed expression and the passed checks);
+# the failing ones must fail every time, also after the same expression passed before.
+UPDATES = [
+    ("SET n = :v, #s = :s", {"#s": "status"}, {":v": {"N": "4"}, ":s": {"S": "DONE"}}),
+    ("SET n = n + :v REMOVE ss", None, {":v": {"N": "2"}}),
+    ("ADD ns :ns DELETE bs :bs", None, {":ns": {"NS": ["5"]}, ":bs": {"BS": [b"x"]}}),
+    ("SET #k = :v", {"#k": "n"}, {":v": {"N": "1"}}),
+    ("SET #k = :v", {"#k": "sk"}, {":v": {"S": "9"}}),  # the same expression on the key: refused
+    ("SET n = :v", {"#k": "sk"}, {":v": {"N": "1"}}),  # a name it does not use: refused
+    ("SET n = :v SET m = :v", None, {":v": {"N": "1"}}),  # two SET clauses: refused
+    ("SET m = :v, m.x = :v", None, {":v": {"N": "1"}}),  # overlapping paths: refused
+    ("SET n = :missing", None, {":v": {"N": "1"}}),  # an undefined value: refused
+    ("SET n = :v, #s = :s", {"#s": "status"}, {":v": {"N": "8"}, ":s": {"S": "RUNNING"}}),
+]
+
+
+def _run_updates(ddb, pk: str) -> list[tuple]:
+    ddb.put_item(TableName="t", Item={**ALL_TYPES, "pk": {"S": pk}})
+    key = {"pk": {"S": pk}, "sk": {"S": "1"}}
+    outcomes: list[tuple] = []
+    for expression, names, values in UPDATES * 2:
+        extra = {"ExpressionAttributeNames": names} if names else {}
+        try:
+            new = ddb.update_item(TableName="t", Key=key, UpdateExpression=expression, ExpressionAttributeValues=values,
+                                  ReturnValues="ALL_NEW", **extra)["Attributes"]
+            outcomes.append(("ok", _sets_sorted({k: v for k, v in new.items() if k != "pk"})))
+        except ClientError as err:
+            outcomes.append(("refused", err.response["Error"]["Code"], err.response["Error"]["Message"]))
+    return outcomes
+
+
+def test_an_update_expression_parsed_once_updates_and_refuses_as_moto_itself(ddb, monkeypatch):
+    from moto.dynamodb.parsing import expressions, validators
+
+    parses = []
+    tokenize = expressions.ExpressionTokenizer.make_list
+    monkeypatch.setattr(expressions.ExpressionTokenizer, "make_list",
+                        staticmethod(lambda s: parses.append(s) or tokenize(s)))
+    fast = _run_updates(ddb, "fast")
+    fast_parses = len(parses)
+    monkeypatch.setattr(expressions.UpdateExpressionParser, "make",
+                        classmethod(expressions.UpdateExpressionParser.make.__func__.moto_original))
+    monkeypatch.setattr(validators.Validator, "__init__", validators.Validator.__init__.moto_original)
+    monkeypatch.setattr(validators.Validator, "validate", validators.Validator.validate.moto_original)
+    parses.clear()
+    assert _run_updates(ddb, "moto") == fast
+    assert [o[0] for o in fast].count("refused") == 10  # 5 refused expressions, twice each run
+    # moto parses each expression twice per call (handler, backend); cached: once per string.
+    assert fast_parses < len(parses) / 4
