@@ -3,7 +3,8 @@
 Modules: gen (clean text PDFs), bare (docpipe's stage code without the pipeline around
 it), peer (the LangChain ingestion script users run; its ablation with docpipe's
 embedder), e2e (the local stack, per-document timeline),
-procs (memory and CPU from /proc), cost (AWS list prices), run (one run), report (tables).
+procs (memory and CPU from /proc), cost (AWS list prices), run (one run), report (tables),
+embed_speed (each embedding runtime), moto_ops (the local stack's moto fixes, call by call).
 """
 
 import argparse
