@@ -3,13 +3,17 @@ the fixes, each in its own interpreter, and reports every metric for both."""
 
 from __future__ import annotations
 
-import pytest
+import sys
 
+import pytest
+from conftest import REPO
+
+sys.path.insert(0, str(REPO))
 from bench import moto_ops
 
 
 def test_it_reports_each_call_for_moto_and_the_fixes(capsys, monkeypatch):
-    monkeypatch.chdir(moto_ops.__file__.rsplit("/bench/", 1)[0])  # `-m bench.moto_ops` from the checkout
+    monkeypatch.chdir(REPO)  # `-m bench.moto_ops` from the checkout
     assert moto_ops.main(["--calls", "8", "--depths", "0,25", "--rounds", "1"]) == 0
     out = capsys.readouterr()
     rows = {line.split()[0]: line.split()[1:] for line in out.out.splitlines()[1:]}
