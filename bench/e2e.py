@@ -197,8 +197,9 @@ def run_batch(c: Clients, files: list, label: str, timeout: float = 1800.0,
     follow="executions": poll the state machine's executions, once a second, or once per
     200 documents' worth of seconds for larger sets: each poll lists every execution
     through the moto server, whose CPU is the machine's (~0.1 CPU s per poll of 1,000
-    executions: polled each second, ~0.02-0.03 CPU s per document of a 1,000-document run). The wall and latencies come from the
-    executions' own stop times, not from when a poll saw them.
+    executions: polled each second, ~0.02-0.03 CPU s per document of a 1,000-document
+    run). The wall and latencies come from the executions' own stop times, not from
+    when a poll saw them.
     follow="ingest": what `docpipe ingest` does (docpipe_local.cli.run_ingest): uploads
     largest first, a HEAD (already_there) before each, then the unfinished documents'
     control items read every 0.5 s (BatchGetItem, 100 a call) until all are terminal;

@@ -1,7 +1,8 @@
 """The local stack's DynamoDB fixes (docpipe_local.moto_fixes) keep DynamoDB's behaviour:
 a cancelled transaction leaves every item as it was, a Query on the table's key returns
-that partition in key order (pages and reverse included), and an index Query is unchanged
-- while no transaction copies a whole table any more."""
+that partition in key order (pages and reverse included), an index Query is unchanged,
+items are written, projected and updated (or refused) as moto itself does - while no
+transaction copies a whole table any more and an UpdateExpression is parsed once."""
 
 from __future__ import annotations
 

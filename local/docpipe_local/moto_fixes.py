@@ -502,18 +502,17 @@ def _install_update_expressions() -> None:
     from moto.dynamodb.parsing.expressions import UpdateExpressionParser
 
     make = UpdateExpressionParser.make.__func__  # type: ignore[attr-defined]
-    parsed: dict[str, tuple[Any, bytes]] = {}
-    copies: dict[int, bytes] = {}
+    parsed: dict[str, Any] = {}  # expression string -> its tree (kept, so its id stays its own)
+    copies: dict[int, bytes] = {}  # id of a kept tree -> its pickle
 
     def cached_make(cls, expression_str):
-        hit = parsed.get(expression_str)
-        if hit is None:
+        tree = parsed.get(expression_str)
+        if tree is None:
             tree = make(cls, expression_str)  # a syntax error raises here, each time
-            hit = (tree, pickle.dumps(tree, protocol=pickle.HIGHEST_PROTOCOL))
             if len(parsed) < 10_000:  # expressions are templates; values come separately
-                parsed[expression_str] = hit
-                copies[id(tree)] = hit[1]
-        return hit[0]
+                parsed[expression_str] = tree
+                copies[id(tree)] = pickle.dumps(tree, protocol=pickle.HIGHEST_PROTOCOL)
+        return tree
 
     validator_init = validators.Validator.__init__
     validate = validators.Validator.validate
