@@ -92,6 +92,32 @@ class Clients:
         r.raise_for_status()
         return r.json()
 
+    def stop_services(self, timeout: float = 60.0) -> list[str]:
+        """Stop every running stage service (Ray Jobs API) and wait until each has ended;
+        returns their submission ids. The next document starts the next generation, in
+        new worker processes: nothing warm (model, embedding cache) survives."""
+        import requests
+
+        from docpipe import rayjobs
+
+        headers = {"Authorization": f"Bearer {self.ray_token}"}
+        running = [j["submission_id"] for j in rayjobs.services(self.ray("/api/jobs/"))
+                   if j.get("status") not in rayjobs.TERMINAL]
+        for sid in running:
+            requests.post(f"{self.ray_url}/api/jobs/{sid}/stop", headers=headers, timeout=30).raise_for_status()
+        deadline = time.monotonic() + timeout
+        while running and time.monotonic() < deadline:
+            if all(self.ray(f"/api/jobs/{sid}").get("status") in rayjobs.TERMINAL for sid in running):
+                break
+            time.sleep(0.5)
+        else:
+            if running:
+                raise TimeoutError(f"stage services still running after {timeout:.0f} s: {running}")
+        # A warm Lambda trusts the service it saw last for rayjobs.ENSURE_TTL_S: past it,
+        # SubmitRayJob finds the service ended and starts the next generation at once.
+        time.sleep(rayjobs.ENSURE_TTL_S + 0.5)
+        return running
+
     def executions(self) -> list[dict]:
         out = []
         for page in self.sfn.get_paginator("list_executions").paginate(stateMachineArn=self.sm_arn):

@@ -273,3 +273,44 @@ def test_stack_status_shows_services_and_queues(local_stack):
     assert out.returncode == 0
     assert "stage services" in out.stdout and "extract" in out.stdout and "embed" in out.stdout
     assert "docpipe-service-" in out.stdout
+
+
+def _embed_output(state, execution: dict) -> dict:
+    """What the embed stage's service answered (SendTaskSuccess output) for one execution."""
+    import json
+
+    events = history(clients(state)["stepfunctions"], execution["executionArn"])
+    outputs = [json.loads(ev["taskSucceededEventDetails"]["output"]) for ev in events
+               if ev["type"] == "TaskSucceeded" and '"embedding_model"' in ev["taskSucceededEventDetails"]["output"]]
+    assert len(outputs) == 1, f"{len(outputs)} embed answers in the history"
+    return outputs[0]
+
+
+def test_bench_restarts_the_services_so_no_workload_reuses_an_earlier_ones_embeddings(local_stack):
+    """bench/run.py stops the stage services between workloads (bench.e2e.Clients.stop_services):
+    the services that ran end, the next document starts a new generation of each, and text
+    an earlier workload embedded is embedded again, not served from the old workers' cache."""
+    from bench.e2e import Clients
+
+    body = document_bytes(4242, 2)
+    first, again = "input/bench-fresh/first.pdf", "input/bench-fresh/again.pdf"
+    upload_all(local_stack, {first: body})
+    executions_by_key(local_stack, [first], timeout=180)
+    before = {j["submission_id"]: j["metadata"]["stage"] for j in ray_jobs(local_stack)
+              if (j.get("metadata") or {}).get("docpipe") == rayjobs.KIND_SERVICE and j["status"] == "RUNNING"}
+    assert sorted(before.values()) == ["embed", "extract"], before
+
+    stopped = Clients(local_stack).stop_services()
+
+    assert set(stopped) == set(before)
+    assert {j["submission_id"]: j["status"] for j in ray_jobs(local_stack) if j["submission_id"] in before} \
+        == dict.fromkeys(before, "STOPPED")
+    upload_all(local_stack, {again: body})  # the same text under another key: a new document
+    found = executions_by_key(local_stack, [again], timeout=180)
+    assert found[again]["status"] == "SUCCEEDED"
+    output = _embed_output(local_stack, found[again])
+    [item] = control_items(local_stack, again)
+    assert output["cache_hits"] == 0 and output["vectors"] == int(item["chunks"]) > 0
+    after = {j["submission_id"]: j["metadata"]["stage"] for j in ray_jobs(local_stack)
+             if (j.get("metadata") or {}).get("docpipe") == rayjobs.KIND_SERVICE and j["status"] == "RUNNING"}
+    assert sorted(after.values()) == ["embed", "extract"] and not set(after) & set(before)
