@@ -59,6 +59,10 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--only", default="", metavar="LIST",
                     help="comma-separated workload kinds to run: corpus, pages, docs, full "
                          "(default: corpus, pages, docs)")
+    ap.add_argument("--rounds", type=int, default=1, metavar="N",
+                    help="run every engine N times, interleaved (bare, peer, docpipe, bare, ...), and report "
+                         "each ratio per round and its median: this machine's speed drifts 10-30%% within "
+                         "minutes (default 1)")
     ap.add_argument("--label", default="", help="name of this run (added to the JSON file name)")
     return ap.parse_args(argv)
 
@@ -72,6 +76,8 @@ def main(argv=None) -> int:
 
     if args.docs is not None and args.docs < 1:
         raise SystemExit("--docs must be >= 1")
+    if args.rounds < 1:
+        raise SystemExit("--rounds must be >= 1")
     if not args.skip_peer:
         import importlib.util
 
@@ -84,7 +90,7 @@ def main(argv=None) -> int:
                      skip_e2e=args.skip_e2e, job_slots=args.job_slots, env=_pairs(args.env, "--env"),
                      parameters=_pairs(args.param, "--param"), label=re.sub(r"[^A-Za-z0-9_.=-]", "_", args.label),
                      only=[k.strip() for k in args.only.split(",") if k.strip()], full=args.full,
-                     peer_ablation=args.peer_ablation)
+                     peer_ablation=args.peer_ablation, rounds=args.rounds)
     console = Console(width=max(160, Console().width))
     result, path = run(plan, args.out, echo=lambda msg: console.print(msg, highlight=False))
     report.render(result, console)

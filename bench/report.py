@@ -86,6 +86,26 @@ def tables(r: dict) -> list[Table]:
                       *[_f(x.get(f"{a}_over_{b}{sfx}"), 2) for a, b in cols for sfx in ("", "_common")])
         out.append(t)
 
+    rounds = r.get("rounds")
+    if rounds:
+        t = Table(title=f"Ratios over {rounds['rounds']} interleaved rounds: median (min-max); "
+                        "targets: docpipe ÷ peer >= 3, docpipe ÷ bare >= 0.85",
+                  caption="each round runs bare, peer and docpipe again on the same files (docpipe on a new "
+                          "local stack); wall s per round in the last columns")
+        keys = [k for k in ("docpipe_over_peer", "docpipe_over_bare", "bare_over_peer", "docpipe_over_peer_common")
+                if any(k in w for w in rounds["workloads"].values())]
+        engines = sorted({e for w in rounds["workloads"].values() for e in w.get("wall_s", {})})
+        t.add_column("workload")
+        for k in keys:
+            t.add_column(k.replace("_over_", " ÷ ").replace("_common", " (common)"), justify="right")
+        for e in engines:
+            t.add_column(f"{e} wall s", justify="right")
+        for name, w in rounds["workloads"].items():
+            t.add_row(name, *[f"{w[k]['median']:.2f} ({w[k]['min']:.2f}-{w[k]['max']:.2f})" if k in w else "–"
+                              for k in keys],
+                      *[" / ".join(_f(v, 1) for v in w.get("wall_s", {}).get(e, [])) or "–" for e in engines])
+        out.append(t)
+
     prof = r.get("profile", {})
     if prof:
         t = Table(title="Per-page profile: seconds per page of each stage (Σ over the completed documents ÷ "

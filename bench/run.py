@@ -73,6 +73,7 @@ class Plan:
     only: list = field(default_factory=list)  # workload kinds (KINDS); empty = DEFAULT_KINDS
     full: bool = False  # also the `full` workload (every PDF of ../shared/corpus)
     peer_ablation: bool = False  # also the peer with docpipe's embedder
+    rounds: int = 1  # engines run this many times, interleaved; ratios reported per round and median
 
     @classmethod
     def make(cls, quick: bool, docs: int | None = None, **kw) -> Plan:
@@ -210,6 +211,47 @@ def run_e2e(plan: Plan, loads: dict[str, list[Path]], work: Path, echo) -> dict:
                  f"(p50 {r['latency_p50_s']} s; {time.monotonic() - t:.0f} s with collection)")
     out["stack_stop_s"] = state.get("stop_s")
     out["runtime_s"] = round(time.monotonic() - t0, 1)
+    return out
+
+
+def _round(plan: Plan, loads: dict[str, list[Path]], work: Path, i: int, echo) -> dict:
+    """Round `i` of `plan.rounds`: the same engines on the same files again, in the same
+    order (bare and peer first, each in a new process; docpipe on a new local stack)."""
+    echo(f"round {i} of {plan.rounds} ...")
+    work.mkdir(parents=True)
+    out: dict = {}
+    if not plan.skip_bare:
+        out["bare"] = _subprocess("bench.bare", loads, work, echo)
+    if not plan.skip_peer:
+        out["peer"] = _subprocess("bench.peer", loads, work, echo)
+    if not plan.skip_peer and plan.peer_ablation:
+        out["peer_ablation"] = _subprocess("bench.peer", loads, work, echo, ("--embedder", "docpipe"),
+                                           name="peer-docpipe-embedder")
+    if not plan.skip_e2e:
+        out["e2e"] = run_e2e(plan, loads, work, echo)
+    return out
+
+
+def rounds_summary(first: dict, more: list[dict]) -> dict:
+    """Per workload, each ratio in every round and their median, min and max, plus each
+    engine's wall per round. The machine's speed drifts by 10-30% within minutes (seen in
+    docs/performance.md): a ratio of two runs minutes apart is one sample of that drift,
+    the median over interleaved rounds is the figure to compare with a target."""
+    per_round = [first.get("ratios") or ratios(first)]
+    per_round += [ratios({"workloads": first.get("workloads", {}), **r}) for r in more]
+    out: dict = {"rounds": len(per_round), "workloads": {}}
+    for name in first.get("workloads", {}):
+        rows = [r.get(name, {}) for r in per_round]
+        w: dict = {"wall_s": {}}
+        for label in sorted({k for row in rows for k in row.get("wall_s", {})}):
+            w["wall_s"][label] = [row.get("wall_s", {}).get(label) for row in rows]
+        for key in (f"{a}_over_{b}{sfx}" for a, b in RATIOS for sfx in ("", "_common")):
+            values = [row.get(key) for row in rows]
+            if any(v is None for v in values):
+                continue
+            w[key] = {"rounds": values, "median": round(statistics.median(values), 3),
+                      "min": min(values), "max": max(values)}
+        out["workloads"][name] = w
     return out
 
 
@@ -385,6 +427,9 @@ def headline(r: dict) -> dict:
             "docpipe_over_peer": ratio.get("docpipe_over_peer"),
             "docpipe_over_peer_common": ratio.get("docpipe_over_peer_common"),
             "docpipe_over_bare": ratio.get("docpipe_over_bare"),
+            # With --rounds: the median over the rounds of each ratio (the figures above are round 1's).
+            **({"median_of_rounds": {k: v["median"] for k, v in rnd.items() if k != "wall_s"},
+                "rounds": r["rounds"]["rounds"]} if (rnd := r.get("rounds", {}).get("workloads", {}).get(name)) else {}),
             "latency_p50_s": w["latency_p50_s"], "latency_p95_s": w["latency_p95_s"],
             "overhead_vs_bare_share": round(1 - b["wall_s"] / w["wall_s"], 3) if b.get("wall_s") and w["wall_s"] else None,
             "cpu_s_per_doc": round(w["procs"]["cpu_s"] / max(1, w["documents"]), 2),
@@ -451,8 +496,11 @@ def run(plan: Plan, out_dir: Path, echo=print) -> tuple[dict, Path]:
         if not plan.skip_e2e:
             echo("docpipe end to end on the local stack ...")
             result["e2e"] = run_e2e(plan, loads, work, echo)
+        more = [_round(plan, loads, work / f"round-{i}", i, echo) for i in range(2, max(1, plan.rounds) + 1)]
         e2e = result.get("e2e", {})
         result["ratios"] = ratios(result)
+        if more:
+            result["rounds"] = rounds_summary(result, more)
         result["profile"] = profile(result)
         result["scaling"] = scaling(e2e, result.get("bare"), result.get("peer"))
         result["cost"] = costs(e2e, result.get("bare"))

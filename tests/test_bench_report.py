@@ -95,3 +95,28 @@ def test_the_full_workload_is_every_corpus_pdf_named_as_docpipe_ingest_names_it(
     loads = run.workloads(run.Plan.make(True, only=["corpus"], full=True), tmp_path)
     assert set(loads) == {"corpus", "full"} and sorted(loads["full"]) == pdfs
     assert set(run.workloads(run.Plan.make(True, only=["full"]), tmp_path)) == {"full"}
+
+
+def test_rounds_give_each_ratio_per_round_its_median_and_range_and_a_table():
+    first = _result()
+    first["ratios"] = run.ratios(first)
+    engines = ("e2e", "bare", "peer", "peer_ablation")
+    slow = {k: v for k, v in _result().items() if k in engines}
+    slow["e2e"]["workloads"]["full"]["wall_s"] = 20.0  # round 2: docpipe ran half as fast
+    quick = {k: v for k, v in _result().items() if k in engines}
+    quick["bare"]["workloads"]["full"]["wall_s"] = 6.0  # round 3: bare ran faster
+
+    summary = run.rounds_summary(first, [slow, quick])
+
+    w = summary["workloads"]["full"]
+    assert summary["rounds"] == 3
+    # 30 pages: docpipe 3.0 pages/s (1.5 in round 2), bare 3.75 (5.0 in round 3), peer 15 / 30 s.
+    assert w["docpipe_over_bare"] == {"rounds": [0.8, 0.4, 0.6], "median": 0.6, "min": 0.4, "max": 0.8}
+    assert w["docpipe_over_peer"]["rounds"] == [6.0, 3.0, 6.0] and w["docpipe_over_peer"]["median"] == 6.0
+    assert w["wall_s"]["docpipe"] == [10.0, 20.0, 10.0] and w["wall_s"]["bare"] == [8.0, 8.0, 6.0]
+    first["rounds"] = summary
+    assert run.headline({**first, "e2e": {"workloads": {}}}) == {}  # no docpipe run: no headline row
+    del first["e2e"]  # the e2e tables need a whole local-stack run
+    first["profile"] = run.profile(first)
+    row = next(line for line in report.markdown(first).splitlines() if line.startswith("| full | 6.00 (3.00-6.00)"))
+    assert "0.60 (0.40-0.80)" in row and "10.0 / 20.0 / 10.0" in row
