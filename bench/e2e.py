@@ -29,6 +29,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bench.procs import Sampler, head_memory_mb, own_cpu_s
+from docpipe.rayjobs import KIND_SERVICE
 from docpipe_local.executions import execution_history
 
 STAGES = ("extract", "embed")
@@ -296,6 +297,7 @@ def run_batch(c: Clients, files: list, label: str, timeout: float = 1800.0,
     timed_out = len(ends) < len(docs)
 
     per_doc = []
+    jobs: dict[str, tuple[dict, dict]] = {}  # submission id -> (job, log times): _job
     for d in docs:
         ingest.refresh(c.ddb, c.table, d)
         e = ends.get(d.document_id)
@@ -306,7 +308,7 @@ def run_batch(c: Clients, files: list, label: str, timeout: float = 1800.0,
                "error_code": d.item.get("error_code"),
                "error_message": str(d.item.get("error_message") or "")[:500] or None}
         if e is not None:
-            row.update(_timeline(c, d, e, uploaded_at[d.document_id]))
+            row.update(_timeline(c, d, e, uploaded_at[d.document_id], jobs))
         if d.status in ("COMPLETED", "PARTIAL"):
             row.update(_artifacts(c, d.item))
         per_doc.append(row)
@@ -333,7 +335,25 @@ def _artifacts(c: Clients, item: dict) -> dict:
     return {"artifact_bytes": total, "chunk_chars": chars}
 
 
-def _timeline(c: Clients, d, execution: dict, t_upload: float) -> dict:
+def _job(c: Clients, sid: str, jobs: dict) -> tuple[dict, dict]:
+    """A document's own Ray job and the stage start/end its log names, read once per
+    submission id. A stage service holds many documents: its log has every document's
+    lines and no per-document stage start, and its start and end are the service's, so
+    neither is read (reading its whole log once per document grew with the documents
+    squared: 5 minutes of collection after the full corpus)."""
+    if sid not in jobs:
+        try:
+            job = c.ray(f"/api/jobs/{sid}")
+            if (job.get("metadata") or {}).get("docpipe") == KIND_SERVICE:
+                jobs[sid] = ({}, {})
+            else:
+                jobs[sid] = (job, job_log_times(c.ray(f"/api/jobs/{sid}/logs").get("logs", "")))
+        except Exception:
+            jobs[sid] = ({}, {})
+    return jobs[sid]
+
+
+def _timeline(c: Clients, d, execution: dict, t_upload: float, jobs: dict) -> dict:
     h = parse_history(c.history(execution["executionArn"]))
     end = execution["stopDate"].timestamp()
     out = {"latency_s": end - t_upload, "execution_status": execution["status"],
@@ -356,13 +376,7 @@ def _timeline(c: Clients, d, execution: dict, t_upload: float) -> dict:
             out["chunk_tokens"] = int(output.get("chunk_tokens", 0))
         compute = sum(float((output.get("durations") or {}).get(k, 0.0)) for k in COMPUTE_KEYS[stage])
         sid = d.item.get(f"{stage}_submission_id")
-        job, logs = {}, {}
-        if sid:
-            try:
-                job = c.ray(f"/api/jobs/{sid}")
-                logs = job_log_times(c.ray(f"/api/jobs/{sid}/logs").get("logs", ""))
-            except Exception:
-                pass
+        job, logs = _job(c, sid, jobs) if sid else ({}, {})
         submitted, done = task.get("submitted"), task.get("done")
         if submitted and task.get("scheduled"):
             parts[f"{stage}_submit"] = submitted - task["scheduled"]

@@ -120,3 +120,26 @@ def test_rounds_give_each_ratio_per_round_its_median_and_range_and_a_table():
     first["profile"] = run.profile(first)
     row = next(line for line in report.markdown(first).splitlines() if line.startswith("| full | 6.00 (3.00-6.00)"))
     assert "0.60 (0.40-0.80)" in row and "10.0 / 20.0 / 10.0" in row
+
+
+def test_the_timelines_read_a_jobs_log_once_and_never_a_stage_services():
+    from bench import e2e
+    from docpipe.rayjobs import KIND_SERVICE
+
+    line = '{"message": "stage started", "timestamp": "2026-12-01 16:54:42,123+0000"}'
+    answers = {"/api/jobs/svc": {"metadata": {"docpipe": KIND_SERVICE}},
+               "/api/jobs/own": {"metadata": {}, "start_time": 1000, "end_time": 9000},
+               "/api/jobs/own/logs": {"logs": f"noise\n{line}\n"}}
+    asked = []
+
+    class FakeClients:
+        def ray(self, path):
+            asked.append(path)
+            return answers[path]
+
+    jobs: dict = {}
+    for _ in range(3):
+        assert e2e._job(FakeClients(), "svc", jobs) == ({}, {})
+        job, logs = e2e._job(FakeClients(), "own", jobs)
+    assert job["end_time"] == 9000 and logs == {"stage_started": 1796144082.123}
+    assert asked == ["/api/jobs/svc", "/api/jobs/own", "/api/jobs/own/logs"]
