@@ -76,6 +76,7 @@ def process(path: str) -> dict:
     ver = identity.processing_version(hashlib.sha256(data).hexdigest())
     row = {"file": Path(path).name, "bytes": len(data), "worker_pid": os.getpid(), "warmup_s": _W["warmup_s"]}
     t = [time.monotonic()]
+    c0 = time.process_time()
     try:
         # As the extract stage reads it: by type, a PDF's pages without text through OCR.
         doc_type = doctypes.document_type(path) or "pdf"
@@ -105,6 +106,7 @@ def process(path: str) -> dict:
         return row
     row.update(status="COMPLETED", pages=result.page_count, chunks=len(chunks),
                chunk_tokens=sum(c["token_count"] for c in chunks), seconds=t[-1] - t[0],
+               cpu_s=round(time.process_time() - c0, 3),
                durations={k: round(b - a, 4) for k, (a, b) in
                           zip(("extract", "chunk", "enrich", "embed", "load"), itertools.pairwise(t), strict=True)})
     return row

@@ -312,6 +312,10 @@ def run_batch(c: Clients, files: list, label: str, timeout: float = 1800.0,
         if d.status in ("COMPLETED", "PARTIAL"):
             row.update(_artifacts(c, d.item))
         per_doc.append(row)
+    cpu = services_task_cpu(c, {d.document_id for d in docs})
+    for row in per_doc:
+        if row["document_id"] in cpu:
+            row["task_cpu_s"] = cpu[row["document_id"]]
     return summarise(label, per_doc, t_first, procs, timed_out)
 
 
@@ -351,6 +355,38 @@ def _job(c: Clients, sid: str, jobs: dict) -> tuple[dict, dict]:
         except Exception:
             jobs[sid] = ({}, {})
     return jobs[sid]
+
+
+def task_cpu(logs: str, document_ids: set[str]) -> dict[str, dict[str, float]]:
+    """Per document and stage, the CPU seconds of its Ray task (`task_cpu_s` of the
+    service's "document answered" lines: ray_jobs.service.run_document's process_time),
+    for the documents in `document_ids`."""
+    out: dict[str, dict[str, float]] = {}
+    for line in logs.splitlines():
+        if line.startswith("{") and '"document answered"' in line:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if row.get("document_id") in document_ids and row.get("ok") and row.get("task_cpu_s") is not None:
+                out.setdefault(row["document_id"], {})[row["stage"]] = float(row["task_cpu_s"])
+    return out
+
+
+def services_task_cpu(c: Clients, document_ids: set[str]) -> dict[str, dict[str, float]]:
+    """task_cpu over every stage service's log, each read once (a document's own Ray job
+    reports no task CPU: its driver is the whole job)."""
+    from docpipe import rayjobs
+
+    out: dict[str, dict[str, float]] = {}
+    for job in rayjobs.services(c.ray("/api/jobs/")):
+        try:
+            logs = c.ray(f"/api/jobs/{job['submission_id']}/logs").get("logs", "")
+        except Exception:
+            continue
+        for doc, stages in task_cpu(logs, document_ids).items():
+            out.setdefault(doc, {}).update(stages)
+    return out
 
 
 def _timeline(c: Clients, d, execution: dict, t_upload: float, jobs: dict) -> dict:

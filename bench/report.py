@@ -126,6 +126,17 @@ def tables(r: dict) -> list[Table]:
             t.add_section()
         out.append(t)
 
+    if r.get("stage_cpu"):
+        t = Table(title="The stage code's CPU: docpipe's document tasks against bare, Σ over the same documents (s)",
+                  caption="documents both completed that docpipe ran through its stage services; each side's worker "
+                          "process time per document (PDF parse children not counted on either side)")
+        for c in ("workload", "documents", "docpipe extract", "docpipe embed", "docpipe total", "bare", "docpipe ÷ bare"):
+            t.add_column(c, justify="left" if c == "workload" else "right")
+        for name, w in r["stage_cpu"].items():
+            t.add_row(name, str(w["documents"]), _f(w["extract_cpu_s"], 1), _f(w["embed_cpu_s"], 1),
+                      _f(w["docpipe_task_cpu_s"], 1), _f(w["bare_cpu_s"], 1), _f(w["docpipe_over_bare"], 2))
+        out.append(t)
+
     if e2e or bare or peer or ablation:
         t = Table(title="Time per stage, Σ over the documents (s): docpipe's jobs (control-item durations), bare, peer",
                   caption="peer rows: extract = PyPDFLoader.load, chunk = split, load = LanceDB write "
@@ -313,6 +324,7 @@ def recompute(r: dict) -> dict:
         w["procs"]["cpu_s_by_group"] = grouped(w["procs"]["cpu_s_by_category"])
     r["ratios"] = run.ratios(r)
     r["profile"] = run.profile(r)
+    r["stage_cpu"] = run.stage_cpu(r)
     r["scaling"] = run.scaling(e2e, r.get("bare"), r.get("peer"))
     r["cost"] = run.costs(e2e, r.get("bare"))
     r["headline"] = run.headline(r)

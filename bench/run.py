@@ -336,6 +336,33 @@ def profile(r: dict) -> dict:
     return out
 
 
+def stage_cpu(r: dict) -> dict:
+    """Per workload: the CPU seconds docpipe's document tasks took (extract + embed, each
+    the task's worker process: ray_jobs.service.run_document) against bare's CPU for the
+    same documents (its worker's process time per document), over the documents both
+    completed and docpipe ran through its stage services (a document's own Ray job reports
+    none). The same code on the same files: a ratio near 1 says the stage work costs what
+    it costs bare, and the rest of the gap is around it (emulated AWS, Ray, drivers).
+    Neither side counts the PDF parse children (processes of their own)."""
+    out: dict = {}
+    for name in r.get("workloads", {}):
+        e2e, bare = _engine(r, "e2e", name), _engine(r, "bare", name)
+        bare_cpu = {d["file"]: d["cpu_s"] for d in bare.get("docs", [])
+                    if d.get("status") == "COMPLETED" and d.get("cpu_s") is not None}
+        both = [(d, bare_cpu[d["file"]]) for d in e2e.get("per_doc", [])
+                if d.get("status") in ("COMPLETED", "PARTIAL") and d["file"] in bare_cpu
+                and {"extract", "embed"} <= set(d.get("task_cpu_s") or {})]
+        if not both:
+            continue
+        docpipe = sum(sum(d["task_cpu_s"].values()) for d, _ in both)
+        bare_s = sum(b for _, b in both)
+        out[name] = {"documents": len(both), "docpipe_task_cpu_s": round(docpipe, 2), "bare_cpu_s": round(bare_s, 2),
+                     "docpipe_over_bare": round(docpipe / bare_s, 3) if bare_s else None,
+                     "extract_cpu_s": round(sum(d["task_cpu_s"]["extract"] for d, _ in both), 2),
+                     "embed_cpu_s": round(sum(d["task_cpu_s"]["embed"] for d, _ in both), 2)}
+    return out
+
+
 def scaling(e2e: dict, bare: dict | None, peer: dict | None) -> dict:
     def wl(eng, name):
         return (eng or {}).get("workloads", {}).get(name) or {}
@@ -502,6 +529,7 @@ def run(plan: Plan, out_dir: Path, echo=print) -> tuple[dict, Path]:
         if more:
             result["rounds"] = rounds_summary(result, more)
         result["profile"] = profile(result)
+        result["stage_cpu"] = stage_cpu(result)
         result["scaling"] = scaling(e2e, result.get("bare"), result.get("peer"))
         result["cost"] = costs(e2e, result.get("bare"))
         result["headline"] = headline(result)

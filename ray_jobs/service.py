@@ -68,10 +68,13 @@ def stage_work(stage: str) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
 def run_document(stage: str, job: dict[str, Any]) -> dict[str, Any]:
     """The body of one document's Ray task. Errors come back as values: the driver
     answers the token with the stable code, whatever Ray does with exceptions."""
-    t0 = time.monotonic()
+    t0, c0 = time.monotonic(), time.process_time()
     try:
         output = stage_work(stage)(job, None)
-        return {"ok": True, "output": output, "pid": os.getpid(), "seconds": round(time.monotonic() - t0, 3)}
+        # cpu_s: the worker process's CPU over the document (all its threads; the PDF
+        # parse children are processes of their own), against bench.bare's per document.
+        return {"ok": True, "output": output, "pid": os.getpid(), "seconds": round(time.monotonic() - t0, 3),
+                "cpu_s": round(time.process_time() - c0, 3)}
     except DocpipeError as err:
         return {"ok": False, "error": err.code, "cause": str(err) or err.code, "pid": os.getpid()}
     except Exception as err:  # any crash still answers the task token
@@ -317,7 +320,8 @@ class StageService:
         reg = held.job["registration"]
         emit(message="document answered", stage=self.stage, submission_id=held.sid,
              document_id=reg["document_id"], ok=bool(result.get("ok")), error=result.get("error"),
-             seconds=round(time.monotonic() - held.received, 3), worker_pid=result.get("pid"))
+             seconds=round(time.monotonic() - held.received, 3), worker_pid=result.get("pid"),
+             task_seconds=result.get("seconds"), task_cpu_s=result.get("cpu_s"))
 
     def _remember(self, sid: str) -> None:
         self.answered[sid] = None

@@ -143,3 +143,31 @@ def test_the_timelines_read_a_jobs_log_once_and_never_a_stage_services():
         job, logs = e2e._job(FakeClients(), "own", jobs)
     assert job["end_time"] == 9000 and logs == {"stage_started": 1796144082.123}
     assert asked == ["/api/jobs/svc", "/api/jobs/own", "/api/jobs/own/logs"]
+
+
+def test_the_stage_codes_cpu_sets_docpipes_tasks_against_bare_on_the_documents_both_ran():
+    from bench import e2e
+
+    r = _result()
+    docs = r["e2e"]["workloads"]["full"]["per_doc"]
+    docs[0]["task_cpu_s"] = {"extract": 1.0, "embed": 3.0}  # a.pdf
+    docs[1]["task_cpu_s"] = {"extract": 2.0, "embed": 2.5}  # scan.pdf (PARTIAL counts)
+    # b.pdf ran as its own Ray job: no task CPU, left out; bad.pdf failed everywhere.
+    for d, cpu in zip(r["bare"]["workloads"]["full"]["docs"], (3.5, 4.0, 1.0, 0.1), strict=True):
+        d["cpu_s"] = cpu
+    w = run.stage_cpu(r)["full"]
+    assert w == {"documents": 2, "docpipe_task_cpu_s": 8.5, "bare_cpu_s": 7.5, "docpipe_over_bare": 1.133,
+                 "extract_cpu_s": 3.0, "embed_cpu_s": 5.5}
+    r["stage_cpu"] = run.stage_cpu(r)
+    del r["e2e"]  # the e2e tables need a whole local-stack run
+    assert any(line.startswith("| full | 2 | 3.0 | 5.5 | 8.5 | 7.5 | 1.13") for line in report.markdown(r).splitlines())
+
+    # The figures come from the services' "document answered" lines, read once each.
+    log = "\n".join([
+        "noise",
+        '{"message": "document answered", "stage": "extract", "document_id": "a", "ok": true, "task_cpu_s": 1.25}',
+        '{"message": "document answered", "stage": "embed", "document_id": "a", "ok": true, "task_cpu_s": 2.5}',
+        '{"message": "document answered", "stage": "embed", "document_id": "b", "ok": false, "task_cpu_s": null}',
+        '{"message": "document answered", "stage": "embed", "document_id": "other-batch", "ok": true, "task_cpu_s": 9}',
+    ])
+    assert e2e.task_cpu(log, {"a", "b"}) == {"a": {"extract": 1.25, "embed": 2.5}}

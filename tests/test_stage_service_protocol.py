@@ -242,3 +242,40 @@ def test_cluster_cpus_is_at_least_one_and_follows_workers_that_join():
     cached = ClusterCpus(read, every_s=3600.0)
     answers[:] = [2, 6]
     assert [cached(), cached()] == [2, 2] and answers == [6]
+
+
+def test_a_document_task_reports_its_worker_processes_cpu_and_the_answer_logs_it(monkeypatch, caplog):
+    """run_document measures the CPU its worker process spent on the document (the bench
+    sets it against bare's per document: docs/performance.md); the service's "document
+    answered" line carries it, so a user sees each document's cost in the job log."""
+    from ray_jobs import service
+
+    def busy(job, callback):
+        end = time.process_time() + 0.2
+        while time.process_time() < end:  # CPU, not a sleep: a sleep costs none
+            pass
+        return {"chunks": 1}
+
+    monkeypatch.setattr(service, "stage_work", lambda stage: busy)
+    result = run_document("embed", {"registration": {"document_id": "d"}})
+    assert result["ok"] and result["output"] == {"chunks": 1}
+    assert result["cpu_s"] >= 0.2 and result["seconds"] > 0
+
+    class NoAws(StageService):
+        def __init__(self):  # answer() needs only these
+            self.stage, self.lock, self.held, self.answered = "embed", threading.Lock(), {}, {}
+            self.counts = {"succeeded": 0, "failed": 0}
+            self.sfn = type("Sfn", (), {"send_task_success": lambda self, **kw: None})()
+
+        def _cleanup(self, held):
+            pass
+
+    from ray_jobs.service import Held
+
+    svc = NoAws()
+    held = Held("sid-1", {"registration": {"document_id": "d"}, "task_token": "t"}, "s3://b/k", "r")
+    svc.held["sid-1"] = held
+    with caplog.at_level("INFO"):
+        svc.answer(held, result)
+    [line] = [r for r in caplog.records if r.getMessage() == "document answered"]
+    assert line.task_cpu_s == result["cpu_s"] and line.document_id == "d" and line.ok is True
