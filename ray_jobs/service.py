@@ -411,6 +411,14 @@ class StageService:
         self.stopping.set()
         if interrupted:
             self.interrupt()
+            # The receive thread may be inside a long poll. A process that exits now leaves
+            # that request open at SQS (moto alike), which still hands it the next message,
+            # hidden for the visibility timeout (600 s) from every later service: its
+            # document waited a heartbeat timeout, then a retry. Wait for the poll: what it
+            # returns is released (receive_once sees the signal) or, if taken just before
+            # the signal, answered below. Ray waits SERVICE_STOP_WAIT_S before SIGKILL.
+            receiver.join(timeout=self.receive_wait_s + 5)
+            self.interrupt()
         emit(message="stage service stopped", stage=self.stage, reason="SIGTERM" if interrupted else "idle",
              **dict(self.counts))
         return 0

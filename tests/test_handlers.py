@@ -134,6 +134,9 @@ def test_submit_ray_job_small_document_goes_to_the_stage_queue_and_its_service(s
                                    "config": service["metadata"]["config"]}
     assert service["entrypoint"].startswith("python -m ray_jobs.service --stage extract --queue-url ")
     assert service["entrypoint_resources"] == {"service_slot": 1} and service["entrypoint_num_cpus"] == 0
+    # Ray's job supervisor reads its grace between SIGTERM and SIGKILL from the job's env:
+    # a stopped service gets to wait for its long poll (ray_jobs/service.py).
+    assert service["runtime_env"]["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == "30"
     # The queue message names the job file only; the token stays in S3.
     queue = stack.outputs["ExtractQueueUrl"]
     [msg] = clients["sqs"].receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]

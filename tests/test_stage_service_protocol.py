@@ -141,6 +141,49 @@ def test_a_message_received_after_sigterm_is_handed_back_not_held(waiting_docume
     move_on(clients, stack, arn)
 
 
+class LongPollAtSQS:
+    """The service's SQS client, its receive held open as a long poll is at SQS until a
+    message arrives: `arrive` lets it return."""
+
+    def __init__(self, sqs):
+        self.sqs, self.polling, self.arrive = sqs, threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.sqs, name)
+
+    def receive_message(self, **kwargs):
+        self.polling.set()
+        self.arrive.wait(30)
+        return self.sqs.receive_message(**kwargs)
+
+
+def test_sigterm_waits_for_the_long_poll_in_flight_and_hands_back_what_it_returns(waiting_document):
+    """SIGTERM while the receive thread is inside a long poll: the service ends only once
+    that poll came back, and the message it returned is visible again at once. A process
+    that exited first left its request open at SQS (moto alike), which was still handed
+    the next message, hidden from every later service for the visibility timeout (600 s):
+    the document waited out a heartbeat timeout and a retry (the bench's ~5-minute
+    restarts, docs/performance.md, ninth pass)."""
+    stack, clients, arn, queue = waiting_document
+    signalled = threading.Event()
+    service = service_on(queue, lambda stage, job: Future(), signalled=signalled)
+    service.idle_seconds = 600  # only the signal ends it
+    service.sqs = sqs = LongPollAtSQS(service.sqs)
+    runner = threading.Thread(target=service.run, daemon=True)
+    runner.start()
+    assert sqs.polling.wait(10), "the service never polled its queue"
+    signalled.set()
+    runner.join(timeout=3)
+    assert runner.is_alive(), "the service ended while its long poll was still open at SQS"
+    sqs.arrive.set()
+    runner.join(timeout=30)
+    assert not runner.is_alive()
+    assert service.held == {} and service.counts["received"] == 0
+    msgs = clients["sqs"].receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1)["Messages"]
+    assert len(msgs) == 1, "the message the last poll returned is visible for the next service"
+    move_on(clients, stack, arn)
+
+
 def test_documents_past_capacity_stay_held_and_run_in_the_order_received(local_aws):
     """The service puts no more documents into Ray than the cluster has CPUs (each extra
     one made Ray start a worker process that a warm worker then beat to the task). The

@@ -10,6 +10,7 @@ Ray's job list, the processes on the machine.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -305,6 +306,13 @@ def test_bench_restarts_the_services_so_no_workload_reuses_an_earlier_ones_embed
     assert set(stopped) == set(before)
     assert {j["submission_id"]: j["status"] for j in ray_jobs(local_stack) if j["submission_id"] in before} \
         == dict.fromkeys(before, "STOPPED")
+    # Each ended on its own after its last long poll came back (Ray's 3-s default grace
+    # killed it inside the poll, and the poll kept the next message hidden for 600 s).
+    for sid in before:
+        log = Clients(local_stack).ray(f"/api/jobs/{sid}/logs")["logs"]
+        lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+        assert [line.get("reason") for line in lines if line.get("message") == "stage service stopped"] \
+            == ["SIGTERM"], log[-2000:]
     upload_all(local_stack, {again: body})  # the same text under another key: a new document
     found = executions_by_key(local_stack, [again], timeout=180)
     assert found[again]["status"] == "SUCCEEDED"

@@ -34,6 +34,10 @@ KIND_SERVICE, KIND_DOCUMENT = "stage-service", "stage-job"
 # A service seen RUNNING this recently is not asked about again (per Lambda container).
 ENSURE_TTL_S = 5.0
 _ensured: dict[tuple[str, str, str], tuple[str, float]] = {}
+# How long Ray waits between SIGTERM and SIGKILL when a service is stopped (its default:
+# 3 s). A stopping service waits for its SQS long poll (at most 20 s) to return, so that
+# no message is left to a dead request, and answers what it holds (ray_jobs/service.py).
+SERVICE_STOP_WAIT_S = 30
 
 
 @dataclass
@@ -218,8 +222,8 @@ def ensure_service(settings: Settings, stage: str, token: str, jobs: list[dict[s
         # the node scale-in never removes (the head) offers.
         "entrypoint_num_cpus": 0,
     }
-    if env:
-        body["runtime_env"] = {"env_vars": env}
+    # Read by the job's supervisor, whose runtime_env carries the job's env_vars.
+    body["runtime_env"] = {"env_vars": {**env, "RAY_JOB_STOP_WAIT_TIME_S": str(SERVICE_STOP_WAIT_S)}}
     if settings.ray_service_entrypoint_resources:
         body["entrypoint_resources"] = settings.ray_service_entrypoint_resources
     _accepted(*post_job(settings, body, token))
