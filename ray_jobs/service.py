@@ -101,6 +101,19 @@ def beat_interval(heartbeat_seconds: float) -> float:
     return max(1.0, min(max(floor, heartbeat_seconds / 4), heartbeat_seconds / 3, 60.0))
 
 
+def stale(msg: dict[str, Any], heartbeat_seconds: float) -> bool:
+    """Whether a message's token may have timed out before we received it: a re-delivery
+    (its holder died or let it go) or one that waited in the queue past a heartbeat
+    interval. Such a token is heartbeated before its document runs, so a document whose
+    execution moved on (and retried under a new submission) is not run a second time for
+    nothing; a fresh message costs no call."""
+    attrs = msg.get("Attributes") or {}
+    if int(attrs.get("ApproximateReceiveCount", "1")) > 1:
+        return True
+    sent_ms = int(attrs.get("SentTimestamp", "0"))
+    return bool(sent_ms) and time.time() - sent_ms / 1000 >= beat_interval(heartbeat_seconds)
+
+
 @dataclass
 class Held:
     sid: str
@@ -147,8 +160,8 @@ class StageService:
 
     # --- receiving ---------------------------------------------------------------------
     def receive_once(self, wait_s: int) -> int:
-        resp = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10,
-                                        WaitTimeSeconds=wait_s)
+        resp = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_s,
+                                        MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"])
         messages = resp.get("Messages", [])
         if messages and self.signalled.is_set():
             # SIGTERM came while this receive was waiting: hand the messages straight back
@@ -198,6 +211,9 @@ class StageService:
                     next_beat=now + beat_interval(limit), visible_at=now + self.visibility_s)
         with self.lock:
             self.held[sid] = held
+        if stale(msg, limit) and not self._beat(held) and sid not in self.held:
+            return  # its execution moved on while the message waited: _beat dropped it
+        with self.lock:
             self.waiting.append(held)
         self.dispatch()
         self.counts["received"] += 1

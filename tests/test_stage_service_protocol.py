@@ -15,7 +15,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 import pytest
 from conftest import corpus_file, executions_for, history, wait_for_execution, wait_for_messages
 
-from ray_jobs.service import StageService, run_document
+from ray_jobs.service import StageService, run_document, stale
 
 GOOD = "py-pdf-sample-files/004-pdflatex-4-pages/pdflatex-4-pages.pdf"
 
@@ -93,6 +93,31 @@ def test_held_token_whose_execution_moved_on_is_dropped_at_its_heartbeat(waiting
     assert service.held == {} and service.counts["dropped"] == 1
     assert never.cancelled(), "its work is cancelled"
     assert queue_is_empty(clients, queue) and job_files(clients, stack) == []
+
+
+def test_a_redelivered_message_whose_execution_moved_on_is_dropped_before_it_runs(waiting_document):
+    """A message comes back after its holder died (SIGKILL, a lost node): by then its
+    token timed out and the state retried under a new submission. The service asks the
+    token first (a heartbeat) and drops the document instead of running it for nothing."""
+    stack, clients, arn, queue = waiting_document
+    [msg] = clients["sqs"].receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]  # the holder that died
+    move_on(clients, stack, arn)
+    clients["sqs"].change_message_visibility(QueueUrl=queue, ReceiptHandle=msg["ReceiptHandle"], VisibilityTimeout=0)
+    submitted = []
+    service = service_on(queue, lambda stage, job: submitted.append(job) or Future())
+    assert service.receive_once(1) == 1
+    assert submitted == [] and service.held == {}
+    assert service.counts == {"dropped": 1}
+    assert queue_is_empty(clients, queue) and job_files(clients, stack) == []
+
+
+def test_only_a_redelivered_or_long_queued_message_is_checked_before_it_runs():
+    fresh = {"Attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": str(int(time.time() * 1000))}}
+    assert not stale(fresh, 300) and not stale({}, 300)
+    assert stale({"Attributes": {**fresh["Attributes"], "ApproximateReceiveCount": "2"}}, 300)
+    queued = {"Attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": str(int((time.time() - 30) * 1000))}}
+    assert stale(queued, 60), "a heartbeat (every 20 s at HeartbeatSeconds 60) was due while it waited"
+    assert not stale(queued, 300), "every 60 s at HeartbeatSeconds 300: none due yet"
 
 
 def test_sigterm_answers_held_documents_with_job_interrupted_and_the_state_retries(waiting_document):
