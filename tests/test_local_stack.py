@@ -352,8 +352,11 @@ def test_ctrl_c_stops_ingest_cleanly_and_a_rerun_resumes(local_stack, tmp_path):
         src = REPO / "samples" / ("annual-report-2025.pdf", "pipeline-runbook.pdf")[i % 2]
         files.append(tmp_path / f"ctrlc-{i:02d}.pdf")
         files[-1].write_bytes(src.read_bytes())
+    # A terminal's Ctrl-C, whatever this test inherited: a shell's background job starts
+    # with SIGINT ignored, and its children would ignore it too.
     proc = subprocess.Popen([*DOCPIPE, "ingest", *map(str, files), "--prefix", "input/ctrlc/"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     bucket = local_stack["outputs"]["DocumentBucketName"]
     for _ in range(300):  # wait until it is following (an upload landed), then Ctrl-C
         if c["s3"].list_objects_v2(Bucket=bucket, Prefix="input/ctrlc/").get("KeyCount", 0):
