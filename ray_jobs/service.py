@@ -211,8 +211,14 @@ class StageService:
                     next_beat=now + beat_interval(limit), visible_at=now + self.visibility_s)
         with self.lock:
             self.held[sid] = held
-        if stale(msg, limit) and not self._beat(held) and sid not in self.held:
-            return  # its execution moved on while the message waited: _beat dropped it
+        if stale(msg, limit):
+            try:
+                self._beat(held)  # drops it if its execution moved on while it waited
+            except Exception as err:  # only a shortcut: in doubt, the document runs
+                emit_warning(message="heartbeat at receipt failed", stage=self.stage, submission_id=sid,
+                             error=type(err).__name__)
+            if sid not in self.held:
+                return
         with self.lock:
             self.waiting.append(held)
         self.dispatch()

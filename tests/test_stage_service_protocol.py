@@ -111,6 +111,27 @@ def test_a_redelivered_message_whose_execution_moved_on_is_dropped_before_it_run
     assert queue_is_empty(clients, queue) and job_files(clients, stack) == []
 
 
+def test_a_redelivered_message_runs_when_its_token_cannot_be_asked(waiting_document):
+    """The check at receipt is a shortcut, not a gate: when Step Functions cannot be
+    reached, the document runs (and its answer settles whether anyone still waits)."""
+    from botocore.exceptions import EndpointConnectionError
+
+    stack, clients, arn, queue = waiting_document
+    [msg] = clients["sqs"].receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    clients["sqs"].change_message_visibility(QueueUrl=queue, ReceiptHandle=msg["ReceiptHandle"], VisibilityTimeout=0)
+    submitted = []
+    service = service_on(queue, lambda stage, job: submitted.append(job) or Future())
+
+    class Unreachable:
+        def send_task_heartbeat(self, **_):
+            raise EndpointConnectionError(endpoint_url="https://states.us-east-1.amazonaws.com")
+
+    service.sfn = Unreachable()
+    assert service.receive_once(1) == 1
+    assert len(submitted) == 1 and list(service.held) == [json.loads(msg["Body"])["submission_id"]]
+    move_on(clients, stack, arn)
+
+
 def test_only_a_redelivered_or_long_queued_message_is_checked_before_it_runs():
     fresh = {"Attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": str(int(time.time() * 1000))}}
     assert not stale(fresh, 300) and not stale({}, 300)
