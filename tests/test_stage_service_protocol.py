@@ -15,6 +15,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 import pytest
 from conftest import corpus_file, executions_for, history, wait_for_execution, wait_for_messages
 
+from docpipe import rayjobs
 from ray_jobs.service import StageService, run_document, stale
 
 GOOD = "py-pdf-sample-files/004-pdflatex-4-pages/pdflatex-4-pages.pdf"
@@ -228,6 +229,9 @@ def test_sigterm_waits_for_the_long_poll_in_flight_and_hands_back_what_it_return
     msgs = clients["sqs"].receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1)["Messages"]
     assert len(msgs) == 1, "the message the last poll returned is visible for the next service"
     move_on(clients, stack, arn)
+    # The wait is at most the receive wait + 5 s; SQS allows 20 s polls at most, and Ray
+    # must not SIGKILL the service before the wait ends.
+    assert rayjobs.SERVICE_STOP_WAIT_S > 20 + 5
 
 
 def test_documents_past_capacity_stay_held_and_run_in_the_order_received(local_aws):
