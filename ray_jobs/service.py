@@ -101,17 +101,17 @@ def beat_interval(heartbeat_seconds: float) -> float:
     return max(1.0, min(max(floor, heartbeat_seconds / 4), heartbeat_seconds / 3, 60.0))
 
 
-def stale(msg: dict[str, Any], heartbeat_seconds: float) -> bool:
+def stale(msg: dict[str, Any], interval_s: float) -> bool:
     """Whether a message's token may have timed out before we received it: a re-delivery
-    (its holder died or let it go) or one that waited in the queue past a heartbeat
-    interval. Such a token is heartbeated before its document runs, so a document whose
+    (its holder died or let it go) or one that waited in the queue past its heartbeat
+    interval (`beat_interval`). Such a token is heartbeated before its document runs, so a document whose
     execution moved on (and retried under a new submission) is not run a second time for
     nothing; a fresh message costs no call."""
     attrs = msg.get("Attributes") or {}
     if int(attrs.get("ApproximateReceiveCount", "1")) > 1:
         return True
     sent_ms = int(attrs.get("SentTimestamp", "0"))
-    return bool(sent_ms) and time.time() - sent_ms / 1000 >= beat_interval(heartbeat_seconds)
+    return bool(sent_ms) and time.time() - sent_ms / 1000 >= interval_s
 
 
 @dataclass
@@ -207,11 +207,12 @@ class StageService:
             raise
         now = time.monotonic()
         limit = float(job["registration"].get("limits", {}).get("heartbeat_seconds", 300))
+        interval = beat_interval(limit)
         held = Held(sid, job, job_uri, msg["ReceiptHandle"], received=now,
-                    next_beat=now + beat_interval(limit), visible_at=now + self.visibility_s)
+                    next_beat=now + interval, visible_at=now + self.visibility_s)
         with self.lock:
             self.held[sid] = held
-        if stale(msg, limit):
+        if stale(msg, interval):
             try:
                 self._beat(held)  # drops it if its execution moved on while it waited
             except Exception as err:  # only a shortcut: in doubt, the document runs

@@ -16,7 +16,7 @@ import pytest
 from conftest import corpus_file, executions_for, history, wait_for_execution, wait_for_messages
 
 from docpipe import rayjobs
-from ray_jobs.service import StageService, run_document, stale
+from ray_jobs.service import StageService, beat_interval, run_document, stale
 
 GOOD = "py-pdf-sample-files/004-pdflatex-4-pages/pdflatex-4-pages.pdf"
 
@@ -135,11 +135,11 @@ def test_a_redelivered_message_runs_when_its_token_cannot_be_asked(waiting_docum
 
 def test_only_a_redelivered_or_long_queued_message_is_checked_before_it_runs():
     fresh = {"Attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": str(int(time.time() * 1000))}}
-    assert not stale(fresh, 300) and not stale({}, 300)
-    assert stale({"Attributes": {**fresh["Attributes"], "ApproximateReceiveCount": "2"}}, 300)
+    assert not stale(fresh, beat_interval(300)) and not stale({}, beat_interval(300))
+    assert stale({"Attributes": {**fresh["Attributes"], "ApproximateReceiveCount": "2"}}, beat_interval(300))
     queued = {"Attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": str(int((time.time() - 30) * 1000))}}
-    assert stale(queued, 60), "a heartbeat (every 20 s at HeartbeatSeconds 60) was due while it waited"
-    assert not stale(queued, 300), "every 60 s at HeartbeatSeconds 300: none due yet"
+    assert stale(queued, beat_interval(60)), "a heartbeat (every 20 s at HeartbeatSeconds 60) was due while it waited"
+    assert not stale(queued, beat_interval(300)), "every 60 s at HeartbeatSeconds 300: none due yet"
 
 
 def test_sigterm_answers_held_documents_with_job_interrupted_and_the_state_retries(waiting_document):

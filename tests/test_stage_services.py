@@ -301,7 +301,8 @@ def test_bench_restarts_the_services_so_no_workload_reuses_an_earlier_ones_embed
               if (j.get("metadata") or {}).get("docpipe") == rayjobs.KIND_SERVICE and j["status"] == "RUNNING"}
     assert sorted(before.values()) == ["embed", "extract"], before
 
-    stopped = Clients(local_stack).stop_services()
+    bench_clients = Clients(local_stack)
+    stopped = bench_clients.stop_services()
 
     assert set(stopped) == set(before)
     assert {j["submission_id"]: j["status"] for j in ray_jobs(local_stack) if j["submission_id"] in before} \
@@ -309,7 +310,7 @@ def test_bench_restarts_the_services_so_no_workload_reuses_an_earlier_ones_embed
     # Each ended on its own after its last long poll came back (Ray's 3-s default grace
     # killed it inside the poll, and the poll kept the next message hidden for 600 s).
     for sid in before:
-        log = Clients(local_stack).ray(f"/api/jobs/{sid}/logs")["logs"]
+        log = bench_clients.ray(f"/api/jobs/{sid}/logs")["logs"]
         lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
         assert [line.get("reason") for line in lines if line.get("message") == "stage service stopped"] \
             == ["SIGTERM"], log[-2000:]
