@@ -63,6 +63,10 @@ def parse(argv=None) -> argparse.Namespace:
                     help="run every engine N times, interleaved (bare, peer, docpipe, bare, ...), and report "
                          "each ratio per round and its median: this machine's speed drifts 10-30%% within "
                          "minutes (default 1)")
+    ap.add_argument("--split-cores", action="store_true",
+                    help="Ray, bare compute and the peer on half the CPUs, the AWS emulation (moto) and the "
+                         "bench's client on the other half, as in AWS where those services do not run on "
+                         "the cluster: the Ray side against bare on the same CPUs (bench/cores.py)")
     ap.add_argument("--label", default="", help="name of this run (added to the JSON file name)")
     return ap.parse_args(argv)
 
@@ -90,7 +94,8 @@ def main(argv=None) -> int:
                      skip_e2e=args.skip_e2e, job_slots=args.job_slots, env=_pairs(args.env, "--env"),
                      parameters=_pairs(args.param, "--param"), label=re.sub(r"[^A-Za-z0-9_.=-]", "_", args.label),
                      only=[k.strip() for k in args.only.split(",") if k.strip()], full=args.full,
-                     peer_ablation=args.peer_ablation, rounds=args.rounds)
+                     peer_ablation=args.peer_ablation, rounds=args.rounds,
+                     split_cores=args.split_cores)
     console = Console(width=max(160, Console().width))
     result, path = run(plan, args.out, echo=lambda msg: console.print(msg, highlight=False))
     report.render(result, console)

@@ -44,7 +44,7 @@ def free_port() -> int:
 
 @contextmanager
 def local_stack(home: Path, job_slots: int = 8, env: dict | None = None, parameters: dict | None = None,
-                echo=lambda *_: None):
+                echo=lambda *_: None, num_cpus: int = 2):
     """Start the local stack in `home` on free ports with `env` applied to it (the Ray
     head passes its environment to every job); stop exactly it afterwards."""
     saved = {k: os.environ.get(k) for k in ["DOCPIPE_HOME", *(env or {})]}
@@ -54,7 +54,7 @@ def local_stack(home: Path, job_slots: int = 8, env: dict | None = None, paramet
 
     t0 = time.monotonic()
     state = stack.start(moto_port=free_port(), ray_port=free_port(), gcs_port=free_port(),
-                        parameters=parameters or {}, job_slots=job_slots, echo=echo)
+                        parameters=parameters or {}, job_slots=job_slots, num_cpus=num_cpus, echo=echo)
     state["start_s"] = round(time.monotonic() - t0, 2)
     try:
         yield state

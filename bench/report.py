@@ -289,6 +289,10 @@ def render(r: dict, console: Console | None = None) -> None:
                   f"commit {m['machine']['git_commit']}{' (dirty)' if m['machine']['git_dirty'] else ''}, "
                   f"started {m['started']}, runtime {m['runtime_s']:.0f} s, "
                   f"load average {' '.join(m['machine']['loadavg_at_start'])} -> {' '.join(m['loadavg_at_end'])}")
+    split = (r.get("e2e") or {}).get("split_cores")
+    if split:
+        console.print(f"--split-cores: Ray, bare and the peer on CPUs {split['ray']}; the AWS emulation (moto) and "
+                      f"the bench's client on {split['aws']}")
 
 
 def markdown(r: dict) -> str:

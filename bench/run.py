@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import cost
+from bench import cores, cost
 from bench.gen import generate
 from bench.procs import Sampler, own_cpu_s
 from docpipe.costs import PRICES_AS_OF
@@ -74,6 +74,7 @@ class Plan:
     full: bool = False  # also the `full` workload (every PDF of ../shared/corpus)
     peer_ablation: bool = False  # also the peer with docpipe's embedder
     rounds: int = 1  # engines run this many times, interleaved; ratios reported per round and median
+    split_cores: bool = False  # Ray, bare and peer on half the CPUs, the AWS emulation on the rest (bench.cores)
 
     @classmethod
     def make(cls, quick: bool, docs: int | None = None, **kw) -> Plan:
@@ -122,9 +123,12 @@ def workloads(plan: Plan, work: Path) -> dict[str, list[Path]]:
 
 # ---------------------------------------------------------------------------- engines
 def _subprocess(module: str, spec: dict[str, list[Path]], work: Path, echo, args: tuple = (),
-                name: str = "") -> dict:
-    """Run bench.bare / bench.peer in a child (own imports, own memory), sampled."""
+                name: str = "", cpus: set[int] | None = None) -> dict:
+    """Run bench.bare / bench.peer in a child (own imports, own memory), sampled; on
+    `cpus` only when given (bare then runs one process per CPU)."""
     name = name or module.rsplit(".", 1)[-1]
+    if cpus and module == "bench.bare":
+        args = (*args, "--procs", str(len(cpus)))
     spec_file, out_file = work / f"{name}-spec.json", work / f"{name}-out.json"
     spec_file.write_text(json.dumps({k: [str(p) for p in v] for k, v in spec.items()}))
     cmd = [sys.executable, "-m", module, "--spec", str(spec_file), "--out", str(out_file),
@@ -132,7 +136,8 @@ def _subprocess(module: str, spec: dict[str, list[Path]], work: Path, echo, args
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DOCPIPE_NO_RAY": "1"}
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     sampler = Sampler([proc.pid]).start()
     code = proc.wait()
     procs = sampler.stop()
@@ -143,6 +148,11 @@ def _subprocess(module: str, spec: dict[str, list[Path]], work: Path, echo, args
         _summarise_engine(w)
     echo(f"  {name}: {time.monotonic() - t0:.0f} s")
     return {"workloads": result, "procs": procs, "runtime_s": round(time.monotonic() - t0, 1)}
+
+
+def _compute(plan: Plan) -> set[int] | None:
+    """The CPUs bare and the peer run on: Ray's half under --split-cores, else all."""
+    return cores.split(os.sched_getaffinity(0))[0] if plan.split_cores else None
 
 
 def _summarise_engine(w: dict) -> None:
@@ -174,9 +184,20 @@ def run_e2e(plan: Plan, loads: dict[str, list[Path]], work: Path, echo) -> dict:
     out: dict = {"workloads": {}}
     home = work / "docpipe-home"
     t0 = time.monotonic()
-    with e2e.local_stack(home, job_slots=plan.job_slots, env=plan.env, parameters=plan.parameters) as state:
+    compute, aws = cores.split(os.sched_getaffinity(0)) if plan.split_cores else (set(), set())
+    mine = os.sched_getaffinity(0)
+    with e2e.local_stack(home, job_slots=plan.job_slots, env=plan.env, parameters=plan.parameters,
+                         num_cpus=len(compute) or 2) as state:
         out["stack_start_s"] = state["start_s"]
         echo(f"  local stack up in {state['start_s']} s (Ray {state['ray_url']})")
+        if plan.split_cores:
+            # Before the first document: every worker, driver and supervisor Ray starts later
+            # descends from a pinned process; so does every thread of the moto server.
+            cores.pin_tree(state["ray_pid"], compute)
+            cores.pin_tree(state["moto_pid"], aws)
+            os.sched_setaffinity(0, aws)  # the bench's client is AWS-side work (uploads, polls)
+            out["split_cores"] = {"ray": sorted(compute), "aws": sorted(aws)}
+            echo(f"  Ray on CPUs {sorted(compute)}, the AWS emulation and this client on {sorted(aws)}")
         c = e2e.Clients(state)
         # First document of a fresh stack: creates the embedder actor and the LanceDB
         # table, unpacks the Lambda code. Reported as the cold start, not measured below.
@@ -209,6 +230,7 @@ def run_e2e(plan: Plan, loads: dict[str, list[Path]], work: Path, echo) -> dict:
             r = out["workloads"][name]
             echo(f"  docpipe {name}: {r['completed']}/{r['documents']} in {r['wall_s']:.1f} s "
                  f"(p50 {r['latency_p50_s']} s; {time.monotonic() - t:.0f} s with collection)")
+    os.sched_setaffinity(0, mine)
     out["stack_stop_s"] = state.get("stop_s")
     out["runtime_s"] = round(time.monotonic() - t0, 1)
     return out
@@ -221,12 +243,12 @@ def _round(plan: Plan, loads: dict[str, list[Path]], work: Path, i: int, echo) -
     work.mkdir(parents=True)
     out: dict = {}
     if not plan.skip_bare:
-        out["bare"] = _subprocess("bench.bare", loads, work, echo)
+        out["bare"] = _subprocess("bench.bare", loads, work, echo, cpus=_compute(plan))
     if not plan.skip_peer:
-        out["peer"] = _subprocess("bench.peer", loads, work, echo)
+        out["peer"] = _subprocess("bench.peer", loads, work, echo, cpus=_compute(plan))
     if not plan.skip_peer and plan.peer_ablation:
         out["peer_ablation"] = _subprocess("bench.peer", loads, work, echo, ("--embedder", "docpipe"),
-                                           name="peer-docpipe-embedder")
+                                           name="peer-docpipe-embedder", cpus=_compute(plan))
     if not plan.skip_e2e:
         out["e2e"] = run_e2e(plan, loads, work, echo)
     return out
@@ -512,14 +534,14 @@ def run(plan: Plan, out_dir: Path, echo=print) -> tuple[dict, Path]:
         # Bare and peer first, on a quiet machine: the stack's idle daemons are docpipe's cost.
         if not plan.skip_bare:
             echo("bare compute (docpipe's code in a warm 2-process pool) ...")
-            result["bare"] = _subprocess("bench.bare", loads, work, echo)
+            result["bare"] = _subprocess("bench.bare", loads, work, echo, cpus=_compute(plan))
         if not plan.skip_peer:
             echo("peer (LangChain PyPDFLoader + RecursiveCharacterTextSplitter + HuggingFaceEmbeddings + LanceDB) ...")
-            result["peer"] = _subprocess("bench.peer", loads, work, echo)
+            result["peer"] = _subprocess("bench.peer", loads, work, echo, cpus=_compute(plan))
         if not plan.skip_peer and plan.peer_ablation:
             echo("peer with docpipe's embedder (ablation) ...")
             result["peer_ablation"] = _subprocess("bench.peer", loads, work, echo, ("--embedder", "docpipe"),
-                                                  name="peer-docpipe-embedder")
+                                                  name="peer-docpipe-embedder", cpus=_compute(plan))
         if not plan.skip_e2e:
             echo("docpipe end to end on the local stack ...")
             result["e2e"] = run_e2e(plan, loads, work, echo)

@@ -114,7 +114,7 @@ def ray_env(endpoint: str, token: str, temp_dir: Path) -> dict[str, str]:
 
 def start(moto_port: int = DEFAULT_MOTO_PORT, ray_port: int = DEFAULT_RAY_DASHBOARD_PORT,
           gcs_port: int = DEFAULT_RAY_GCS_PORT, parameters: dict | None = None,
-          job_slots: int = 8, timeout: float = 120, echo=print) -> dict:
+          job_slots: int = 8, num_cpus: int = 2, timeout: float = 120, echo=print) -> dict:
     state = read_state()
     if state and (_alive(state.get("moto_pid")) or _alive(state.get("ray_pid"))):
         raise StackError(f"the local stack is already running (AWS on {state['endpoint']}, Ray on "
@@ -151,7 +151,7 @@ def start(moto_port: int = DEFAULT_MOTO_PORT, ray_port: int = DEFAULT_RAY_DASHBO
          "--dashboard-host=127.0.0.1", f"--dashboard-port={ray_port}", "--include-dashboard=true",
          # job_slot: a document's own job; service_slot: a stage service's driver (on the
          # head in AWS too, where scale-in never stops it).
-         "--num-cpus=2", f"--resources={json.dumps({'job_slot': job_slots, 'service_slot': 4})}",
+         f"--num-cpus={num_cpus}", f"--resources={json.dumps({'job_slot': job_slots, 'service_slot': 4})}",
          f"--temp-dir={temp_dir}", "--disable-usage-stats",
          # Ray's agents default to fixed ports (52365, ...): a second Ray on the machine
          # (a test's ray.init, a benchmark) would take them and jobs would find "No
