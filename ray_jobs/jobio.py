@@ -42,3 +42,15 @@ def download(bucket: str, key: str, path: str, version_id: str = "") -> None:
 def delete(uri: str) -> None:
     bucket, key = parse_s3_uri(uri)
     s3().delete_object(Bucket=bucket, Key=key)
+
+
+def delete_many(uris: list[str]) -> None:
+    """`delete` for many objects: one DeleteObjects per bucket and 1000 keys (its limit)."""
+    by_bucket: dict[str, list[str]] = {}
+    for uri in uris:
+        bucket, key = parse_s3_uri(uri)
+        by_bucket.setdefault(bucket, []).append(key)
+    for bucket, keys in by_bucket.items():
+        for start in range(0, len(keys), 1000):
+            s3().delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]],
+                                                       "Quiet": True})

@@ -11,7 +11,8 @@ deterministic, generation-numbered submission id. The driver:
   and imports stay warm (ray_jobs.warm), no more in Ray at once than the cluster has CPUs
   (StageService.dispatch); Ray retries a task whose worker died;
 - heartbeats every held token, keeps the held messages invisible, answers each token
-  exactly once, then deletes the message and the job file;
+  exactly once, then deletes the message and the job file (batched per round of answers:
+  a DeleteMessageBatch per 10 messages, a DeleteObjects per bucket);
 - drops a token that answers TaskTimedOut / InvalidToken (its execution moved on: the
   state's Retry already submitted it again, or it failed);
 - exits after `--idle-seconds` with nothing held and nothing received; on SIGTERM stops
@@ -314,10 +315,12 @@ class StageService:
              submission_id=held.sid, code=code)
 
     # --- answers ---------------------------------------------------------------------------
-    def answer(self, held: Held, result: dict[str, Any]) -> None:
+    def answer(self, held: Held, result: dict[str, Any], *, cleanup: bool = True) -> bool:
+        """Answer the token once; False if it was dropped meanwhile (and cleaned up then).
+        `cleanup=False`: the caller deletes the message and the job file (_cleanup_many)."""
         with self.lock:
             if self.held.pop(held.sid, None) is None:
-                return  # dropped meanwhile
+                return False  # dropped meanwhile
             self._remember(held.sid)
         try:
             if result.get("ok"):
@@ -338,13 +341,15 @@ class StageService:
                 self.counts["unanswered"] += 1
                 emit_warning(message="answer failed; the state will retry", stage=self.stage, submission_id=held.sid,
                      code=code, cause=str(err)[:300])
-        self._cleanup(held)
+        if cleanup:
+            self._cleanup(held)
         self.last_activity = time.monotonic()
         reg = held.job["registration"]
         emit(message="document answered", stage=self.stage, submission_id=held.sid,
              document_id=reg["document_id"], ok=bool(result.get("ok")), error=result.get("error"),
              seconds=round(time.monotonic() - held.received, 3), worker_pid=result.get("pid"),
              task_seconds=result.get("seconds"), task_cpu_s=result.get("cpu_s"))
+        return True
 
     def _remember(self, sid: str) -> None:
         self.answered[sid] = None
@@ -357,6 +362,28 @@ class StageService:
             jobio.delete(held.job_uri)  # it held the task token; nothing needs it any more
         except Exception:  # the bucket lifecycle removes it after a day anyway
             pass
+
+    def _cleanup_many(self, helds: list[Held]) -> None:
+        """_cleanup for a round of answered documents: fewer AWS requests per document (SQS
+        bills a DeleteMessageBatch as one request; one DeleteObjects per bucket).
+        Dying before this is safe: the messages come back as re-deliveries (receive count
+        > 1), so _take heartbeats their answered tokens first (stale()), gets TaskTimedOut /
+        InvalidToken and drops them instead of running them again."""
+        for start in range(0, len(helds), 10):
+            batch = helds[start:start + 10]
+            try:
+                resp = self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=[
+                    {"Id": str(i), "ReceiptHandle": h.receipt} for i, h in enumerate(batch)])
+            except ClientError as err:
+                emit_warning(message="message not deleted", stage=self.stage, code=err.response["Error"]["Code"])
+                continue
+            for failed in resp.get("Failed", []):
+                emit_warning(message="message not deleted", stage=self.stage, code=failed.get("Code"))
+        if helds:
+            try:
+                jobio.delete_many([h.job_uri for h in helds])  # they held the task tokens
+            except Exception:  # the bucket lifecycle removes them after a day anyway
+                pass
 
     def _delete_message(self, receipt: str) -> None:
         try:
@@ -386,12 +413,16 @@ class StageService:
                     held.ref = None  # out of Ray: its CPU can take the next document
             finished.append((held, result))
         if finished:
-            # The next documents start before these are answered: an answer is three AWS
-            # calls (SendTask*, DeleteMessage, the job file's delete) during which the
-            # freed CPU would otherwise wait.
+            # The next documents start before these are answered: an answer is a SendTask*
+            # call each, then the round's deletes, during which the freed CPU would wait.
             self.dispatch()
-        for held, result in finished:
-            self.answer(held, result)
+        answered: list[Held] = []
+        try:
+            for held, result in finished:
+                if self.answer(held, result, cleanup=False):
+                    answered.append(held)
+        finally:  # what was answered is cleaned up even if a later answer raised
+            self._cleanup_many(answered)
         return len(done)
 
     # --- life cycle -------------------------------------------------------------------------

@@ -14,6 +14,8 @@ Rules AWS applies that a plain action check misses:
   if the caller may also s3:ListBucket the bucket, else 403 (S3 API reference, HeadObject
   "Permissions"). The ListBucket is evaluated for that request, which carries no s3:prefix,
   so a grant conditioned on s3:prefix does not count.
+- DeleteObjects is authorized per key: s3:DeleteObject (s3:DeleteObjectVersion with a
+  version id) on each key it names (S3 API reference, DeleteObjects "Permissions").
 - Conditions are evaluated (StringEquals/StringLike/ArnLike/...; a key the request does
   not carry fails the condition unless ...IfExists), as IAM does.
 - Publishing to an SNS topic encrypted with a KMS key needs kms:GenerateDataKey and
@@ -40,6 +42,7 @@ STATE_MACHINES = ["IngestDocumentStateMachine", "BackfillStateMachine"]
 # Operation -> IAM action, where the names differ (Service Authorization Reference).
 ACTION_OF = {
     ("s3", "HeadObject"): "s3:GetObject", ("s3", "ListObjectsV2"): "s3:ListBucket",
+    ("s3", "DeleteObjects"): "s3:DeleteObject",
     ("sqs", "ChangeMessageVisibilityBatch"): "sqs:ChangeMessageVisibility",
     ("sqs", "DeleteMessageBatch"): "sqs:DeleteMessage", ("sqs", "SendMessageBatch"): "sqs:SendMessage",
 }
@@ -56,9 +59,12 @@ EXPECTED = {
                      ("secretsmanager", "GetSecretValue", "ok")},
     "PublishBacklog": {("sqs", "GetQueueAttributes", "ok"), ("dynamodb", "Query", "ok"),
                        ("secretsmanager", "GetSecretValue", "ok")},
-    HEAD: {("sqs", "ReceiveMessage", "ok"), ("sqs", "DeleteMessage", "ok"), ("sqs", "ChangeMessageVisibilityBatch", "ok"),
+    # The answers' cleanup is batched (DeleteMessageBatch, DeleteObjects); the dropped document
+    # and the re-delivery whose job file is gone are cleaned up one by one (DeleteMessage, DeleteObject).
+    HEAD: {("sqs", "ReceiveMessage", "ok"), ("sqs", "DeleteMessage", "ok"), ("sqs", "DeleteMessageBatch", "ok"),
+           ("sqs", "ChangeMessageVisibilityBatch", "ok"),
            ("stepfunctions", "SendTaskHeartbeat", "InvalidToken"), ("stepfunctions", "SendTaskSuccess", "ok"),
-           ("s3", "GetObject", "NoSuchKey"), ("s3", "DeleteObject", "ok")},
+           ("s3", "GetObject", "NoSuchKey"), ("s3", "DeleteObject", "ok"), ("s3", "DeleteObjects", "ok")},
     WORKER: {("s3", "GetObject", "ok"), ("s3", "PutObject", "ok"), ("s3", "DeleteObject", "ok"),
              ("s3", "GetObject", "NoSuchKey"), ("s3", "HeadObject", "404"),
              ("stepfunctions", "SendTaskHeartbeat", "ok"), ("stepfunctions", "SendTaskSuccess", "ok"),
@@ -210,6 +216,9 @@ def needs(stack, call) -> list[tuple[str, str, dict]]:
             if call.outcome in MISSING:
                 out.append(("s3:ListBucket", f"arn:aws:s3:::{src['Bucket']}", {}))
             return out
+        if op == "DeleteObjects":  # authorized per key (S3 API reference, DeleteObjects "Permissions")
+            return [("s3:DeleteObjectVersion" if o.get("VersionId") else act, f"{bucket}/{o['Key']}", {})
+                    for o in p["Delete"]["Objects"]]
         if "Key" in p:
             if op in ("GetObject", "HeadObject") and p.get("VersionId"):
                 act = "s3:GetObjectVersion"  # reading a version by its id (S3 API, GetObject "Permissions")

@@ -2,7 +2,8 @@
 executing the real ASL: the real StageService and run_document, its "Ray" a thread pool.
 
 One named test per path a held document can take besides success: the execution moved on
-before the answer, the execution moved on while the document was held, and SIGTERM.
+before the answer, the execution moved on while the document was held, and SIGTERM; and
+the cleanup after a round of answers (batched, a failed delete, a death before it).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import pytest
 from conftest import corpus_file, executions_for, history, wait_for_execution, wait_for_messages
 
 from docpipe import rayjobs
+from docpipe.identity import parse_s3_uri
+from ray_jobs import jobio
 from ray_jobs.service import StageService, beat_interval, run_document, stale
 
 GOOD = "py-pdf-sample-files/004-pdflatex-4-pages/pdflatex-4-pages.pdf"
@@ -280,8 +283,8 @@ def test_documents_past_capacity_stay_held_and_run_in_the_order_received(local_a
 
 
 def test_the_next_document_starts_before_the_finished_one_is_answered(local_aws):
-    """A finished document leaves Ray before its answer (SendTaskSuccess, DeleteMessage,
-    the job file's delete): the next held one takes its CPU first, and the cap holds."""
+    """A finished document leaves Ray before its answer (SendTaskSuccess, then the round's
+    deletes): the next held one takes its CPU first, and the cap holds."""
     stack, clients, head = local_aws
     head.run_jobs = False
     bucket = stack.outputs["DocumentBucketName"]
@@ -301,9 +304,9 @@ def test_the_next_document_starts_before_the_finished_one_is_answered(local_aws)
     service = service_on(queue, submit, capacity=lambda: 1)
     answer = service.answer
 
-    def recording_answer(held, result):
+    def recording_answer(held, result, **kwargs):
         steps.append(("answer", held.sid))
-        answer(held, result)
+        return answer(held, result, **kwargs)
 
     service.answer = recording_answer  # type: ignore[method-assign]
     received = 0
@@ -314,6 +317,177 @@ def test_the_next_document_starts_before_the_finished_one_is_answered(local_aws)
         service.collect(timeout=1)
     assert steps == [("submit", first), ("submit", second), ("answer", first), ("answer", second)]
     assert service.counts["succeeded"] == 2 and queue_is_empty(clients, queue)
+
+
+def waiting_documents(local_aws, count: int, name: str):
+    """`count` uploads whose Extract states wait for their tokens, their messages in the
+    extract queue (the fake head starts no service)."""
+    stack, clients, head = local_aws
+    head.run_jobs = False
+    for i in range(count):
+        clients["s3"].put_object(Bucket=stack.outputs["DocumentBucketName"], Key=f"input/{name}-{i}.pdf",
+                                 Body=corpus_file(GOOD).read_bytes())
+    executions_for(clients["stepfunctions"], stack.outputs["IngestDocumentStateMachineArn"], count)
+    queue = stack.outputs["ExtractQueueUrl"]
+    wait_for_messages(clients, queue, count)
+    return stack, clients, queue
+
+
+def gated(pool: ThreadPoolExecutor, gate: threading.Event, futures: list):
+    """A submit whose documents run once `gate` is set (so they finish in one round)."""
+    def submit(stage, job):
+        future = pool.submit(lambda: (gate.wait(30), run_document(stage, job))[1])
+        futures.append(future)
+        return future
+    return submit
+
+
+def receive_all(service: StageService, count: int) -> None:
+    received, deadline = 0, time.monotonic() + 30
+    while received < count and time.monotonic() < deadline:
+        received += service.receive_once(1)
+    assert received == count
+
+
+class RecordedDeletes:
+    """A client whose delete calls are recorded (operation, parameters), then made."""
+
+    def __init__(self, client):
+        self.client, self.calls = client, []
+
+    def __getattr__(self, name):
+        attr = getattr(self.client, name)
+        if not name.startswith("delete"):
+            return attr
+
+        def call(**kwargs):
+            self.calls.append((name, kwargs))
+            return attr(**kwargs)
+        return call
+
+
+def test_documents_answered_in_one_round_are_cleaned_up_with_one_batch_delete_each(local_aws, monkeypatch):
+    """Documents that finish in the same round are answered one by one, then cleaned up
+    together: one DeleteMessageBatch with all their receipts and one DeleteObjects with all
+    their job files, not a DeleteMessage and a DeleteObject each."""
+    stack, clients, queue = waiting_documents(local_aws, 3, "batch")
+    gate, futures = threading.Event(), []
+    service = service_on(queue, gated(ThreadPoolExecutor(3), gate, futures))
+    service.sqs = sqs = RecordedDeletes(service.sqs)
+    s3 = RecordedDeletes(jobio.s3())
+    monkeypatch.setattr(jobio, "s3", lambda: s3)
+    receive_all(service, 3)
+    receipts = sorted(h.receipt for h in service.held.values())
+    keys = sorted(parse_s3_uri(h.job_uri)[1] for h in service.held.values())
+    assert set(keys) <= set(job_files(clients, stack))
+    gate.set()
+    wait(futures, timeout=120)  # all three done: one collect round answers them
+    assert service.collect(timeout=1) == 3
+    assert service.counts["succeeded"] == 3 and service.held == {}
+    [(op, batch)] = sqs.calls
+    assert op == "delete_message_batch" and sorted(e["ReceiptHandle"] for e in batch["Entries"]) == receipts
+    [(op, objects)] = s3.calls
+    assert op == "delete_objects" and sorted(o["Key"] for o in objects["Delete"]["Objects"]) == keys
+    assert queue_is_empty(clients, queue), "the messages are gone, not just hidden"
+    # (Each execution moved on to Embed, whose own job file is in jobs/ now.)
+    assert set(keys).isdisjoint(job_files(clients, stack)), "and so are their job files"
+
+
+class FailsOneDelete:
+    """The service's SQS client; DeleteMessageBatch fails its first entry (SQS answers per
+    entry: a batch can succeed in part) and deletes the others."""
+
+    def __init__(self, sqs):
+        self.sqs, self.failed = sqs, []
+
+    def __getattr__(self, name):
+        return getattr(self.sqs, name)
+
+    def delete_message_batch(self, QueueUrl, Entries):
+        first, rest = Entries[0], Entries[1:]
+        self.failed.append(first["ReceiptHandle"])
+        resp = self.sqs.delete_message_batch(QueueUrl=QueueUrl, Entries=rest) if rest else {}
+        return {**resp, "Failed": [*resp.get("Failed", []), {"Id": first["Id"], "SenderFault": False,
+                                                             "Code": "InternalError", "Message": "try again"}]}
+
+
+def test_a_message_the_batch_delete_fails_is_logged_and_the_service_goes_on(local_aws, caplog):
+    """A Failed entry in DeleteMessageBatch's answer is a warning, not an error: the other
+    documents are cleaned up, and the message left behind, when it comes back, is deleted as
+    one already answered (not run again)."""
+    stack, clients, queue = waiting_documents(local_aws, 2, "fails")
+    gate, futures = threading.Event(), []
+    service = service_on(queue, gated(ThreadPoolExecutor(2), gate, futures))
+    service.sqs = sqs = FailsOneDelete(service.sqs)
+    receive_all(service, 2)
+    keys = [parse_s3_uri(h.job_uri)[1] for h in service.held.values()]
+    gate.set()
+    wait(futures, timeout=120)
+    with caplog.at_level("WARNING"):
+        assert service.collect(timeout=1) == 2
+    assert service.counts["succeeded"] == 2 and service.held == {}
+    [warning] = [r for r in caplog.records if r.getMessage() == "message not deleted"]
+    assert warning.levelname == "WARNING" and warning.code == "InternalError"
+    assert set(keys).isdisjoint(job_files(clients, stack)), "both job files are deleted all the same"
+    wait_for_messages(clients, queue, 1, attribute="ApproximateNumberOfMessagesNotVisible")
+    # Its visibility timeout ends: the service receives it again and deletes it.
+    [receipt] = sqs.failed
+    clients["sqs"].change_message_visibility(QueueUrl=queue, ReceiptHandle=receipt, VisibilityTimeout=0)
+    assert service.receive_once(1) == 1
+    assert len(futures) == 2 and service.held == {} and service.counts["received"] == 2
+    assert queue_is_empty(clients, queue)
+
+
+class ClosedTasksRefuseHeartbeats:
+    """The services' Step Functions client, with AWS's answer to a heartbeat on a token it
+    answered: TaskTimedOut, "the task associated with the token has already been closed"
+    (SendTaskHeartbeat's errors). moto still accepts one while the execution runs on (its
+    callback endpoint outlives the answer)."""
+
+    def __init__(self, sfn):
+        self.sfn, self.closed = sfn, set()
+
+    def __getattr__(self, name):
+        return getattr(self.sfn, name)
+
+    def send_task_success(self, **kwargs):
+        self.sfn.send_task_success(**kwargs)
+        self.closed.add(kwargs["taskToken"])
+
+    def send_task_heartbeat(self, **kwargs):
+        if kwargs["taskToken"] in self.closed:
+            from botocore.exceptions import ClientError
+
+            raise ClientError({"Error": {"Code": "TaskTimedOut", "Message": "Provided task does not exist anymore"}},
+                              "SendTaskHeartbeat")
+        return self.sfn.send_task_heartbeat(**kwargs)
+
+
+def test_an_answered_document_whose_cleanup_never_ran_is_dropped_when_its_message_comes_back(waiting_document):
+    """A round's answers are sent before its batched delete. A service that dies in between
+    leaves answered messages in the queue: each comes back as a re-delivery, so its token is
+    asked first (a heartbeat, refused: the task is closed) and the document is dropped and
+    cleaned up, not run a second time."""
+    stack, clients, _, queue = waiting_document
+    pool = ThreadPoolExecutor(1)
+    dying = service_on(queue, lambda stage, job: pool.submit(run_document, stage, job))
+    dying.sfn = sfn = ClosedTasksRefuseHeartbeats(dying.sfn)
+    dying._cleanup_many = lambda helds: None  # type: ignore[method-assign]  # it dies before its deletes
+    assert dying.receive_once(1) == 1
+    [held] = dying.held.values()
+    key = parse_s3_uri(held.job_uri)[1]
+    deadline = time.monotonic() + 120
+    while dying.held and time.monotonic() < deadline:
+        dying.collect(timeout=1)
+    assert dying.counts["succeeded"] == 1 and key in job_files(clients, stack)
+    # Its visibility timeout ends.
+    clients["sqs"].change_message_visibility(QueueUrl=queue, ReceiptHandle=held.receipt, VisibilityTimeout=0)
+    submitted: list = []
+    service = service_on(queue, lambda stage, job: submitted.append(job) or Future())
+    service.sfn = sfn
+    assert service.receive_once(1) == 1
+    assert submitted == [] and service.held == {} and service.counts == {"dropped": 1}
+    assert queue_is_empty(clients, queue) and key not in job_files(clients, stack)
 
 
 def test_cluster_cpus_is_at_least_one_and_follows_workers_that_join():
