@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
+from bench.procs import descendants
+
 
 def split(cpus: Iterable[int]) -> tuple[set[int], set[int]]:
     """(compute, aws): the first half of the CPUs (rounded up) for compute."""
@@ -21,26 +23,6 @@ def split(cpus: Iterable[int]) -> tuple[set[int], set[int]]:
         raise SystemExit(f"--split-cores needs at least 2 CPUs; this process may use {ordered}")
     half = (len(ordered) + 1) // 2
     return set(ordered[:half]), set(ordered[half:])
-
-
-def descendants(root: int) -> list[int]:
-    """`root` and every process below it, from /proc."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # ended meanwhile
-        children.setdefault(ppid, []).append(int(name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += children.get(pid, [])
-    return out
 
 
 def pin(pids: Iterable[int], cpus: set[int]) -> int:
@@ -61,4 +43,4 @@ def pin(pids: Iterable[int], cpus: set[int]) -> int:
 
 
 def pin_tree(root: int, cpus: set[int]) -> int:
-    return pin(descendants(root), cpus)
+    return pin([root, *descendants(root)], cpus)

@@ -12,6 +12,7 @@ from conftest import REPO
 
 sys.path.insert(0, str(REPO))
 from bench import cores
+from bench.procs import descendants
 
 needs_two = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
 
@@ -42,7 +43,7 @@ def test_a_pinned_tree_keeps_its_cpus_and_what_it_starts_later_inherits_them(tmp
     parent = subprocess.Popen([sys.executable, "-c", script])
     try:
         deadline = time.monotonic() + 20
-        while len(cores.descendants(parent.pid)) < 2 and time.monotonic() < deadline:
+        while not descendants(parent.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         first = min(sorted(os.sched_getaffinity(0)))
         assert cores.pin_tree(parent.pid, {first}) >= 2
@@ -54,7 +55,7 @@ def test_a_pinned_tree_keeps_its_cpus_and_what_it_starts_later_inherits_them(tmp
         assert allowed(parent.pid) == allowed(a) == allowed(b) == {first}
         assert allowed(os.getpid()) != {first}  # the caller is not pinned by it
     finally:
-        for pid in cores.descendants(parent.pid)[::-1]:
+        for pid in [*descendants(parent.pid), parent.pid]:
             try:
                 os.kill(pid, 9)
             except ProcessLookupError:
